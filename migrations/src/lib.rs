@@ -1,0 +1,18 @@
+//! Schema migrations of the audit service.
+//!
+//! Never modify a published migration: add a new `mYYYYMMDD_HHMMSS_name.rs`
+//! and list it last in [`Migrator::migrations`].
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_create_audit_log;
+
+/// Every migration of the service, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_create_audit_log::Migration)]
+    }
+}

@@ -1,0 +1,181 @@
+//! The `audit.v1.AuditService` handlers: check the caller's scope, validate,
+//! call the store, convert. No SQL and no credential parsing here.
+
+mod validate;
+
+use std::pin::Pin;
+
+use futures::Stream;
+use prost::Message as _;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+pub use validate::{MAX_BATCH, MAX_METADATA_BYTES, is_valid_action};
+
+use crate::auth::{Scope, caller};
+use crate::convert::event_to_proto;
+use crate::error::Error;
+use crate::filter;
+use crate::proto::audit_service_server::AuditService;
+use crate::proto::{
+    AppendRequest, AppendResponse, AppendResult, AuditEvent, DeleteRequest, DeleteResponse, GetFilterMetadataRequest,
+    GetFilterMetadataResponse, GetRequest, QueryRequest, QueryResponse, StatsRequest, StatsResponse, WatchRequest,
+    WatchResponse,
+};
+use crate::store::page_token::QueryFingerprint;
+use crate::store::{DeletionRequest, EventOrder, PageCursor, Store};
+
+/// Page size when the request leaves it at 0.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// Largest page; larger requests are served this many.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// The AuditService implementation.
+#[derive(Clone)]
+pub struct AuditApi {
+    store: Store,
+}
+
+impl AuditApi {
+    /// Handlers over `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+/// Parses an event id named `field`.
+fn event_id(value: &str, field: &str) -> Result<Uuid, Error> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    Uuid::parse_str(value).map_err(|_| Error::invalid(field, "must be an event id (a UUID)"))
+}
+
+fn page_size(requested: i32) -> Result<usize, Error> {
+    match usize::try_from(requested) {
+        Err(_) => Err(Error::invalid("page_size", "must not be negative")),
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(n) => Ok(n.min(MAX_PAGE_SIZE)),
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn append(&self, request: Request<AppendRequest>) -> Result<Response<AppendResponse>, Status> {
+        let caller = caller(&request, Scope::Append)?;
+        let events = validate::append_events(request.into_inner().events)?;
+        let outcomes = self.store.append(&caller.tenant, events).await.map_err(Error::from)?;
+        let results = outcomes
+            .into_iter()
+            .map(|o| AppendResult { id: o.id.to_string(), seq: o.seq as u64, duplicate: o.duplicate })
+            .collect();
+        Ok(Response::new(AppendResponse { results }))
+    }
+
+    async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
+        let caller = caller(&request, Scope::Read)?;
+        let request = request.into_inner();
+        let page_size = page_size(request.page_size)?;
+        let order = EventOrder::parse(&request.order_by).ok_or_else(|| {
+            Error::invalid("order_by", "must be one of: seq desc, seq asc, occurred_at desc, occurred_at asc")
+        })?;
+        let filter = request.filter.unwrap_or_default();
+        let condition = filter::compile(&filter, "filter")?;
+        let fingerprint = QueryFingerprint::of(caller.tenant.as_str(), order.as_str(), &filter.encode_to_vec());
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(
+                self.store
+                    .page_tokens()
+                    .open(token, fingerprint)
+                    .map_err(|e| Error::invalid("page_token", e.to_string()))?,
+            ),
+        };
+
+        let mut rows = self
+            .store
+            .query_page(&caller.tenant, condition, order, after, page_size as u64 + 1)
+            .await
+            .map_err(Error::from)?;
+        let mut next_page_token = String::new();
+        if rows.len() > page_size {
+            rows.truncate(page_size);
+            if let Some(last) = rows.last() {
+                let cursor = PageCursor { seq: last.seq, occurred_at: last.occurred_at.unwrap_or_default() };
+                next_page_token = self.store.page_tokens().issue(fingerprint, cursor);
+            }
+        }
+        let events = rows.into_iter().map(event_to_proto).collect();
+        Ok(Response::new(QueryResponse { events, next_page_token }))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<AuditEvent>, Status> {
+        let caller = caller(&request, Scope::Read)?;
+        let id = event_id(&request.get_ref().id, "id")?;
+        let event = self.store.get(&caller.tenant, id).await.map_err(Error::from)?;
+        let event = event.ok_or_else(|| Error::NotFound(format!("event {id}")))?;
+        Ok(Response::new(event_to_proto(event)))
+    }
+
+    async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        caller(&request, Scope::Read)?;
+        Err(Error::Unimplemented("Stats is not served by this version yet").into())
+    }
+
+    async fn get_filter_metadata(
+        &self,
+        request: Request<GetFilterMetadataRequest>,
+    ) -> Result<Response<GetFilterMetadataResponse>, Status> {
+        caller(&request, Scope::Read)?;
+        Err(Error::Unimplemented("GetFilterMetadata is not served by this version yet").into())
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let caller = caller(&request, Scope::Write)?;
+        let request = request.into_inner();
+        let id = event_id(&request.id, "id")?;
+        let mut violations = validate::Violations::default();
+        violations.text(|| "reason".to_owned(), &request.reason, validate::MAX_REASONING);
+        violations.finish()?;
+
+        let deletion = DeletionRequest {
+            actor_id: caller.subject.clone(),
+            actor_type: caller.actor_type() as i32,
+            reason: request.reason,
+        };
+        let deletion = self.store.delete(&caller.tenant, id, deletion).await.map_err(Error::from)?;
+        let deletion = deletion.ok_or_else(|| Error::NotFound(format!("event {id}")))?;
+        Ok(Response::new(DeleteResponse {
+            id: deletion.erased_id.to_string(),
+            seq: deletion.erased_seq as u64,
+            deletion_event: Some(event_to_proto(deletion.event)),
+        }))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        caller(&request, Scope::Read)?;
+        Err(Error::Unimplemented("Watch is not served by this version yet").into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_size_rules() {
+        assert_eq!(page_size(0).unwrap(), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(7).unwrap(), 7);
+        assert_eq!(page_size(5000).unwrap(), MAX_PAGE_SIZE);
+        assert!(page_size(-1).is_err());
+    }
+
+    #[test]
+    fn event_ids_must_be_uuids() {
+        assert!(event_id("0190d1a4-8b5c-7cde-9f00-112233445566", "id").is_ok());
+        assert!(event_id("", "id").is_err());
+        assert!(event_id("not-a-uuid", "id").is_err());
+    }
+}

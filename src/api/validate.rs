@@ -1,0 +1,206 @@
+//! Checks what producers send and turns it into what the store records.
+//! Every problem is reported, each under the path of its field.
+
+use std::net::IpAddr;
+
+use crate::convert::{struct_to_json, timestamp_to_micros};
+use crate::error::{Error, FieldViolation};
+use crate::proto::{ActorType, EventInput, Outcome};
+use crate::store::NewEvent;
+
+/// Most events one Append may carry.
+pub const MAX_BATCH: usize = 1000;
+/// Largest metadata, as compact JSON.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// Longest action.
+pub const MAX_ACTION_LEN: usize = 128;
+/// Longest identifier-like field (ids, names, emails, sources, keys).
+pub const MAX_SHORT_TEXT: usize = 512;
+/// Longest path or user agent.
+pub const MAX_LONG_TEXT: usize = 4096;
+/// Longest reasoning.
+pub const MAX_REASONING: usize = 32 * 1024;
+/// Namespace of the events the service writes itself.
+pub const RESERVED_ACTION_PREFIX: &str = "audit.";
+
+/// Collects the violations of one request.
+#[derive(Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// Records a violation of `field`.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Checks a text field's length and that it holds no NUL character.
+    pub fn text(&mut self, field: impl Fn() -> String, value: &str, max: usize) {
+        if value.len() > max {
+            self.add(field(), format!("must be at most {max} bytes, got {}", value.len()));
+        } else if value.contains('\0') {
+            self.add(field(), "must not contain NUL characters");
+        }
+    }
+
+    /// Ok when nothing was recorded.
+    pub fn finish(self) -> Result<(), Error> {
+        if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
+    }
+
+    fn take_from(&mut self, error: Error) {
+        match error {
+            Error::InvalidArgument(violations) => self.0.extend(violations),
+            other => self.add("request", other.to_string()),
+        }
+    }
+}
+
+/// Whether `action` is a dotted lowercase verb: segments of `a-z 0-9 _`,
+/// each starting with a letter, at least two of them.
+pub fn is_valid_action(action: &str) -> bool {
+    let mut segments = 0;
+    for segment in action.split('.') {
+        let mut chars = segment.chars();
+        let starts_with_letter = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+        if !starts_with_letter || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+            return false;
+        }
+        segments += 1;
+    }
+    segments >= 2
+}
+
+/// The events of an Append request, or every reason they cannot be recorded.
+pub fn append_events(events: Vec<EventInput>) -> Result<Vec<NewEvent>, Error> {
+    let mut violations = Violations::default();
+    if events.is_empty() {
+        violations.add("events", "at least one event is required");
+    } else if events.len() > MAX_BATCH {
+        violations.add("events", format!("at most {MAX_BATCH} events per Append, got {}", events.len()));
+    }
+    violations.finish()?;
+
+    let mut violations = Violations::default();
+    let mut parsed = Vec::with_capacity(events.len());
+    for (i, input) in events.into_iter().enumerate() {
+        parsed.push(event(i, input, &mut violations));
+    }
+    violations.finish()?;
+    Ok(parsed)
+}
+
+fn event(i: usize, input: EventInput, violations: &mut Violations) -> NewEvent {
+    let field = |name: &str| format!("events[{i}].{name}");
+    let actor = input.actor.unwrap_or_default();
+    let resource = input.resource.unwrap_or_default();
+    let request = input.request.unwrap_or_default();
+
+    if input.action.is_empty() {
+        violations.add(field("action"), "is required");
+    } else if input.action.len() > MAX_ACTION_LEN || !is_valid_action(&input.action) {
+        violations.add(
+            field("action"),
+            format!(
+                "must be a dotted lowercase verb such as user.login (segments of a-z, 0-9 and _, each starting with a letter, at most {MAX_ACTION_LEN} bytes)"
+            ),
+        );
+    } else if input.action.starts_with(RESERVED_ACTION_PREFIX) {
+        violations.add(field("action"), "the audit. namespace is reserved for events the service records itself");
+    }
+    if actor.id.is_empty() {
+        violations.add(field("actor.id"), "is required");
+    }
+    if ActorType::try_from(actor.r#type).is_err() {
+        violations.add(field("actor.type"), format!("unknown ActorType {}", actor.r#type));
+    }
+    if Outcome::try_from(input.outcome).is_err() {
+        violations.add(field("outcome"), format!("unknown Outcome {}", input.outcome));
+    }
+    for (name, value, max) in [
+        ("actor.id", &actor.id, MAX_SHORT_TEXT),
+        ("actor.name", &actor.name, MAX_SHORT_TEXT),
+        ("actor.email", &actor.email, MAX_SHORT_TEXT),
+        ("resource.type", &resource.r#type, MAX_SHORT_TEXT),
+        ("resource.id", &resource.id, MAX_SHORT_TEXT),
+        ("resource.name", &resource.name, MAX_SHORT_TEXT),
+        ("request.method", &request.method, MAX_SHORT_TEXT),
+        ("request.path", &request.path, MAX_LONG_TEXT),
+        ("request.client_ip", &request.client_ip, MAX_SHORT_TEXT),
+        ("request.user_agent", &request.user_agent, MAX_LONG_TEXT),
+        ("request.request_id", &request.request_id, MAX_SHORT_TEXT),
+        ("source", &input.source, MAX_SHORT_TEXT),
+        ("reasoning", &input.reasoning, MAX_REASONING),
+        ("idempotency_key", &input.idempotency_key, MAX_SHORT_TEXT),
+    ] {
+        violations.text(|| field(name), value, max);
+    }
+    if !request.client_ip.is_empty() && request.client_ip.parse::<IpAddr>().is_err() {
+        violations.add(field("request.client_ip"), "must be an IPv4 or IPv6 address");
+    }
+    if !(0..=999).contains(&request.status_code) {
+        violations.add(field("request.status_code"), "must be within 0..999");
+    }
+
+    let occurred_at = match input.occurred_at.as_ref().map(|ts| timestamp_to_micros(ts, &field("occurred_at"))) {
+        Some(Ok(micros)) => Some(micros),
+        Some(Err(error)) => {
+            violations.take_from(error);
+            None
+        }
+        None => None,
+    };
+    let metadata = match input.metadata.map(struct_to_json) {
+        Some(Ok(json)) => {
+            let size = json.to_string().len();
+            if size > MAX_METADATA_BYTES {
+                violations.add(field("metadata"), format!("must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}"));
+            } else if json.to_string().contains("\\u0000") {
+                violations.add(field("metadata"), "must not contain NUL characters");
+            }
+            Some(json)
+        }
+        Some(Err(reason)) => {
+            violations.add(field("metadata"), reason);
+            None
+        }
+        None => None,
+    };
+
+    NewEvent {
+        occurred_at,
+        actor_id: actor.id,
+        actor_type: actor.r#type,
+        actor_name: actor.name,
+        actor_email: actor.email,
+        action: input.action,
+        resource_type: resource.r#type,
+        resource_id: resource.id,
+        resource_name: resource.name,
+        outcome: input.outcome,
+        request_method: request.method,
+        request_path: request.path,
+        request_status_code: request.status_code,
+        request_client_ip: request.client_ip,
+        request_user_agent: request.user_agent,
+        request_id: request.request_id,
+        source: input.source,
+        reasoning: input.reasoning,
+        metadata,
+        idempotency_key: (!input.idempotency_key.is_empty()).then_some(input.idempotency_key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotted_lowercase_actions_are_valid() {
+        for action in ["user.login", "api_key.create", "a.b.c", "user2.log_in"] {
+            assert!(is_valid_action(action), "{action}");
+        }
+        for action in ["login", "User.login", "user..login", ".user", "user.", "user.Login", "2fa.enable", "user login", "user-x.y"] {
+            assert!(!is_valid_action(action), "{action}");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The one error type of the service and its mapping to gRPC statuses with
+//! rich details (`google.rpc.ErrorInfo`, `google.rpc.BadRequest`).
+
+use std::collections::HashMap;
+
+use sea_orm::{DbErr, RuntimeErr};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Domain of every `ErrorInfo` the service returns.
+pub const ERROR_DOMAIN: &str = "audit.v1";
+
+/// One offending request field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Path of the field, for example `events[3].actor.id`.
+    pub field: String,
+    /// What is wrong, in a sentence a client developer can act on.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self { field: field.into(), description: description.into() }
+    }
+}
+
+/// Everything a call can fail with; handlers return it and `?` does the rest.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request has one or more bad fields.
+    #[error("invalid request: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The `x-tenant-id` metadata is missing.
+    #[error("the x-tenant-id metadata is required")]
+    TenantRequired,
+    /// No credential, or one that does not verify.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The credential belongs to another tenant than `x-tenant-id`.
+    #[error("the credential's tenant does not match x-tenant-id")]
+    TenantMismatch,
+    /// The credential lacks the scope the RPC needs.
+    #[error("the credential lacks the scope {0}")]
+    MissingScope(&'static str),
+    /// No such event in the caller's tenant (or it was deleted).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The capability is part of the contract but not served by this build.
+    #[error("{0}")]
+    Unimplemented(&'static str),
+    /// A limit was reached; retry later or ask for less.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The database cannot be reached right now; safe to retry.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The call ran out of time.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    /// A bug or an unexpected storage failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A single-field [`Error::InvalidArgument`].
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    fn code_and_reason(&self) -> (Code, &'static str) {
+        match self {
+            Self::InvalidArgument(_) => (Code::InvalidArgument, "INVALID_ARGUMENT"),
+            Self::TenantRequired => (Code::InvalidArgument, "TENANT_REQUIRED"),
+            Self::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+            Self::TenantMismatch => (Code::PermissionDenied, "TENANT_MISMATCH"),
+            Self::MissingScope(_) => (Code::PermissionDenied, "MISSING_SCOPE"),
+            Self::NotFound(_) => (Code::NotFound, "NOT_FOUND"),
+            Self::Unimplemented(_) => (Code::Unimplemented, "UNIMPLEMENTED"),
+            Self::ResourceExhausted(_) => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
+            Self::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
+            Self::DeadlineExceeded(_) => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
+            Self::Internal(_) => (Code::Internal, "INTERNAL"),
+        }
+    }
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let (code, reason) = error.code_and_reason();
+        let mut metadata = HashMap::new();
+        if let Error::MissingScope(scope) = &error {
+            metadata.insert("scope".to_owned(), (*scope).to_owned());
+        }
+        let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+        if let Error::InvalidArgument(violations) = &error {
+            for violation in violations {
+                details.add_bad_request_violation(&violation.field, &violation.description);
+            }
+        }
+        if code == Code::Internal {
+            tracing::error!(error = %error, "internal error");
+        }
+        Status::with_error_details(code, error.to_string(), details)
+    }
+}
+
+impl From<DbErr> for Error {
+    fn from(error: DbErr) -> Self {
+        if is_unavailable(&error) {
+            Error::Unavailable(error.to_string())
+        } else {
+            Error::Internal(error.to_string())
+        }
+    }
+}
+
+/// Whether a database error means "cannot reach the database" (retryable)
+/// rather than a failed statement.
+pub fn is_unavailable(error: &DbErr) -> bool {
+    let runtime = match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Exec(runtime) | DbErr::Query(runtime) => runtime,
+        _ => return false,
+    };
+    match runtime {
+        RuntimeErr::SqlxError(sqlx_error) => matches!(
+            sqlx_error.as_ref(),
+            sea_orm::sqlx::Error::Io(_)
+                | sea_orm::sqlx::Error::PoolTimedOut
+                | sea_orm::sqlx::Error::PoolClosed
+                | sea_orm::sqlx::Error::WorkerCrashed
+                | sea_orm::sqlx::Error::Tls(_)
+        ) || is_admin_shutdown(sqlx_error.as_ref()),
+        _ => false,
+    }
+}
+
+/// PostgreSQL reports a restart as SQLSTATE class 57P (operator
+/// intervention) or 08 (connection exception).
+fn is_admin_shutdown(error: &sea_orm::sqlx::Error) -> bool {
+    match error {
+        sea_orm::sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    #[test]
+    fn invalid_argument_carries_reason_and_each_field() {
+        let status = Status::from(Error::InvalidArgument(vec![
+            FieldViolation::new("events[0].action", "is required"),
+            FieldViolation::new("events[1].actor.id", "is required"),
+        ]));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.reason, "INVALID_ARGUMENT");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        let fields: Vec<_> = details
+            .bad_request()
+            .expect("bad request")
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["events[0].action", "events[1].actor.id"]);
+    }
+
+    #[test]
+    fn missing_scope_names_the_scope() {
+        let status = Status::from(Error::MissingScope("audit:write"));
+        assert_eq!(status.code(), Code::PermissionDenied);
+        let details = status.get_error_details();
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.reason, "MISSING_SCOPE");
+        assert_eq!(info.metadata.get("scope").map(String::as_str), Some("audit:write"));
+    }
+}

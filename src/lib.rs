@@ -1,0 +1,17 @@
+//! A multi-tenant gRPC audit-log service: append security-relevant events,
+//! read them back, follow them live. See `README.md` and `../shared/API.md`.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod filter;
+pub mod proto;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod tenant;
+
+/// Name of the binary and the `source` of the events the service writes.
+pub const SERVICE_NAME: &str = "audit-service";

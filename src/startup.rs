@@ -1,0 +1,106 @@
+//! Builds the gRPC server (AuditService, reflection v1 and v1alpha, health)
+//! and runs it until the shutdown token fires, then drains.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::AuditApi;
+use crate::auth::{AuthLayer, Authenticator};
+use crate::config::ServeConfig;
+use crate::proto::audit_service_server::AuditServiceServer;
+use crate::store::Store;
+
+/// Name under which health reports the audit service.
+pub const AUDIT_SERVICE_NAME: &str = "audit.v1.AuditService";
+/// Largest request or response message.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+/// How often health checks that the database answers.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Serves on `listener` until `shutdown` is cancelled, then stops accepting,
+/// lets in-flight calls finish (up to the configured grace) and returns.
+pub async fn run(config: ServeConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = Store::connect(&config.database).await?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::Serving).await;
+    tokio::spawn(watch_database(store.clone(), health.clone(), shutdown.clone()));
+
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let audit = AuditServiceServer::new(AuditApi::new(store.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let authenticator = Arc::new(Authenticator::default());
+
+    let address = listener.local_addr()?;
+    tracing::info!(%address, database = store.backend_name(), "audit-service listening");
+    let drain_signal = {
+        let shutdown = shutdown.clone();
+        let health = health.clone();
+        async move {
+            shutdown.cancelled().await;
+            tracing::info!("shutting down: draining in-flight calls");
+            set_health(&health, ServingStatus::NotServing).await;
+        }
+    };
+    let serve = Server::builder()
+        .layer(AuthLayer::new(authenticator))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(audit)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain_signal);
+    tokio::pin!(serve);
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    tokio::select! {
+        served = &mut serve => served?,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "drain grace expired; closing remaining calls");
+        }
+    }
+    store.close().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Reflection over every service this server runs.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status(AUDIT_SERVICE_NAME, status).await;
+    health.set_service_status("", status).await;
+}
+
+/// Keeps health truthful: NOT_SERVING while the database does not answer.
+async fn watch_database(store: Store, health: HealthReporter, shutdown: CancellationToken) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(HEALTH_PROBE_INTERVAL) => {}
+        }
+        let reachable = tokio::time::timeout(HEALTH_PROBE_INTERVAL, store.ping()).await.is_ok_and(|r| r.is_ok());
+        if reachable != serving && !shutdown.is_cancelled() {
+            serving = reachable;
+            if reachable {
+                tracing::info!("database reachable again: SERVING");
+                set_health(&health, ServingStatus::Serving).await;
+            } else {
+                tracing::warn!("database unreachable: NOT_SERVING");
+                set_health(&health, ServingStatus::NotServing).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! SeaORM entities of the tables created in `migrations/`.
+
+/// One row per event of a tenant's log; `(tenant_id, seq)` is the key.
+/// Content columns are NULL once an event is erased by `Delete`.
+pub mod audit_event {
+    use sea_orm::entity::prelude::*;
+
+    /// A stored event. Times are unix microseconds.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub seq: i64,
+        #[sea_orm(unique)]
+        pub id: Uuid,
+        pub occurred_at: Option<i64>,
+        pub recorded_at: i64,
+        pub actor_id: Option<String>,
+        pub actor_type: Option<i32>,
+        pub actor_name: Option<String>,
+        pub actor_email: Option<String>,
+        pub action: Option<String>,
+        pub resource_type: Option<String>,
+        pub resource_id: Option<String>,
+        pub resource_name: Option<String>,
+        pub outcome: Option<i32>,
+        pub request_method: Option<String>,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub request_path: Option<String>,
+        pub request_status_code: Option<i32>,
+        pub request_client_ip: Option<String>,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub request_user_agent: Option<String>,
+        pub request_id: Option<String>,
+        pub source: Option<String>,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub reasoning: Option<String>,
+        #[sea_orm(column_type = "JsonBinary", nullable)]
+        pub metadata: Option<Json>,
+        pub idempotency_key: Option<String>,
+        pub deleted_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The highest `seq` handed out per tenant; its row lock serializes appends.
+pub mod tenant_head {
+    use sea_orm::entity::prelude::*;
+
+    /// A tenant's sequence head.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenant_heads")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        pub head_seq: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Secrets the replicas of one database share (the page-token key).
+pub mod service_secret {
+    use sea_orm::entity::prelude::*;
+
+    /// A named secret.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "service_secrets")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        pub value: Vec<u8>,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -1,0 +1,186 @@
+//! Storage of the audit log on SQLite or PostgreSQL through SeaORM.
+//!
+//! Every read goes through [`events_of`], which scopes the query to one
+//! tenant and hides erased events, so no query can forget the tenant.
+
+pub mod entity;
+pub mod page_token;
+mod query;
+mod sequencer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use audit_migrations::{Migrator, MigratorTrait};
+use rand::RngCore;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, QueryFilter, Select, Set, Statement,
+};
+use tokio::sync::{Mutex, MutexGuard};
+
+pub use entity::audit_event;
+pub use page_token::{PageCursor, PageTokenKey};
+pub use query::{EventOrder, exact_or_prefix};
+pub use sequencer::{AppendOutcome, DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion, DeletionRequest, NewEvent};
+
+use crate::config::DatabaseConfig;
+use crate::tenant::TenantId;
+
+/// Advisory-lock key that serializes migrations of replicas starting at once.
+const MIGRATION_LOCK_KEY: i64 = 0x6175_6469_745f_6d69;
+
+/// Handle to the audit log; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    /// SQLite has one writer at a time; queueing writers here, instead of in
+    /// SQLite's busy handler, keeps commit order fair and never times out.
+    sqlite_writer: Option<Arc<Mutex<()>>>,
+    page_tokens: PageTokenKey,
+}
+
+impl Store {
+    /// Connects, applies pending migrations and loads the shared secrets.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbErr> {
+        let backend = backend_of(&config.url)?;
+        if backend == DbBackend::Postgres {
+            migrate_postgres(&config.url).await?;
+        }
+        let db = Database::connect(connect_options(config, backend)).await?;
+        if backend == DbBackend::Sqlite {
+            Migrator::up(&db, None).await?;
+        }
+        let page_tokens = PageTokenKey::new(load_or_create_secret(&db, "page_token_key").await?);
+        let sqlite_writer = (backend == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        Ok(Self { db, sqlite_writer, page_tokens })
+    }
+
+    /// The underlying connection pool.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// The key that signs page tokens.
+    pub fn page_tokens(&self) -> &PageTokenKey {
+        &self.page_tokens
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        self.db.ping().await
+    }
+
+    /// Closes the pool.
+    pub async fn close(self) -> Result<(), DbErr> {
+        self.db.close().await
+    }
+
+    async fn write_guard(&self) -> Option<MutexGuard<'_, ()>> {
+        match &self.sqlite_writer {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        }
+    }
+}
+
+fn backend_of(url: &str) -> Result<DbBackend, DbErr> {
+    if url.starts_with("sqlite:") {
+        Ok(DbBackend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(DbBackend::Postgres)
+    } else {
+        Err(DbErr::Custom(format!(
+            "unsupported DATABASE_URL {url:?}: expected sqlite://PATH?mode=rwc or postgres://..."
+        )))
+    }
+}
+
+fn connect_options(config: &DatabaseConfig, backend: DbBackend) -> ConnectOptions {
+    let mut options = ConnectOptions::new(config.url.clone());
+    options
+        .max_connections(config.max_connections.max(2))
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .idle_timeout(Duration::from_secs(300))
+        .test_before_acquire(false)
+        .sqlx_logging(false);
+    if backend == DbBackend::Sqlite {
+        options.map_sqlx_sqlite_opts(|opts| {
+            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+            // WAL lets readers run beside the writer; FULL makes a commit
+            // durable (fsync) before Append returns.
+            opts.create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(30))
+        });
+    }
+    options
+}
+
+/// Runs migrations on one dedicated connection holding a PostgreSQL advisory
+/// lock, so replicas that start together migrate once, in turn.
+async fn migrate_postgres(url: &str) -> Result<(), DbErr> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options.max_connections(1).min_connections(1).sqlx_logging(false);
+    let db = Database::connect(options).await?;
+    let lock = |sql: &str| Statement::from_sql_and_values(DbBackend::Postgres, sql, [MIGRATION_LOCK_KEY.into()]);
+    db.execute_raw(lock("SELECT pg_advisory_lock($1)")).await?;
+    let migrated = Migrator::up(&db, None).await;
+    let unlocked = db.execute_raw(lock("SELECT pg_advisory_unlock($1)")).await;
+    db.close().await?;
+    migrated?;
+    unlocked.map(|_| ())
+}
+
+/// Returns the named secret, creating 32 random bytes on first use; every
+/// replica of one database reads the same value.
+async fn load_or_create_secret(db: &DatabaseConnection, name: &str) -> Result<Vec<u8>, DbErr> {
+    use entity::service_secret;
+    let mut value = vec![0u8; 32];
+    rand::rng().fill_bytes(&mut value);
+    service_secret::Entity::insert(service_secret::ActiveModel {
+        name: Set(name.to_owned()),
+        value: Set(value),
+        created_at: Set(now_micros()),
+    })
+    .on_conflict(OnConflict::column(service_secret::Column::Name).do_nothing().to_owned())
+    .exec_without_returning(db)
+    .await?;
+    service_secret::Entity::find_by_id(name.to_owned())
+        .one(db)
+        .await?
+        .map(|secret| secret.value)
+        .ok_or_else(|| DbErr::RecordNotFound(format!("service secret {name}")))
+}
+
+/// The tenant's live (not erased) events: the start of every read.
+pub fn events_of(tenant: &TenantId) -> Select<audit_event::Entity> {
+    audit_event::Entity::find()
+        .filter(audit_event::Column::TenantId.eq(tenant.as_str()))
+        .filter(audit_event::Column::DeletedAt.is_null())
+}
+
+/// Now, in unix microseconds.
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+impl Store {
+    /// `sqlite` or `postgres`, for logs.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend() {
+            DbBackend::Postgres => "postgres",
+            DbBackend::Sqlite => "sqlite",
+            _ => "other",
+        }
+    }
+}

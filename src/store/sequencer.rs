@@ -1,0 +1,290 @@
+//! The write path: hands out each tenant's next `seq` under a row lock on
+//! `tenant_heads`, so seqs are contiguous and in commit order on every
+//! backend and across replicas sharing one PostgreSQL database.
+
+use std::collections::HashMap;
+
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Statement, TransactionTrait,
+};
+use uuid::Uuid;
+
+use super::{Store, audit_event, events_of, now_micros};
+use crate::tenant::TenantId;
+
+/// Rows per INSERT statement: keeps the bound parameters under SQLite's and
+/// PostgreSQL's limits for batches of any size.
+const INSERT_CHUNK: usize = 400;
+
+/// Action of the event that records a deletion.
+pub const DELETION_ACTION: &str = "audit.event.deleted";
+/// Resource type the deletion event names the erased event with.
+pub const DELETION_RESOURCE_TYPE: &str = "audit.event";
+
+/// A validated event to record, as the producer described it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewEvent {
+    pub occurred_at: Option<i64>,
+    pub actor_id: String,
+    pub actor_type: i32,
+    pub actor_name: String,
+    pub actor_email: String,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub resource_name: String,
+    pub outcome: i32,
+    pub request_method: String,
+    pub request_path: String,
+    pub request_status_code: i32,
+    pub request_client_ip: String,
+    pub request_user_agent: String,
+    pub request_id: String,
+    pub source: String,
+    pub reasoning: String,
+    pub metadata: Option<serde_json::Value>,
+    pub idempotency_key: Option<String>,
+}
+
+impl NewEvent {
+    fn into_model(self, tenant: &TenantId, seq: i64, id: Uuid, recorded_at: i64) -> audit_event::Model {
+        audit_event::Model {
+            tenant_id: tenant.as_str().to_owned(),
+            seq,
+            id,
+            occurred_at: Some(self.occurred_at.unwrap_or(recorded_at)),
+            recorded_at,
+            actor_id: Some(self.actor_id),
+            actor_type: Some(self.actor_type),
+            actor_name: Some(self.actor_name),
+            actor_email: Some(self.actor_email),
+            action: Some(self.action),
+            resource_type: Some(self.resource_type),
+            resource_id: Some(self.resource_id),
+            resource_name: Some(self.resource_name),
+            outcome: Some(self.outcome),
+            request_method: Some(self.request_method),
+            request_path: Some(self.request_path),
+            request_status_code: Some(self.request_status_code),
+            request_client_ip: Some(self.request_client_ip),
+            request_user_agent: Some(self.request_user_agent),
+            request_id: Some(self.request_id),
+            source: Some(self.source),
+            reasoning: Some(self.reasoning),
+            metadata: self.metadata,
+            idempotency_key: self.idempotency_key,
+            deleted_at: None,
+        }
+    }
+}
+
+/// What `append` did with one input event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Id of the recorded (or originally recorded) event.
+    pub id: Uuid,
+    /// Its seq.
+    pub seq: i64,
+    /// True when the idempotency key was already recorded.
+    pub duplicate: bool,
+}
+
+/// The result of erasing an event.
+#[derive(Debug, Clone)]
+pub struct Deletion {
+    /// Id of the erased event.
+    pub erased_id: Uuid,
+    /// Seq of the erased event, which it keeps.
+    pub erased_seq: i64,
+    /// The `audit.event.deleted` event appended in the same transaction.
+    pub event: audit_event::Model,
+}
+
+/// Who asked for a deletion, as the deletion event's actor.
+#[derive(Debug, Clone)]
+pub struct DeletionRequest {
+    pub actor_id: String,
+    pub actor_type: i32,
+    pub reason: String,
+}
+
+impl Store {
+    /// Records a batch all or nothing and returns one outcome per input, in
+    /// order. Returns after the commit is durable.
+    pub async fn append(&self, tenant: &TenantId, events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, DbErr> {
+        let _writer = self.write_guard().await;
+        let txn = self.db.begin().await?;
+        let head = lock_head(&txn, tenant).await?;
+        let recorded_at = now_micros();
+
+        let keys: Vec<String> = events.iter().filter_map(|e| e.idempotency_key.clone()).collect();
+        let mut recorded = recorded_keys(&txn, tenant, keys).await?;
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut rows = Vec::with_capacity(events.len());
+        let mut next = head;
+        for event in events {
+            if let Some(&(id, seq)) = event.idempotency_key.as_ref().and_then(|k| recorded.get(k)) {
+                outcomes.push(AppendOutcome { id, seq, duplicate: true });
+                continue;
+            }
+            next += 1;
+            let id = Uuid::now_v7();
+            if let Some(key) = &event.idempotency_key {
+                recorded.insert(key.clone(), (id, next));
+            }
+            outcomes.push(AppendOutcome { id, seq: next, duplicate: false });
+            rows.push(event.into_model(tenant, next, id, recorded_at));
+        }
+        if !rows.is_empty() {
+            insert_events(&txn, rows).await?;
+            set_head(&txn, tenant, next).await?;
+        }
+        txn.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Erases one live event's content, keeping its id and seq, and appends
+    /// the `audit.event.deleted` event, in one transaction. `None` when the
+    /// tenant has no such live event.
+    pub async fn delete(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        request: DeletionRequest,
+    ) -> Result<Option<Deletion>, DbErr> {
+        let _writer = self.write_guard().await;
+        let txn = self.db.begin().await?;
+        let head = lock_head(&txn, tenant).await?;
+        let Some(target) = events_of(tenant).filter(audit_event::Column::Id.eq(id)).one(&txn).await? else {
+            txn.rollback().await?;
+            return Ok(None);
+        };
+        let recorded_at = now_micros();
+        let erased = erased(target.clone(), recorded_at);
+        erased.into_active_model().reset_all().update(&txn).await?;
+
+        let deletion = NewEvent {
+            actor_id: request.actor_id,
+            actor_type: request.actor_type,
+            action: DELETION_ACTION.to_owned(),
+            resource_type: DELETION_RESOURCE_TYPE.to_owned(),
+            resource_id: id.to_string(),
+            outcome: crate::proto::Outcome::Success as i32,
+            source: crate::SERVICE_NAME.to_owned(),
+            reasoning: request.reason,
+            metadata: Some(serde_json::json!({ "deleted_seq": target.seq })),
+            ..NewEvent::default()
+        };
+        let event = deletion.into_model(tenant, head + 1, Uuid::now_v7(), recorded_at);
+        insert_events(&txn, vec![event.clone()]).await?;
+        set_head(&txn, tenant, head + 1).await?;
+        txn.commit().await?;
+        Ok(Some(Deletion { erased_id: id, erased_seq: target.seq, event }))
+    }
+}
+
+/// What is left of an event after `Delete`: its place in the log, nothing
+/// of its content.
+fn erased(event: audit_event::Model, deleted_at: i64) -> audit_event::Model {
+    audit_event::Model {
+        tenant_id: event.tenant_id,
+        seq: event.seq,
+        id: event.id,
+        recorded_at: event.recorded_at,
+        idempotency_key: event.idempotency_key,
+        deleted_at: Some(deleted_at),
+        occurred_at: None,
+        actor_id: None,
+        actor_type: None,
+        actor_name: None,
+        actor_email: None,
+        action: None,
+        resource_type: None,
+        resource_id: None,
+        resource_name: None,
+        outcome: None,
+        request_method: None,
+        request_path: None,
+        request_status_code: None,
+        request_client_ip: None,
+        request_user_agent: None,
+        request_id: None,
+        source: None,
+        reasoning: None,
+        metadata: None,
+    }
+}
+
+/// Locks the tenant's head row until the transaction ends and returns the
+/// highest seq handed out so far (0 for a new tenant).
+async fn lock_head(txn: &DatabaseTransaction, tenant: &TenantId) -> Result<i64, DbErr> {
+    let backend = txn.get_database_backend();
+    // SQLite has no row locks; the store's single-writer lock serializes.
+    let select = match backend {
+        DbBackend::Postgres => "SELECT head_seq FROM tenant_heads WHERE tenant_id = $1 FOR UPDATE",
+        _ => "SELECT head_seq FROM tenant_heads WHERE tenant_id = $1",
+    };
+    let statement = |sql: &str| Statement::from_sql_and_values(backend, sql, [tenant.as_str().into()]);
+    if let Some(row) = txn.query_one_raw(statement(select)).await? {
+        return row.try_get("", "head_seq");
+    }
+    txn.execute_raw(statement(
+        "INSERT INTO tenant_heads (tenant_id, head_seq) VALUES ($1, 0) ON CONFLICT (tenant_id) DO NOTHING",
+    ))
+    .await?;
+    let row = txn
+        .query_one_raw(statement(select))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("sequence head of tenant {tenant}")))?;
+    row.try_get("", "head_seq")
+}
+
+async fn set_head(txn: &DatabaseTransaction, tenant: &TenantId, head: i64) -> Result<(), DbErr> {
+    let backend = txn.get_database_backend();
+    txn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        "UPDATE tenant_heads SET head_seq = $1 WHERE tenant_id = $2",
+        [head.into(), tenant.as_str().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+async fn insert_events(txn: &DatabaseTransaction, rows: Vec<audit_event::Model>) -> Result<(), DbErr> {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<audit_event::ActiveModel> =
+            rows.by_ref().take(INSERT_CHUNK).map(|m| m.into_active_model().reset_all()).collect();
+        audit_event::Entity::insert_many(chunk).exec_without_returning(txn).await?;
+    }
+    Ok(())
+}
+
+/// The (id, seq) already recorded under each of `keys` for the tenant.
+async fn recorded_keys(
+    txn: &DatabaseTransaction,
+    tenant: &TenantId,
+    keys: Vec<String>,
+) -> Result<HashMap<String, (Uuid, i64)>, DbErr> {
+    let mut recorded = HashMap::new();
+    if keys.is_empty() {
+        return Ok(recorded);
+    }
+    let rows: Vec<(Option<String>, Uuid, i64)> = audit_event::Entity::find()
+        .select_only()
+        .column(audit_event::Column::IdempotencyKey)
+        .column(audit_event::Column::Id)
+        .column(audit_event::Column::Seq)
+        .filter(audit_event::Column::TenantId.eq(tenant.as_str()))
+        .filter(audit_event::Column::IdempotencyKey.is_in(keys))
+        .into_tuple()
+        .all(txn)
+        .await?;
+    for (key, id, seq) in rows {
+        if let Some(key) = key {
+            recorded.insert(key, (id, seq));
+        }
+    }
+    Ok(recorded)
+}
