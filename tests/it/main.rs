@@ -1,0 +1,7 @@
+//! Integration tests: each starts the real server on an ephemeral port and
+//! drives it through the generated tonic client. Every behaviour runs on
+//! SQLite, and on PostgreSQL when `AUDIT_TEST_DATABASE_URL` is set.
+
+mod support;
+
+mod append;

@@ -1,0 +1,242 @@
+//! Test harness: backends, a running server, callers and status checks.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use audit_service::config::{DatabaseConfig, ServeConfig};
+use audit_service::proto::audit_service_client::AuditServiceClient;
+use audit_service::proto::{self, AppendRequest, AppendResult, EventInput};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+/// Environment variable naming the PostgreSQL database of the test run.
+pub const POSTGRES_URL_VAR: &str = "AUDIT_TEST_DATABASE_URL";
+
+/// Which database a test runs on.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Backend {
+    /// PostgreSQL from `AUDIT_TEST_DATABASE_URL`. Under CI the variable is
+    /// required; elsewhere its absence is reported on stderr, loudly.
+    pub fn postgres() -> Option<Self> {
+        match std::env::var(POSTGRES_URL_VAR) {
+            Ok(url) if !url.is_empty() => Some(Backend::Postgres(url)),
+            _ if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") => {
+                panic!("{POSTGRES_URL_VAR} must be set under CI: PostgreSQL tests cannot be skipped there")
+            }
+            _ => {
+                eprintln!("SKIPPED on PostgreSQL: set {POSTGRES_URL_VAR}=postgres://... to run this test there too");
+                None
+            }
+        }
+    }
+}
+
+/// Defines each listed `async fn name(backend: Backend)` as two tests,
+/// `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(backend) = $crate::support::Backend::postgres() {
+                        super::$name(backend).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// A server running in this process on an ephemeral port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub backend: Backend,
+    pub database_url: String,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// Starts a server on a fresh SQLite file, or on the shared PostgreSQL
+    /// database (tests there keep apart by using their own tenants).
+    pub async fn start(backend: Backend) -> Self {
+        let (database_url, dir) = match &backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display());
+                (url, Some(dir))
+            }
+            Backend::Postgres(url) => (url.clone(), None),
+        };
+        let mut server = Self::start_on(backend, database_url).await;
+        server._dir = dir;
+        server
+    }
+
+    /// Starts a server on an existing database.
+    pub async fn start_on(backend: Backend, database_url: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut config = ServeConfig::new(addr, DatabaseConfig::new(database_url.clone()));
+        config.shutdown_grace_secs = 5;
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(audit_service::startup::run(config, listener, shutdown.clone()));
+        let server = Self { addr, backend, database_url, shutdown, handle: Some(handle), _dir: None };
+        server.wait_until_serving().await;
+        server
+    }
+
+    async fn wait_until_serving(&self) {
+        for _ in 0..200 {
+            if let Ok(channel) = Channel::from_shared(self.url()).expect("url").connect().await {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let request = tonic_health::pb::HealthCheckRequest { service: "audit.v1.AuditService".into() };
+                if health.check(request).await.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server on {} did not become healthy", self.addr);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A connected channel.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url()).expect("url").connect().await.expect("connect")
+    }
+
+    /// A connected AuditService client.
+    pub async fn client(&self) -> AuditServiceClient<Channel> {
+        AuditServiceClient::new(self.channel().await)
+    }
+
+    /// A caller of a tenant of its own, holding every scope.
+    pub async fn caller(&self) -> Caller {
+        self.caller_for(&new_tenant()).await
+    }
+
+    /// A caller of `tenant`, holding every scope.
+    pub async fn caller_for(&self, tenant: &str) -> Caller {
+        Caller { tenant: tenant.to_owned(), client: self.client().await }
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("server task").expect("server result");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A fresh tenant id.
+pub fn new_tenant() -> String {
+    format!("t-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A client acting for one tenant.
+pub struct Caller {
+    pub tenant: String,
+    pub client: AuditServiceClient<Channel>,
+}
+
+impl Caller {
+    /// `message` with this caller's tenant metadata.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.metadata_mut().insert("x-tenant-id", self.tenant.parse().expect("tenant header"));
+        request
+    }
+
+    /// Appends `events` and returns the results, panicking on error.
+    pub async fn append(&mut self, events: Vec<EventInput>) -> Vec<AppendResult> {
+        let request = self.request(AppendRequest { events });
+        self.client.append(request).await.expect("append").into_inner().results
+    }
+
+    /// Queries with `request`, panicking on error.
+    pub async fn query(&mut self, request: proto::QueryRequest) -> proto::QueryResponse {
+        let request = self.request(request);
+        self.client.query(request).await.expect("query").into_inner()
+    }
+
+    /// Every event matching `filter` in `order_by`, through all pages.
+    pub async fn query_all(&mut self, filter: proto::EventFilter, order_by: &str, page_size: i32) -> Vec<proto::AuditEvent> {
+        let mut events = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .query(proto::QueryRequest {
+                    filter: Some(filter.clone()),
+                    page_size,
+                    page_token: page_token.clone(),
+                    order_by: order_by.to_owned(),
+                })
+                .await;
+            events.extend(page.events);
+            if page.next_page_token.is_empty() {
+                return events;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+}
+
+/// A minimal valid event.
+pub fn event(action: &str, actor: &str) -> EventInput {
+    EventInput {
+        action: action.to_owned(),
+        actor: Some(proto::Actor { id: actor.to_owned(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// Asserts `status` has `code`, the `ErrorInfo` reason (domain audit.v1),
+/// and, when given, a BadRequest violation naming `field`.
+#[track_caller]
+pub fn assert_status(status: &Status, code: Code, reason: &str, field: Option<&str>) {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let details = status.get_error_details();
+    let info = details.error_info().unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason, "{status:?}");
+    assert_eq!(info.domain, "audit.v1");
+    if let Some(field) = field {
+        let violations = &details.bad_request().unwrap_or_else(|| panic!("no BadRequest in {status:?}")).field_violations;
+        assert!(
+            violations.iter().any(|v| v.field == field),
+            "no violation of {field} in {violations:?}"
+        );
+    }
+}
