@@ -16,14 +16,21 @@ pub struct DatabaseConfig {
     #[arg(long = "database-url", env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub url: String,
     /// Largest number of pooled database connections.
-    #[arg(long = "db-max-connections", env = "AUDIT_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(
+        long = "db-max-connections",
+        env = "AUDIT_DB_MAX_CONNECTIONS",
+        default_value_t = 16
+    )]
     pub max_connections: u32,
 }
 
 impl DatabaseConfig {
     /// A configuration for `url` with default pool settings.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), max_connections: 16 }
+        Self {
+            url: url.into(),
+            max_connections: 16,
+        }
     }
 }
 
@@ -61,7 +68,11 @@ pub struct ServeConfig {
     #[arg(long = "heartbeat-secs", env = "AUDIT_HEARTBEAT_SECS", default_value_t = 15)]
     pub heartbeat_secs: u64,
     /// Seconds SIGTERM waits for in-flight calls and streams before exiting.
-    #[arg(long = "shutdown-grace-secs", env = "AUDIT_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    #[arg(
+        long = "shutdown-grace-secs",
+        env = "AUDIT_SHUTDOWN_GRACE_SECS",
+        default_value_t = 30
+    )]
     pub shutdown_grace_secs: u64,
 }
 

@@ -27,7 +27,10 @@ pub fn timestamp_to_micros(timestamp: &Timestamp, field: &str) -> Result<i64, Er
         return Err(Error::invalid(field, "nanos must be within 0..999999999"));
     }
     if !(MIN_SECONDS..=MAX_SECONDS).contains(&timestamp.seconds) {
-        return Err(Error::invalid(field, "timestamp must be within years 0001 to 9999"));
+        return Err(Error::invalid(
+            field,
+            "timestamp must be within years 0001 to 9999",
+        ));
     }
     Ok(timestamp.seconds * MICROS_PER_SECOND + i64::from(timestamp.nanos / 1000))
 }
@@ -50,9 +53,12 @@ fn value_to_json(value: Value) -> Result<serde_json::Value, String> {
             .map(serde_json::Value::Number)
             .ok_or_else(|| format!("number {n} is not finite"))?,
         Some(Kind::StructValue(s)) => struct_to_json(s)?,
-        Some(Kind::ListValue(list)) => {
-            serde_json::Value::Array(list.values.into_iter().map(value_to_json).collect::<Result<_, _>>()?)
-        }
+        Some(Kind::ListValue(list)) => serde_json::Value::Array(
+            list.values
+                .into_iter()
+                .map(value_to_json)
+                .collect::<Result<_, _>>()?,
+        ),
     })
 }
 
@@ -61,7 +67,9 @@ fn value_to_json(value: Value) -> Result<serde_json::Value, String> {
 pub fn json_to_struct(value: serde_json::Value) -> Struct {
     match json_to_value(value).kind {
         Some(Kind::StructValue(s)) => s,
-        other => Struct { fields: [("value".to_owned(), Value { kind: other })].into() },
+        other => Struct {
+            fields: [("value".to_owned(), Value { kind: other })].into(),
+        },
     }
 }
 
@@ -71,9 +79,9 @@ fn json_to_value(value: serde_json::Value) -> Value {
         serde_json::Value::Bool(b) => Kind::BoolValue(b),
         serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
         serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(items) => {
-            Kind::ListValue(ListValue { values: items.into_iter().map(json_to_value).collect() })
-        }
+        serde_json::Value::Array(items) => Kind::ListValue(ListValue {
+            values: items.into_iter().map(json_to_value).collect(),
+        }),
         serde_json::Value::Object(map) => Kind::StructValue(Struct {
             fields: map.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
         }),
@@ -133,10 +141,22 @@ mod tests {
     #[test]
     fn out_of_range_timestamps_are_refused() {
         for ts in [
-            Timestamp { seconds: 0, nanos: -1 },
-            Timestamp { seconds: 0, nanos: 1_000_000_000 },
-            Timestamp { seconds: MAX_SECONDS + 1, nanos: 0 },
-            Timestamp { seconds: MIN_SECONDS - 1, nanos: 0 },
+            Timestamp {
+                seconds: 0,
+                nanos: -1,
+            },
+            Timestamp {
+                seconds: 0,
+                nanos: 1_000_000_000,
+            },
+            Timestamp {
+                seconds: MAX_SECONDS + 1,
+                nanos: 0,
+            },
+            Timestamp {
+                seconds: MIN_SECONDS - 1,
+                nanos: 0,
+            },
         ] {
             assert!(timestamp_to_micros(&ts, "t").is_err(), "{ts:?}");
         }
@@ -152,7 +172,13 @@ mod tests {
     #[test]
     fn non_finite_numbers_are_refused() {
         let s = Struct {
-            fields: [("n".to_owned(), Value { kind: Some(Kind::NumberValue(f64::NAN)) })].into(),
+            fields: [(
+                "n".to_owned(),
+                Value {
+                    kind: Some(Kind::NumberValue(f64::NAN)),
+                },
+            )]
+            .into(),
         };
         assert!(struct_to_json(s).is_err());
     }

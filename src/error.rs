@@ -22,7 +22,10 @@ pub struct FieldViolation {
 impl FieldViolation {
     /// A violation of `field`.
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self { field: field.into(), description: description.into() }
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
     }
 }
 
@@ -134,14 +137,16 @@ pub fn is_unavailable(error: &DbErr) -> bool {
         _ => return false,
     };
     match runtime {
-        RuntimeErr::SqlxError(sqlx_error) => matches!(
-            sqlx_error.as_ref(),
-            sea_orm::sqlx::Error::Io(_)
-                | sea_orm::sqlx::Error::PoolTimedOut
-                | sea_orm::sqlx::Error::PoolClosed
-                | sea_orm::sqlx::Error::WorkerCrashed
-                | sea_orm::sqlx::Error::Tls(_)
-        ) || is_admin_shutdown(sqlx_error.as_ref()),
+        RuntimeErr::SqlxError(sqlx_error) => {
+            matches!(
+                sqlx_error.as_ref(),
+                sea_orm::sqlx::Error::Io(_)
+                    | sea_orm::sqlx::Error::PoolTimedOut
+                    | sea_orm::sqlx::Error::PoolClosed
+                    | sea_orm::sqlx::Error::WorkerCrashed
+                    | sea_orm::sqlx::Error::Tls(_)
+            ) || is_admin_shutdown(sqlx_error.as_ref())
+        }
         _ => false,
     }
 }
@@ -191,6 +196,9 @@ mod tests {
         let details = status.get_error_details();
         let info = details.error_info().expect("error info");
         assert_eq!(info.reason, "MISSING_SCOPE");
-        assert_eq!(info.metadata.get("scope").map(String::as_str), Some("audit:write"));
+        assert_eq!(
+            info.metadata.get("scope").map(String::as_str),
+            Some("audit:write")
+        );
     }
 }

@@ -26,7 +26,11 @@ const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Serves on `listener` until `shutdown` is cancelled, then stops accepting,
 /// lets in-flight calls finish (up to the configured grace) and returns.
-pub async fn run(config: ServeConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let store = Store::connect(&config.database).await?;
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
@@ -91,7 +95,9 @@ async fn watch_database(store: Store, health: HealthReporter, shutdown: Cancella
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(HEALTH_PROBE_INTERVAL) => {}
         }
-        let reachable = tokio::time::timeout(HEALTH_PROBE_INTERVAL, store.ping()).await.is_ok_and(|r| r.is_ok());
+        let reachable = tokio::time::timeout(HEALTH_PROBE_INTERVAL, store.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
         if reachable != serving && !shutdown.is_cancelled() {
             serving = reachable;
             if reachable {

@@ -54,19 +54,55 @@ enum ServiceSecrets {
 /// Secondary indexes: one per filter path, each ending in `seq` so a filtered
 /// query pages through the index in `seq` order.
 const EVENT_INDEXES: &[(&str, &[AuditEvents])] = &[
-    ("ix_audit_events_occurred", &[AuditEvents::TenantId, AuditEvents::OccurredAt, AuditEvents::Seq]),
-    ("ix_audit_events_action", &[AuditEvents::TenantId, AuditEvents::Action, AuditEvents::Seq]),
-    ("ix_audit_events_actor", &[AuditEvents::TenantId, AuditEvents::ActorId, AuditEvents::Seq]),
-    ("ix_audit_events_actor_type", &[AuditEvents::TenantId, AuditEvents::ActorType, AuditEvents::Seq]),
+    (
+        "ix_audit_events_occurred",
+        &[AuditEvents::TenantId, AuditEvents::OccurredAt, AuditEvents::Seq],
+    ),
+    (
+        "ix_audit_events_action",
+        &[AuditEvents::TenantId, AuditEvents::Action, AuditEvents::Seq],
+    ),
+    (
+        "ix_audit_events_actor",
+        &[AuditEvents::TenantId, AuditEvents::ActorId, AuditEvents::Seq],
+    ),
+    (
+        "ix_audit_events_actor_type",
+        &[AuditEvents::TenantId, AuditEvents::ActorType, AuditEvents::Seq],
+    ),
     (
         "ix_audit_events_resource",
-        &[AuditEvents::TenantId, AuditEvents::ResourceType, AuditEvents::ResourceId, AuditEvents::Seq],
+        &[
+            AuditEvents::TenantId,
+            AuditEvents::ResourceType,
+            AuditEvents::ResourceId,
+            AuditEvents::Seq,
+        ],
     ),
-    ("ix_audit_events_resource_id", &[AuditEvents::TenantId, AuditEvents::ResourceId, AuditEvents::Seq]),
-    ("ix_audit_events_outcome", &[AuditEvents::TenantId, AuditEvents::Outcome, AuditEvents::Seq]),
-    ("ix_audit_events_source", &[AuditEvents::TenantId, AuditEvents::Source, AuditEvents::Seq]),
-    ("ix_audit_events_request_id", &[AuditEvents::TenantId, AuditEvents::RequestId, AuditEvents::Seq]),
-    ("ix_audit_events_client_ip", &[AuditEvents::TenantId, AuditEvents::RequestClientIp, AuditEvents::Seq]),
+    (
+        "ix_audit_events_resource_id",
+        &[AuditEvents::TenantId, AuditEvents::ResourceId, AuditEvents::Seq],
+    ),
+    (
+        "ix_audit_events_outcome",
+        &[AuditEvents::TenantId, AuditEvents::Outcome, AuditEvents::Seq],
+    ),
+    (
+        "ix_audit_events_source",
+        &[AuditEvents::TenantId, AuditEvents::Source, AuditEvents::Seq],
+    ),
+    (
+        "ix_audit_events_request_id",
+        &[AuditEvents::TenantId, AuditEvents::RequestId, AuditEvents::Seq],
+    ),
+    (
+        "ix_audit_events_client_ip",
+        &[
+            AuditEvents::TenantId,
+            AuditEvents::RequestClientIp,
+            AuditEvents::Seq,
+        ],
+    ),
 ];
 
 #[async_trait::async_trait]
@@ -186,8 +222,14 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_table(Table::drop().table(ServiceSecrets::Table).to_owned()).await?;
-        manager.drop_table(Table::drop().table(TenantHeads::Table).to_owned()).await?;
-        manager.drop_table(Table::drop().table(AuditEvents::Table).to_owned()).await
+        manager
+            .drop_table(Table::drop().table(ServiceSecrets::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(TenantHeads::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(AuditEvents::Table).to_owned())
+            .await
     }
 }

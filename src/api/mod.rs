@@ -18,9 +18,9 @@ use crate::error::Error;
 use crate::filter;
 use crate::proto::audit_service_server::AuditService;
 use crate::proto::{
-    AppendRequest, AppendResponse, AppendResult, AuditEvent, DeleteRequest, DeleteResponse, GetFilterMetadataRequest,
-    GetFilterMetadataResponse, GetRequest, QueryRequest, QueryResponse, StatsRequest, StatsResponse, WatchRequest,
-    WatchResponse,
+    AppendRequest, AppendResponse, AppendResult, AuditEvent, DeleteRequest, DeleteResponse,
+    GetFilterMetadataRequest, GetFilterMetadataResponse, GetRequest, QueryRequest, QueryResponse,
+    StatsRequest, StatsResponse, WatchRequest, WatchResponse,
 };
 use crate::store::page_token::QueryFingerprint;
 use crate::store::{DeletionRequest, EventOrder, PageCursor, Store};
@@ -64,10 +64,18 @@ impl AuditService for AuditApi {
     async fn append(&self, request: Request<AppendRequest>) -> Result<Response<AppendResponse>, Status> {
         let caller = caller(&request, Scope::Append)?;
         let events = validate::append_events(request.into_inner().events)?;
-        let outcomes = self.store.append(&caller.tenant, events).await.map_err(Error::from)?;
+        let outcomes = self
+            .store
+            .append(&caller.tenant, events)
+            .await
+            .map_err(Error::from)?;
         let results = outcomes
             .into_iter()
-            .map(|o| AppendResult { id: o.id.to_string(), seq: o.seq as u64, duplicate: o.duplicate })
+            .map(|o| AppendResult {
+                id: o.id.to_string(),
+                seq: o.seq as u64,
+                duplicate: o.duplicate,
+            })
             .collect();
         Ok(Response::new(AppendResponse { results }))
     }
@@ -77,11 +85,15 @@ impl AuditService for AuditApi {
         let request = request.into_inner();
         let page_size = page_size(request.page_size)?;
         let order = EventOrder::parse(&request.order_by).ok_or_else(|| {
-            Error::invalid("order_by", "must be one of: seq desc, seq asc, occurred_at desc, occurred_at asc")
+            Error::invalid(
+                "order_by",
+                "must be one of: seq desc, seq asc, occurred_at desc, occurred_at asc",
+            )
         })?;
         let filter = request.filter.unwrap_or_default();
         let condition = filter::compile(&filter, "filter")?;
-        let fingerprint = QueryFingerprint::of(caller.tenant.as_str(), order.as_str(), &filter.encode_to_vec());
+        let fingerprint =
+            QueryFingerprint::of(caller.tenant.as_str(), order.as_str(), &filter.encode_to_vec());
         let after = match request.page_token.as_str() {
             "" => None,
             token => Some(
@@ -101,12 +113,18 @@ impl AuditService for AuditApi {
         if rows.len() > page_size {
             rows.truncate(page_size);
             if let Some(last) = rows.last() {
-                let cursor = PageCursor { seq: last.seq, occurred_at: last.occurred_at.unwrap_or_default() };
+                let cursor = PageCursor {
+                    seq: last.seq,
+                    occurred_at: last.occurred_at.unwrap_or_default(),
+                };
                 next_page_token = self.store.page_tokens().issue(fingerprint, cursor);
             }
         }
         let events = rows.into_iter().map(event_to_proto).collect();
-        Ok(Response::new(QueryResponse { events, next_page_token }))
+        Ok(Response::new(QueryResponse {
+            events,
+            next_page_token,
+        }))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<AuditEvent>, Status> {
@@ -143,7 +161,11 @@ impl AuditService for AuditApi {
             actor_type: caller.actor_type() as i32,
             reason: request.reason,
         };
-        let deletion = self.store.delete(&caller.tenant, id, deletion).await.map_err(Error::from)?;
+        let deletion = self
+            .store
+            .delete(&caller.tenant, id, deletion)
+            .await
+            .map_err(Error::from)?;
         let deletion = deletion.ok_or_else(|| Error::NotFound(format!("event {id}")))?;
         Ok(Response::new(DeleteResponse {
             id: deletion.erased_id.to_string(),

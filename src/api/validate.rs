@@ -36,7 +36,10 @@ impl Violations {
     /// Checks a text field's length and that it holds no NUL character.
     pub fn text(&mut self, field: impl Fn() -> String, value: &str, max: usize) {
         if value.len() > max {
-            self.add(field(), format!("must be at most {max} bytes, got {}", value.len()));
+            self.add(
+                field(),
+                format!("must be at most {max} bytes, got {}", value.len()),
+            );
         } else if value.contains('\0') {
             self.add(field(), "must not contain NUL characters");
         }
@@ -44,7 +47,11 @@ impl Violations {
 
     /// Ok when nothing was recorded.
     pub fn finish(self) -> Result<(), Error> {
-        if self.0.is_empty() { Ok(()) } else { Err(Error::InvalidArgument(self.0)) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(self.0))
+        }
     }
 
     fn take_from(&mut self, error: Error) {
@@ -76,7 +83,10 @@ pub fn append_events(events: Vec<EventInput>) -> Result<Vec<NewEvent>, Error> {
     if events.is_empty() {
         violations.add("events", "at least one event is required");
     } else if events.len() > MAX_BATCH {
-        violations.add("events", format!("at most {MAX_BATCH} events per Append, got {}", events.len()));
+        violations.add(
+            "events",
+            format!("at most {MAX_BATCH} events per Append, got {}", events.len()),
+        );
     }
     violations.finish()?;
 
@@ -105,7 +115,10 @@ fn event(i: usize, input: EventInput, violations: &mut Violations) -> NewEvent {
             ),
         );
     } else if input.action.starts_with(RESERVED_ACTION_PREFIX) {
-        violations.add(field("action"), "the audit. namespace is reserved for events the service records itself");
+        violations.add(
+            field("action"),
+            "the audit. namespace is reserved for events the service records itself",
+        );
     }
     if actor.id.is_empty() {
         violations.add(field("actor.id"), "is required");
@@ -141,7 +154,11 @@ fn event(i: usize, input: EventInput, violations: &mut Violations) -> NewEvent {
         violations.add(field("request.status_code"), "must be within 0..999");
     }
 
-    let occurred_at = match input.occurred_at.as_ref().map(|ts| timestamp_to_micros(ts, &field("occurred_at"))) {
+    let occurred_at = match input
+        .occurred_at
+        .as_ref()
+        .map(|ts| timestamp_to_micros(ts, &field("occurred_at")))
+    {
         Some(Ok(micros)) => Some(micros),
         Some(Err(error)) => {
             violations.take_from(error);
@@ -153,7 +170,10 @@ fn event(i: usize, input: EventInput, violations: &mut Violations) -> NewEvent {
         Some(Ok(json)) => {
             let size = json.to_string().len();
             if size > MAX_METADATA_BYTES {
-                violations.add(field("metadata"), format!("must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}"));
+                violations.add(
+                    field("metadata"),
+                    format!("must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}"),
+                );
             } else if json.to_string().contains("\\u0000") {
                 violations.add(field("metadata"), "must not contain NUL characters");
             }
@@ -199,7 +219,17 @@ mod tests {
         for action in ["user.login", "api_key.create", "a.b.c", "user2.log_in"] {
             assert!(is_valid_action(action), "{action}");
         }
-        for action in ["login", "User.login", "user..login", ".user", "user.", "user.Login", "2fa.enable", "user login", "user-x.y"] {
+        for action in [
+            "login",
+            "User.login",
+            "user..login",
+            ".user",
+            "user.",
+            "user.Login",
+            "2fa.enable",
+            "user login",
+            "user-x.y",
+        ] {
             assert!(!is_valid_action(action), "{action}");
         }
     }

@@ -77,7 +77,11 @@ pub struct CallerIdentity {
 impl CallerIdentity {
     /// Ok when the credential grants `scope`.
     pub fn require(&self, scope: Scope) -> Result<(), Error> {
-        if self.scopes.contains(&scope) { Ok(()) } else { Err(Error::MissingScope(scope.as_str())) }
+        if self.scopes.contains(&scope) {
+            Ok(())
+        } else {
+            Err(Error::MissingScope(scope.as_str()))
+        }
     }
 
     /// The actor type the caller is recorded as in events the service writes
@@ -106,7 +110,9 @@ pub fn tenant_from_headers(headers: &HeaderMap) -> Result<TenantId, Error> {
     let Some(value) = headers.get(TENANT_HEADER) else {
         return Err(Error::TenantRequired);
     };
-    let value = value.to_str().map_err(|_| Error::invalid(TENANT_HEADER, "must be printable ASCII"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| Error::invalid(TENANT_HEADER, "must be printable ASCII"))?;
     if value.trim().is_empty() {
         return Err(Error::TenantRequired);
     }
@@ -147,7 +153,10 @@ impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService { inner, authenticator: self.authenticator.clone() }
+        AuthService {
+            inner,
+            authenticator: self.authenticator.clone(),
+        }
     }
 }
 

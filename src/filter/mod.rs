@@ -26,13 +26,19 @@ pub fn compile(filter: &EventFilter, prefix: &str) -> Result<Condition, Error> {
             return;
         }
         if values.len() > MAX_VALUES_PER_FIELD {
-            violations.push(FieldViolation::new(field(name), format!("at most {MAX_VALUES_PER_FIELD} values")));
+            violations.push(FieldViolation::new(
+                field(name),
+                format!("at most {MAX_VALUES_PER_FIELD} values"),
+            ));
             return;
         }
         let mut alternatives = Condition::any();
         for (i, value) in values.iter().enumerate() {
             if value.is_empty() {
-                violations.push(FieldViolation::new(format!("{}[{i}]", field(name)), "must not be empty"));
+                violations.push(FieldViolation::new(
+                    format!("{}[{i}]", field(name)),
+                    "must not be empty",
+                ));
             } else if prefixes {
                 alternatives = alternatives.add(exact_or_prefix(column, value));
             } else {
@@ -43,7 +49,12 @@ pub fn compile(filter: &EventFilter, prefix: &str) -> Result<Condition, Error> {
     };
     any_of("actions", &filter.actions, Column::Action, true);
     any_of("actor_ids", &filter.actor_ids, Column::ActorId, false);
-    any_of("resource_types", &filter.resource_types, Column::ResourceType, false);
+    any_of(
+        "resource_types",
+        &filter.resource_types,
+        Column::ResourceType,
+        false,
+    );
     any_of("resource_ids", &filter.resource_ids, Column::ResourceId, false);
     any_of("sources", &filter.sources, Column::Source, false);
 
@@ -51,18 +62,25 @@ pub fn compile(filter: &EventFilter, prefix: &str) -> Result<Condition, Error> {
     match actor_types {
         Ok(values) if !values.is_empty() => condition = condition.add(Column::ActorType.is_in(values)),
         Ok(_) => {}
-        Err(i) => violations.push(FieldViolation::new(format!("{}[{i}]", field("actor_types")), "unknown ActorType")),
+        Err(i) => violations.push(FieldViolation::new(
+            format!("{}[{i}]", field("actor_types")),
+            "unknown ActorType",
+        )),
     }
     match known_enums(&filter.outcomes, |v| Outcome::try_from(v).is_ok()) {
         Ok(values) if !values.is_empty() => condition = condition.add(Column::Outcome.is_in(values)),
         Ok(_) => {}
-        Err(i) => violations.push(FieldViolation::new(format!("{}[{i}]", field("outcomes")), "unknown Outcome")),
+        Err(i) => violations.push(FieldViolation::new(
+            format!("{}[{i}]", field("outcomes")),
+            "unknown Outcome",
+        )),
     }
 
     if !filter.actor_email.is_empty() {
-        condition = condition.add(
-            ExprTrait::eq(Expr::expr(Func::lower(Expr::col(Column::ActorEmail))), filter.actor_email.to_ascii_lowercase()),
-        );
+        condition = condition.add(ExprTrait::eq(
+            Expr::expr(Func::lower(Expr::col(Column::ActorEmail))),
+            filter.actor_email.to_ascii_lowercase(),
+        ));
     }
     if !filter.request_id.is_empty() {
         condition = condition.add(Column::RequestId.eq(filter.request_id.as_str()));
@@ -87,7 +105,10 @@ pub fn compile(filter: &EventFilter, prefix: &str) -> Result<Condition, Error> {
     if let (Some(start), Some(end)) = (start, end)
         && end < start
     {
-        violations.push(FieldViolation::new(field("end_time"), "must not be before start_time"));
+        violations.push(FieldViolation::new(
+            field("end_time"),
+            "must not be before start_time",
+        ));
     }
     if let Some(start) = start {
         condition = condition.add(Column::OccurredAt.gte(start));
@@ -101,7 +122,11 @@ pub fn compile(filter: &EventFilter, prefix: &str) -> Result<Condition, Error> {
             "filter expressions (EventFilter.expression) are not served by this version yet; use the structured EventFilter fields",
         ));
     }
-    if violations.is_empty() { Ok(condition) } else { Err(Error::InvalidArgument(violations)) }
+    if violations.is_empty() {
+        Ok(condition)
+    } else {
+        Err(Error::InvalidArgument(violations))
+    }
 }
 
 /// The values, or the index of the first one that is not a known enum value.
@@ -120,7 +145,10 @@ mod tests {
     use crate::store::audit_event::Entity;
 
     fn sql(filter: &EventFilter) -> String {
-        Entity::find().filter(compile(filter, "filter").unwrap()).build(DbBackend::Sqlite).to_string()
+        Entity::find()
+            .filter(compile(filter, "filter").unwrap())
+            .build(DbBackend::Sqlite)
+            .to_string()
     }
 
     #[test]
@@ -131,7 +159,10 @@ mod tests {
 
     #[test]
     fn action_prefix_becomes_a_range() {
-        let text = sql(&EventFilter { actions: vec!["user.*".into(), "api_key.create".into()], ..Default::default() });
+        let text = sql(&EventFilter {
+            actions: vec!["user.*".into(), "api_key.create".into()],
+            ..Default::default()
+        });
         assert!(text.contains(r#""action" >= 'user.'"#), "{text}");
         assert!(text.contains(r#""action" < 'user/'"#), "{text}");
         assert!(text.contains(r#""action" = 'api_key.create'"#), "{text}");
@@ -142,12 +173,20 @@ mod tests {
         let filter = EventFilter {
             actor_ids: vec!["".into()],
             outcomes: vec![42],
-            start_time: Some(prost_types::Timestamp { seconds: 10, nanos: 0 }),
+            start_time: Some(prost_types::Timestamp {
+                seconds: 10,
+                nanos: 0,
+            }),
             end_time: Some(prost_types::Timestamp { seconds: 5, nanos: 0 }),
             ..Default::default()
         };
-        let Err(Error::InvalidArgument(violations)) = compile(&filter, "filter") else { panic!("accepted") };
+        let Err(Error::InvalidArgument(violations)) = compile(&filter, "filter") else {
+            panic!("accepted")
+        };
         let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
-        assert_eq!(fields, ["filter.actor_ids[0]", "filter.outcomes[0]", "filter.end_time"]);
+        assert_eq!(
+            fields,
+            ["filter.actor_ids[0]", "filter.outcomes[0]", "filter.end_time"]
+        );
     }
 }

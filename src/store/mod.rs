@@ -23,7 +23,9 @@ use tokio::sync::{Mutex, MutexGuard};
 pub use entity::audit_event;
 pub use page_token::{PageCursor, PageTokenKey};
 pub use query::{EventOrder, exact_or_prefix};
-pub use sequencer::{AppendOutcome, DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion, DeletionRequest, NewEvent};
+pub use sequencer::{
+    AppendOutcome, DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion, DeletionRequest, NewEvent,
+};
 
 use crate::config::DatabaseConfig;
 use crate::tenant::TenantId;
@@ -54,7 +56,11 @@ impl Store {
         }
         let page_tokens = PageTokenKey::new(load_or_create_secret(&db, "page_token_key").await?);
         let sqlite_writer = (backend == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Ok(Self { db, sqlite_writer, page_tokens })
+        Ok(Self {
+            db,
+            sqlite_writer,
+            page_tokens,
+        })
     }
 
     /// The underlying connection pool.
@@ -132,7 +138,8 @@ async fn migrate_postgres(url: &str) -> Result<(), DbErr> {
     let mut options = ConnectOptions::new(url.to_owned());
     options.max_connections(1).min_connections(1).sqlx_logging(false);
     let db = Database::connect(options).await?;
-    let lock = |sql: &str| Statement::from_sql_and_values(DbBackend::Postgres, sql, [MIGRATION_LOCK_KEY.into()]);
+    let lock =
+        |sql: &str| Statement::from_sql_and_values(DbBackend::Postgres, sql, [MIGRATION_LOCK_KEY.into()]);
     db.execute_raw(lock("SELECT pg_advisory_lock($1)")).await?;
     let migrated = Migrator::up(&db, None).await;
     let unlocked = db.execute_raw(lock("SELECT pg_advisory_unlock($1)")).await;
@@ -152,7 +159,11 @@ async fn load_or_create_secret(db: &DatabaseConnection, name: &str) -> Result<Ve
         value: Set(value),
         created_at: Set(now_micros()),
     })
-    .on_conflict(OnConflict::column(service_secret::Column::Name).do_nothing().to_owned())
+    .on_conflict(
+        OnConflict::column(service_secret::Column::Name)
+            .do_nothing()
+            .to_owned(),
+    )
     .exec_without_returning(db)
     .await?;
     service_secret::Entity::find_by_id(name.to_owned())

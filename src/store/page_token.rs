@@ -87,14 +87,17 @@ impl PageTokenKey {
 
     /// The cursor in `token`, if this key issued it for `fingerprint`.
     pub fn open(&self, token: &str, fingerprint: QueryFingerprint) -> Result<PageCursor, PageTokenError> {
-        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| PageTokenError::Invalid)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| PageTokenError::Invalid)?;
         if bytes.len() != TOKEN_LEN || bytes[0] != VERSION {
             return Err(PageTokenError::Invalid);
         }
         let (body, tag) = bytes.split_at(BODY_LEN);
         let mut mac = self.mac();
         mac.update(body);
-        mac.verify_truncated_left(tag).map_err(|_| PageTokenError::Invalid)?;
+        mac.verify_truncated_left(tag)
+            .map_err(|_| PageTokenError::Invalid)?;
         if body[17..] != fingerprint.0 {
             return Err(PageTokenError::OtherQuery);
         }
@@ -103,7 +106,10 @@ impl PageTokenKey {
             b.copy_from_slice(&body[range]);
             i64::from_be_bytes(b)
         };
-        Ok(PageCursor { seq: word(1..9), occurred_at: word(9..17) })
+        Ok(PageCursor {
+            seq: word(1..9),
+            occurred_at: word(9..17),
+        })
     }
 }
 
@@ -115,7 +121,10 @@ mod tests {
         PageTokenKey::new(vec![7; 32])
     }
 
-    const CURSOR: PageCursor = PageCursor { seq: 1234, occurred_at: 1_700_000_000_000_000 };
+    const CURSOR: PageCursor = PageCursor {
+        seq: 1234,
+        occurred_at: 1_700_000_000_000_000,
+    };
 
     #[test]
     fn token_round_trips_for_the_same_query() {
@@ -145,7 +154,11 @@ mod tests {
             let mut edited = raw.clone();
             edited[i] ^= 0x01;
             let token = URL_SAFE_NO_PAD.encode(&edited);
-            assert_eq!(key().open(&token, query), Err(PageTokenError::Invalid), "byte {i}");
+            assert_eq!(
+                key().open(&token, query),
+                Err(PageTokenError::Invalid),
+                "byte {i}"
+            );
         }
     }
 
@@ -161,6 +174,9 @@ mod tests {
 
     #[test]
     fn length_prefixing_keeps_parts_apart() {
-        assert_ne!(QueryFingerprint::of("ab", "c", b""), QueryFingerprint::of("a", "bc", b""));
+        assert_ne!(
+            QueryFingerprint::of("ab", "c", b""),
+            QueryFingerprint::of("a", "bc", b"")
+        );
     }
 }

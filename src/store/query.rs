@@ -23,7 +23,12 @@ pub enum EventOrder {
 
 impl EventOrder {
     /// Every order, by its `order_by` spelling.
-    pub const ALL: [EventOrder; 4] = [Self::SeqDesc, Self::SeqAsc, Self::OccurredAtDesc, Self::OccurredAtAsc];
+    pub const ALL: [EventOrder; 4] = [
+        Self::SeqDesc,
+        Self::SeqAsc,
+        Self::OccurredAtDesc,
+        Self::OccurredAtAsc,
+    ];
 
     /// Parses an `order_by` value; empty means `seq desc`, a field without
     /// direction means ascending (AIP-132), and spacing and case are free.
@@ -75,7 +80,10 @@ impl EventOrder {
 impl Store {
     /// The tenant's live event with this id.
     pub async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<audit_event::Model>, DbErr> {
-        events_of(tenant).filter(audit_event::Column::Id.eq(id)).one(&self.db).await
+        events_of(tenant)
+            .filter(audit_event::Column::Id.eq(id))
+            .one(&self.db)
+            .await
     }
 
     /// Up to `limit` of the tenant's live events matching `condition`, in
@@ -96,13 +104,19 @@ impl Store {
         if matches!(order, EventOrder::OccurredAtDesc | EventOrder::OccurredAtAsc) {
             select = select.order_by(audit_event::Column::OccurredAt, direction.clone());
         }
-        select.order_by(audit_event::Column::Seq, direction).limit(limit).all(&self.db).await
+        select
+            .order_by(audit_event::Column::Seq, direction)
+            .limit(limit)
+            .all(&self.db)
+            .await
     }
 
     /// Highest seq handed out to the tenant (0 when it has no events).
     pub async fn head_seq(&self, tenant: &TenantId) -> Result<i64, DbErr> {
         use super::entity::tenant_head;
-        let head = tenant_head::Entity::find_by_id(tenant.as_str().to_owned()).one(&self.db).await?;
+        let head = tenant_head::Entity::find_by_id(tenant.as_str().to_owned())
+            .one(&self.db)
+            .await?;
         Ok(head.map_or(0, |h| h.head_seq))
     }
 }
@@ -141,7 +155,10 @@ mod tests {
             assert_eq!(EventOrder::parse(order.as_str()), Some(order));
         }
         assert_eq!(EventOrder::parse(""), Some(EventOrder::SeqDesc));
-        assert_eq!(EventOrder::parse("  OCCURRED_AT   Desc "), Some(EventOrder::OccurredAtDesc));
+        assert_eq!(
+            EventOrder::parse("  OCCURRED_AT   Desc "),
+            Some(EventOrder::OccurredAtDesc)
+        );
         assert_eq!(EventOrder::parse("occurred_at"), Some(EventOrder::OccurredAtAsc));
         for bad in ["seq sideways", "action", "seq desc, occurred_at", "desc"] {
             assert_eq!(EventOrder::parse(bad), None, "{bad}");

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Statement, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    IntoActiveModel, QueryFilter, QuerySelect, Statement, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -112,7 +112,11 @@ pub struct DeletionRequest {
 impl Store {
     /// Records a batch all or nothing and returns one outcome per input, in
     /// order. Returns after the commit is durable.
-    pub async fn append(&self, tenant: &TenantId, events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, DbErr> {
+    pub async fn append(
+        &self,
+        tenant: &TenantId,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<AppendOutcome>, DbErr> {
         let _writer = self.write_guard().await;
         let txn = self.db.begin().await?;
         let head = lock_head(&txn, tenant).await?;
@@ -125,7 +129,11 @@ impl Store {
         let mut next = head;
         for event in events {
             if let Some(&(id, seq)) = event.idempotency_key.as_ref().and_then(|k| recorded.get(k)) {
-                outcomes.push(AppendOutcome { id, seq, duplicate: true });
+                outcomes.push(AppendOutcome {
+                    id,
+                    seq,
+                    duplicate: true,
+                });
                 continue;
             }
             next += 1;
@@ -133,7 +141,11 @@ impl Store {
             if let Some(key) = &event.idempotency_key {
                 recorded.insert(key.clone(), (id, next));
             }
-            outcomes.push(AppendOutcome { id, seq: next, duplicate: false });
+            outcomes.push(AppendOutcome {
+                id,
+                seq: next,
+                duplicate: false,
+            });
             rows.push(event.into_model(tenant, next, id, recorded_at));
         }
         if !rows.is_empty() {
@@ -156,7 +168,11 @@ impl Store {
         let _writer = self.write_guard().await;
         let txn = self.db.begin().await?;
         let head = lock_head(&txn, tenant).await?;
-        let Some(target) = events_of(tenant).filter(audit_event::Column::Id.eq(id)).one(&txn).await? else {
+        let Some(target) = events_of(tenant)
+            .filter(audit_event::Column::Id.eq(id))
+            .one(&txn)
+            .await?
+        else {
             txn.rollback().await?;
             return Ok(None);
         };
@@ -180,7 +196,11 @@ impl Store {
         insert_events(&txn, vec![event.clone()]).await?;
         set_head(&txn, tenant, head + 1).await?;
         txn.commit().await?;
-        Ok(Some(Deletion { erased_id: id, erased_seq: target.seq, event }))
+        Ok(Some(Deletion {
+            erased_id: id,
+            erased_seq: target.seq,
+            event,
+        }))
     }
 }
 
@@ -254,9 +274,14 @@ async fn set_head(txn: &DatabaseTransaction, tenant: &TenantId, head: i64) -> Re
 async fn insert_events(txn: &DatabaseTransaction, rows: Vec<audit_event::Model>) -> Result<(), DbErr> {
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
-        let chunk: Vec<audit_event::ActiveModel> =
-            rows.by_ref().take(INSERT_CHUNK).map(|m| m.into_active_model().reset_all()).collect();
-        audit_event::Entity::insert_many(chunk).exec_without_returning(txn).await?;
+        let chunk: Vec<audit_event::ActiveModel> = rows
+            .by_ref()
+            .take(INSERT_CHUNK)
+            .map(|m| m.into_active_model().reset_all())
+            .collect();
+        audit_event::Entity::insert_many(chunk)
+            .exec_without_returning(txn)
+            .await?;
     }
     Ok(())
 }

@@ -7,7 +7,10 @@ use audit_service::proto::EventFilter;
 use crate::on_both_backends;
 use crate::support::{Backend, TestServer, event};
 
-on_both_backends!(seqs_are_contiguous_under_eight_concurrent_appenders, idempotency_key_returns_the_original_event);
+on_both_backends!(
+    seqs_are_contiguous_under_eight_concurrent_appenders,
+    idempotency_key_returns_the_original_event
+);
 
 async fn seqs_are_contiguous_under_eight_concurrent_appenders(backend: Backend) {
     let server = TestServer::start(backend).await;
@@ -19,7 +22,9 @@ async fn seqs_are_contiguous_under_eight_concurrent_appenders(backend: Backend) 
             let mut results = Vec::new();
             for round in 0..20 {
                 let size = 1 + (worker + round) % 7;
-                let batch = (0..size).map(|i| event("document.read", &format!("w{worker}-r{round}-{i}"))).collect();
+                let batch = (0..size)
+                    .map(|i| event("document.read", &format!("w{worker}-r{round}-{i}")))
+                    .collect();
                 let appended = caller.append(batch).await;
                 assert_eq!(appended.len(), size);
                 // A batch occupies consecutive seqs: nothing interleaves.
@@ -62,12 +67,29 @@ async fn idempotency_key_returns_the_original_event(backend: Backend) {
     let first = caller.append(vec![keyed("k1"), keyed("k2")]).await;
     assert!(first.iter().all(|r| !r.duplicate));
 
-    let again = caller.append(vec![keyed("k2"), event("user.logout", "alice"), keyed("k1"), keyed("k3"), keyed("k3")]).await;
-    assert_eq!((again[0].id.as_str(), again[0].seq, again[0].duplicate), (first[1].id.as_str(), first[1].seq, true));
+    let again = caller
+        .append(vec![
+            keyed("k2"),
+            event("user.logout", "alice"),
+            keyed("k1"),
+            keyed("k3"),
+            keyed("k3"),
+        ])
+        .await;
+    assert_eq!(
+        (again[0].id.as_str(), again[0].seq, again[0].duplicate),
+        (first[1].id.as_str(), first[1].seq, true)
+    );
     assert_eq!((again[1].seq, again[1].duplicate), (3, false));
-    assert_eq!((again[2].id.as_str(), again[2].seq, again[2].duplicate), (first[0].id.as_str(), first[0].seq, true));
+    assert_eq!(
+        (again[2].id.as_str(), again[2].seq, again[2].duplicate),
+        (first[0].id.as_str(), first[0].seq, true)
+    );
     assert_eq!((again[3].seq, again[3].duplicate), (4, false));
-    assert_eq!((again[4].id.as_str(), again[4].seq, again[4].duplicate), (again[3].id.as_str(), 4, true));
+    assert_eq!(
+        (again[4].id.as_str(), again[4].seq, again[4].duplicate),
+        (again[3].id.as_str(), 4, true)
+    );
 
     let stored = caller.query_all(EventFilter::default(), "seq asc", 100).await;
     assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);

@@ -35,7 +35,9 @@ impl Backend {
                 panic!("{POSTGRES_URL_VAR} must be set under CI: PostgreSQL tests cannot be skipped there")
             }
             _ => {
-                eprintln!("SKIPPED on PostgreSQL: set {POSTGRES_URL_VAR}=postgres://... to run this test there too");
+                eprintln!(
+                    "SKIPPED on PostgreSQL: set {POSTGRES_URL_VAR}=postgres://... to run this test there too"
+                );
                 None
             }
         }
@@ -103,7 +105,14 @@ impl TestServer {
         config.shutdown_grace_secs = 5;
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(audit_service::startup::run(config, listener, shutdown.clone()));
-        let server = Self { addr, backend, database_url, shutdown, handle: Some(handle), _dir: None };
+        let server = Self {
+            addr,
+            backend,
+            database_url,
+            shutdown,
+            handle: Some(handle),
+            _dir: None,
+        };
         server.wait_until_serving().await;
         server
     }
@@ -112,7 +121,9 @@ impl TestServer {
         for _ in 0..200 {
             if let Ok(channel) = Channel::from_shared(self.url()).expect("url").connect().await {
                 let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                let request = tonic_health::pb::HealthCheckRequest { service: "audit.v1.AuditService".into() };
+                let request = tonic_health::pb::HealthCheckRequest {
+                    service: "audit.v1.AuditService".into(),
+                };
                 if health.check(request).await.is_ok() {
                     return;
                 }
@@ -128,7 +139,11 @@ impl TestServer {
 
     /// A connected channel.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url()).expect("url").connect().await.expect("connect")
+        Channel::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
     }
 
     /// A connected AuditService client.
@@ -143,7 +158,10 @@ impl TestServer {
 
     /// A caller of `tenant`, holding every scope.
     pub async fn caller_for(&self, tenant: &str) -> Caller {
-        Caller { tenant: tenant.to_owned(), client: self.client().await }
+        Caller {
+            tenant: tenant.to_owned(),
+            client: self.client().await,
+        }
     }
 
     /// Stops the server and waits for it to drain.
@@ -176,14 +194,21 @@ impl Caller {
     /// `message` with this caller's tenant metadata.
     pub fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
-        request.metadata_mut().insert("x-tenant-id", self.tenant.parse().expect("tenant header"));
+        request
+            .metadata_mut()
+            .insert("x-tenant-id", self.tenant.parse().expect("tenant header"));
         request
     }
 
     /// Appends `events` and returns the results, panicking on error.
     pub async fn append(&mut self, events: Vec<EventInput>) -> Vec<AppendResult> {
         let request = self.request(AppendRequest { events });
-        self.client.append(request).await.expect("append").into_inner().results
+        self.client
+            .append(request)
+            .await
+            .expect("append")
+            .into_inner()
+            .results
     }
 
     /// Queries with `request`, panicking on error.
@@ -193,7 +218,12 @@ impl Caller {
     }
 
     /// Every event matching `filter` in `order_by`, through all pages.
-    pub async fn query_all(&mut self, filter: proto::EventFilter, order_by: &str, page_size: i32) -> Vec<proto::AuditEvent> {
+    pub async fn query_all(
+        &mut self,
+        filter: proto::EventFilter,
+        order_by: &str,
+        page_size: i32,
+    ) -> Vec<proto::AuditEvent> {
         let mut events = Vec::new();
         let mut page_token = String::new();
         loop {
@@ -218,7 +248,10 @@ impl Caller {
 pub fn event(action: &str, actor: &str) -> EventInput {
     EventInput {
         action: action.to_owned(),
-        actor: Some(proto::Actor { id: actor.to_owned(), ..Default::default() }),
+        actor: Some(proto::Actor {
+            id: actor.to_owned(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -229,11 +262,16 @@ pub fn event(action: &str, actor: &str) -> EventInput {
 pub fn assert_status(status: &Status, code: Code, reason: &str, field: Option<&str>) {
     assert_eq!(status.code(), code, "unexpected status: {status:?}");
     let details = status.get_error_details();
-    let info = details.error_info().unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
     assert_eq!(info.reason, reason, "{status:?}");
     assert_eq!(info.domain, "audit.v1");
     if let Some(field) = field {
-        let violations = &details.bad_request().unwrap_or_else(|| panic!("no BadRequest in {status:?}")).field_violations;
+        let violations = &details
+            .bad_request()
+            .unwrap_or_else(|| panic!("no BadRequest in {status:?}"))
+            .field_violations;
         assert!(
             violations.iter().any(|v| v.field == field),
             "no violation of {field} in {violations:?}"
