@@ -47,6 +47,10 @@ pub struct JwtConfig {
     /// Required `iss` claim, when set.
     #[arg(long = "jwt-issuer", env = "AUDIT_JWT_ISSUER")]
     pub issuer: Option<String>,
+    /// Key id (`kid`) of the configured key; tokens naming another kid are
+    /// refused, and so is any kid when this is unset.
+    #[arg(long = "jwt-key-id", env = "AUDIT_JWT_KEY_ID")]
+    pub key_id: Option<String>,
     /// Required `aud` claim, when set.
     #[arg(long = "jwt-audience", env = "AUDIT_JWT_AUDIENCE")]
     pub audience: Option<String>,

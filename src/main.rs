@@ -1,10 +1,15 @@
 //! `audit-service`: the command line. `serve` (the default) runs the gRPC
-//! service.
+//! service; `keys` manages API keys.
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use audit_service::config::ServeConfig;
+use audit_service::auth::Scope;
+use audit_service::config::{DatabaseConfig, ServeConfig};
+use audit_service::store::Store;
+use audit_service::tenant::TenantId;
 use audit_service::{startup, telemetry};
 
 /// Multi-tenant gRPC audit-log service.
@@ -22,16 +27,120 @@ struct Cli {
 enum Command {
     /// Serve the gRPC API (the default).
     Serve(Box<ServeConfig>),
+    /// Mint, list and revoke API keys in the configured database.
+    Keys {
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Mint a key for one tenant; the key is printed once, alone on the last line.
+    Create {
+        /// Tenant the key acts for.
+        #[arg(long)]
+        tenant: String,
+        /// Scope to grant (repeat): audit:read, audit:append, audit:write.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// List a tenant's keys (never their secrets).
+    List {
+        /// Tenant whose keys to list.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a key at once.
+    Revoke {
+        /// Key id, as `keys list` shows it.
+        id: String,
+    },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     telemetry::init();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(config)) => serve(*config).await,
+        Some(Command::Keys { database, command }) => keys(database, command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+async fn keys(database: DatabaseConfig, command: KeysCommand) -> anyhow::Result<()> {
+    let store = Store::connect(&database).await?;
+    let result = run_keys(&store, command).await;
+    store.close().await?;
+    result
+}
+
+async fn run_keys(store: &Store, command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create { tenant, scopes } => {
+            let tenant = TenantId::parse(&tenant, "--tenant")?;
+            for scope in &scopes {
+                if Scope::parse(scope).is_none() {
+                    anyhow::bail!(
+                        "unknown scope {scope:?}: expected audit:read, audit:append or audit:write"
+                    );
+                }
+            }
+            let (info, key) = store.create_api_key(&tenant, &scopes).await?;
+            println!(
+                "Created API key {} for tenant {} with scopes {}.",
+                info.id,
+                info.tenant,
+                info.scopes.join(" ")
+            );
+            println!("This is the only time the key is shown; store it now:");
+            println!("{key}");
+        }
+        KeysCommand::List { tenant } => {
+            let tenant = TenantId::parse(&tenant, "--tenant")?;
+            let keys = store.list_api_keys(&tenant).await?;
+            println!(
+                "{:<36}  {:<20}  {:<38}  {:<20}  {:<20}  REVOKED",
+                "ID", "TENANT", "SCOPES", "CREATED", "LAST USED"
+            );
+            for key in keys {
+                println!(
+                    "{:<36}  {:<20}  {:<38}  {:<20}  {:<20}  {}",
+                    key.id,
+                    key.tenant,
+                    key.scopes.join(","),
+                    time(Some(key.created_at)),
+                    time(key.last_used_at),
+                    time(key.revoked_at),
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            let id = uuid::Uuid::parse_str(&id).map_err(|_| anyhow::anyhow!("{id:?} is not a key id"))?;
+            match store.revoke_api_key(id).await? {
+                Some(key) => println!("Revoked API key {} of tenant {}.", key.id, key.tenant),
+                None => anyhow::bail!("no API key {id}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A unix-microsecond time as RFC 3339 (seconds), or `-`.
+fn time(micros: Option<i64>) -> String {
+    micros
+        .and_then(chrono::DateTime::from_timestamp_micros)
+        .map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::AuditApi;
-use crate::auth::{AuthLayer, Authenticator};
+use crate::auth::{AuthLayer, Authenticator, JwtVerifier};
 use crate::config::ServeConfig;
 use crate::proto::audit_service_server::AuditServiceServer;
 use crate::store::Store;
@@ -42,7 +42,10 @@ pub async fn run(
     let audit = AuditServiceServer::new(AuditApi::new(store.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let authenticator = Arc::new(Authenticator::default());
+    let authenticator = Arc::new(Authenticator::new(
+        JwtVerifier::from_config(&config.jwt)?,
+        store.clone(),
+    ));
 
     let address = listener.local_addr()?;
     tracing::info!(%address, database = store.backend_name(), "audit-service listening");

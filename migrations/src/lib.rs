@@ -6,6 +6,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_create_audit_log;
+mod m20261123_000002_create_api_keys;
 
 /// Every migration of the service, oldest first.
 pub struct Migrator;
@@ -13,6 +14,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261123_000001_create_audit_log::Migration)]
+        vec![
+            Box::new(m20261123_000001_create_audit_log::Migration),
+            Box::new(m20261123_000002_create_api_keys::Migration),
+        ]
     }
 }

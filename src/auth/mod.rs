@@ -2,19 +2,30 @@
 //! any handler runs. Handlers never read headers: they ask [`caller`] for the
 //! identity and the scope their RPC needs.
 
-use std::sync::Arc;
+pub mod jwt;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use http::HeaderMap;
 use tonic::Status;
 use tower::{Layer, Service};
 
+use uuid::Uuid;
+
+pub use jwt::JwtVerifier;
+
 use crate::error::Error;
+use crate::store::Store;
 use crate::tenant::TenantId;
 
 /// Metadata key naming the tenant a call acts for.
 pub const TENANT_HEADER: &str = "x-tenant-id";
+/// Metadata key carrying an API key.
+pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// Path prefixes of the services that need a credential; reflection and
 /// health stay open.
@@ -53,8 +64,6 @@ impl Scope {
 /// How the caller proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialKind {
-    /// No credential verification is configured for this server.
-    Unverified,
     /// A bearer JWT.
     Jwt,
     /// An API key minted with `audit-service keys create`.
@@ -90,7 +99,6 @@ impl CallerIdentity {
         match self.kind {
             CredentialKind::ApiKey => crate::proto::ActorType::ApiKey,
             CredentialKind::Jwt => crate::proto::ActorType::User,
-            CredentialKind::Unverified => crate::proto::ActorType::Unspecified,
         }
     }
 }
@@ -119,20 +127,139 @@ pub fn tenant_from_headers(headers: &HeaderMap) -> Result<TenantId, Error> {
     TenantId::parse(value, TENANT_HEADER)
 }
 
-/// Verifies the credentials of a call.
-#[derive(Debug, Default)]
-pub struct Authenticator {}
+/// Verifies the credentials of a call: a bearer JWT or an API key, whose
+/// tenant must equal `x-tenant-id`.
+pub struct Authenticator {
+    jwt: Option<JwtVerifier>,
+    store: Store,
+    /// When each API key's `last_used_at` was last written, to write it at
+    /// most once per [`LAST_USED_RESOLUTION`].
+    touched: Mutex<HashMap<Uuid, Instant>>,
+}
+
+/// Resolution of an API key's `last_used_at`.
+pub const LAST_USED_RESOLUTION: Duration = Duration::from_secs(30);
+
+/// The credential a call presents.
+enum Credential<'a> {
+    Bearer(&'a str),
+    ApiKey(&'a str),
+}
 
 impl Authenticator {
+    /// Verifies tokens with `jwt` (bearer tokens are refused when `None`)
+    /// and API keys against `store`.
+    pub fn new(jwt: Option<JwtVerifier>, store: Store) -> Self {
+        Self {
+            jwt,
+            store,
+            touched: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// The identity of a call carrying `headers`.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<CallerIdentity, Error> {
         let tenant = tenant_from_headers(headers)?;
-        Ok(CallerIdentity {
-            tenant,
-            subject: "unverified".to_owned(),
-            scopes: Scope::ALL.to_vec(),
-            kind: CredentialKind::Unverified,
-        })
+        let identity = match credential(headers)? {
+            Credential::Bearer(token) => {
+                let jwt = self.jwt.as_ref().ok_or_else(|| {
+                    Error::Unauthenticated(
+                        "bearer tokens are not accepted: the server has no AUDIT_JWT_SECRET or AUDIT_JWT_PUBLIC_KEY_FILE"
+                            .into(),
+                    )
+                })?;
+                let token = jwt.verify(token)?;
+                CallerIdentity {
+                    tenant: TenantId::parse(&token.tenant, "tenant_id").map_err(|_| {
+                        Error::Unauthenticated("bearer token has a malformed tenant_id".into())
+                    })?,
+                    subject: token.subject,
+                    scopes: scopes(&token.scopes),
+                    kind: CredentialKind::Jwt,
+                }
+            }
+            Credential::ApiKey(key) => {
+                let key =
+                    self.store.verify_api_key(key).await?.ok_or_else(|| {
+                        Error::Unauthenticated("API key is unknown, wrong or revoked".into())
+                    })?;
+                self.touch(key.id);
+                CallerIdentity {
+                    tenant: TenantId::parse(&key.tenant, "tenant_id")
+                        .map_err(|_| Error::Internal(format!("API key {} has a malformed tenant", key.id)))?,
+                    subject: key.id.to_string(),
+                    scopes: scopes(&key.scopes),
+                    kind: CredentialKind::ApiKey,
+                }
+            }
+        };
+        if identity.tenant != tenant {
+            return Err(Error::TenantMismatch);
+        }
+        Ok(identity)
+    }
+
+    /// Records the key's use in the background, at most once per resolution.
+    fn touch(&self, id: Uuid) {
+        let now = Instant::now();
+        {
+            let mut touched = self
+                .touched
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if touched
+                .get(&id)
+                .is_some_and(|last| now.duration_since(*last) < LAST_USED_RESOLUTION)
+            {
+                return;
+            }
+            touched.insert(id, now);
+        }
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.touch_api_key(id).await {
+                tracing::warn!(%error, key = %id, "could not record API key use");
+            }
+        });
+    }
+}
+
+fn scopes(names: &[String]) -> Vec<Scope> {
+    names.iter().filter_map(|name| Scope::parse(name)).collect()
+}
+
+/// The one credential in `headers`.
+fn credential(headers: &HeaderMap) -> Result<Credential<'_>, Error> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| Error::Unauthenticated(format!("{name} is not printable ASCII")))
+            })
+            .transpose()
+    };
+    let bearer = match text("authorization")? {
+        Some(value) => {
+            let (scheme, token) = value.trim().split_once(' ').unwrap_or((value, ""));
+            if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+                return Err(Error::Unauthenticated(
+                    "authorization must be `Bearer <JWT>`".into(),
+                ));
+            }
+            Some(token.trim())
+        }
+        None => None,
+    };
+    match (bearer, text(API_KEY_HEADER)?) {
+        (Some(token), None) => Ok(Credential::Bearer(token)),
+        (None, Some(key)) => Ok(Credential::ApiKey(key.trim())),
+        (Some(_), Some(_)) => Err(Error::Unauthenticated(
+            "send one credential, not both a bearer token and an API key".into(),
+        )),
+        (None, None) => Err(Error::Unauthenticated(
+            "a credential is required: `authorization: Bearer <JWT>` or `x-api-key: <key>`".into(),
+        )),
     }
 }
 

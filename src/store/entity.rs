@@ -87,3 +87,28 @@ pub mod service_secret {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// API keys; the secret itself is never stored, only its SHA-256.
+pub mod api_key {
+    use sea_orm::entity::prelude::*;
+
+    /// A minted key.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "api_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub tenant_id: String,
+        /// Space-separated scope names.
+        pub scopes: String,
+        pub secret_hash: Vec<u8>,
+        pub created_at: i64,
+        pub last_used_at: Option<i64>,
+        pub revoked_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

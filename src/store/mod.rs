@@ -3,6 +3,7 @@
 //! Every read goes through [`events_of`], which scopes the query to one
 //! tenant and hides erased events, so no query can forget the tenant.
 
+pub mod api_keys;
 pub mod entity;
 pub mod page_token;
 mod query;
@@ -15,11 +16,13 @@ use audit_migrations::{Migrator, MigratorTrait};
 use rand::RngCore;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, QueryFilter, Select, Set, Statement,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
+    DbBackend, DbErr, EntityTrait, QueryFilter, Select, Set, SqliteTransactionMode, Statement,
+    TransactionOptions, TransactionTrait,
 };
 use tokio::sync::{Mutex, MutexGuard};
 
+pub use api_keys::ApiKeyInfo;
 pub use entity::audit_event;
 pub use page_token::{PageCursor, PageTokenKey};
 pub use query::{EventOrder, exact_or_prefix};
@@ -86,6 +89,19 @@ impl Store {
     /// Closes the pool.
     pub async fn close(self) -> Result<(), DbErr> {
         self.db.close().await
+    }
+
+    /// Starts a write transaction: on SQLite behind the single-writer lock
+    /// and `BEGIN IMMEDIATE`, so it holds the write lock from its first
+    /// statement and never fails to upgrade a stale read snapshot.
+    async fn begin_write(&self) -> Result<(Option<MutexGuard<'_, ()>>, DatabaseTransaction), DbErr> {
+        let guard = self.write_guard().await;
+        let options = TransactionOptions {
+            sqlite_transaction_mode: guard.as_ref().map(|_| SqliteTransactionMode::Immediate),
+            ..Default::default()
+        };
+        let txn = self.db.begin_with_options(options).await?;
+        Ok((guard, txn))
     }
 
     async fn write_guard(&self) -> Option<MutexGuard<'_, ()>> {

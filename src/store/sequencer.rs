@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter, QuerySelect, Statement, TransactionTrait,
+    IntoActiveModel, QueryFilter, QuerySelect, Statement,
 };
 use uuid::Uuid;
 
@@ -117,8 +117,7 @@ impl Store {
         tenant: &TenantId,
         events: Vec<NewEvent>,
     ) -> Result<Vec<AppendOutcome>, DbErr> {
-        let _writer = self.write_guard().await;
-        let txn = self.db.begin().await?;
+        let (_writer, txn) = self.begin_write().await?;
         let head = lock_head(&txn, tenant).await?;
         let recorded_at = now_micros();
 
@@ -165,8 +164,7 @@ impl Store {
         id: Uuid,
         request: DeletionRequest,
     ) -> Result<Option<Deletion>, DbErr> {
-        let _writer = self.write_guard().await;
-        let txn = self.db.begin().await?;
+        let (_writer, txn) = self.begin_write().await?;
         let head = lock_head(&txn, tenant).await?;
         let Some(target) = events_of(tenant)
             .filter(audit_event::Column::Id.eq(id))

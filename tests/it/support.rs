@@ -15,6 +15,11 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
+/// HS256 secret every test server accepts bearer tokens for.
+pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
+/// Every scope, as a JWT `scope` claim.
+pub const ALL_SCOPES: &str = "audit:read audit:append audit:write";
+
 /// Environment variable naming the PostgreSQL database of the test run.
 pub const POSTGRES_URL_VAR: &str = "AUDIT_TEST_DATABASE_URL";
 
@@ -84,6 +89,11 @@ impl TestServer {
     /// Starts a server on a fresh SQLite file, or on the shared PostgreSQL
     /// database (tests there keep apart by using their own tenants).
     pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Like [`TestServer::start`], with `configure` adjusting the settings.
+    pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut ServeConfig)) -> Self {
         let (database_url, dir) = match &backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
@@ -92,17 +102,23 @@ impl TestServer {
             }
             Backend::Postgres(url) => (url.clone(), None),
         };
-        let mut server = Self::start_on(backend, database_url).await;
+        let mut server = Self::start_on(backend, database_url, configure).await;
         server._dir = dir;
         server
     }
 
     /// Starts a server on an existing database.
-    pub async fn start_on(backend: Backend, database_url: String) -> Self {
+    pub async fn start_on(
+        backend: Backend,
+        database_url: String,
+        configure: impl FnOnce(&mut ServeConfig),
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut config = ServeConfig::new(addr, DatabaseConfig::new(database_url.clone()));
         config.shutdown_grace_secs = 5;
+        config.jwt.secret = Some(JWT_SECRET.to_owned());
+        configure(&mut config);
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(audit_service::startup::run(config, listener, shutdown.clone()));
         let server = Self {
@@ -156,12 +172,31 @@ impl TestServer {
         self.caller_for(&new_tenant()).await
     }
 
-    /// A caller of `tenant`, holding every scope.
+    /// A caller of `tenant` with an HS256 bearer token holding every scope.
     pub async fn caller_for(&self, tenant: &str) -> Caller {
+        let token = hs256_token(&claims("tester", tenant, ALL_SCOPES));
+        self.caller_with(tenant, Credential::Bearer(token)).await
+    }
+
+    /// A caller of `tenant` presenting `credential`.
+    pub async fn caller_with(&self, tenant: &str, credential: Credential) -> Caller {
         Caller {
             tenant: tenant.to_owned(),
+            credential,
             client: self.client().await,
         }
+    }
+
+    /// Mints an API key directly in the server's database.
+    pub async fn mint_api_key(&self, tenant: &str, scopes: &[&str]) -> (uuid::Uuid, String) {
+        let store = audit_service::store::Store::connect(&DatabaseConfig::new(self.database_url.clone()))
+            .await
+            .expect("store");
+        let tenant = audit_service::tenant::TenantId::parse(tenant, "tenant").expect("tenant");
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        let (info, key) = store.create_api_key(&tenant, &scopes).await.expect("mint key");
+        store.close().await.expect("close");
+        (info.id, key)
     }
 
     /// Stops the server and waits for it to drain.
@@ -184,19 +219,43 @@ pub fn new_tenant() -> String {
     format!("t-{}", uuid::Uuid::now_v7().simple())
 }
 
+/// What a caller presents.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// `authorization: Bearer <token>`.
+    Bearer(String),
+    /// `x-api-key: <key>`.
+    ApiKey(String),
+    /// Nothing.
+    None,
+}
+
 /// A client acting for one tenant.
 pub struct Caller {
     pub tenant: String,
+    pub credential: Credential,
     pub client: AuditServiceClient<Channel>,
 }
 
 impl Caller {
-    /// `message` with this caller's tenant metadata.
+    /// `message` with this caller's tenant and credential metadata.
     pub fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request
             .metadata_mut()
             .insert("x-tenant-id", self.tenant.parse().expect("tenant header"));
+        match &self.credential {
+            Credential::Bearer(token) => {
+                let value = format!("Bearer {token}").parse().expect("authorization header");
+                request.metadata_mut().insert("authorization", value);
+            }
+            Credential::ApiKey(key) => {
+                request
+                    .metadata_mut()
+                    .insert("x-api-key", key.parse().expect("api key header"));
+            }
+            Credential::None => {}
+        }
         request
     }
 
@@ -277,4 +336,32 @@ pub fn assert_status(status: &Status, code: Code, reason: &str, field: Option<&s
             "no violation of {field} in {violations:?}"
         );
     }
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Claims valid for an hour.
+pub fn claims(sub: &str, tenant: &str, scope: &str) -> serde_json::Value {
+    serde_json::json!({ "sub": sub, "tenant_id": tenant, "scope": scope, "exp": now_secs() + 3600 })
+}
+
+/// `claims` signed with HS256 and the test servers' secret.
+pub fn hs256_token(claims: &serde_json::Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &key,
+    )
+    .expect("sign")
+}
+
+/// Path of a test key file in tests/fixtures.
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }

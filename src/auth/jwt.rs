@@ -1,0 +1,156 @@
+//! Bearer JWT verification with `jsonwebtoken`: HS256 with the operator's
+//! secret, RS256 or ES256 with the operator's PEM public key. The algorithm
+//! a token names must be one the configured keys are for, and each
+//! algorithm is checked only with its own key, so `alg: none` and HS/RS
+//! confusion are refused.
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::Deserialize;
+
+use crate::config::JwtConfig;
+use crate::error::Error;
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// The claims the service reads.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    tenant_id: String,
+    #[serde(default)]
+    scope: String,
+}
+
+/// A verified token's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// `sub`.
+    pub subject: String,
+    /// `tenant_id`.
+    pub tenant: String,
+    /// `scope`, split on spaces.
+    pub scopes: Vec<String>,
+}
+
+/// Checks bearer tokens against the configured keys.
+pub struct JwtVerifier {
+    secret: Option<DecodingKey>,
+    public: Option<(Algorithm, DecodingKey)>,
+    key_id: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("hs256", &self.secret.is_some())
+            .field("public_key", &self.public.as_ref().map(|(alg, _)| *alg))
+            .finish()
+    }
+}
+
+impl JwtVerifier {
+    /// A verifier for the configured keys; `None` when no key is configured
+    /// (bearer tokens are then refused).
+    pub fn from_config(config: &JwtConfig) -> anyhow::Result<Option<Self>> {
+        let secret = match config.secret.as_deref() {
+            Some("") | None => None,
+            Some(secret) => Some(DecodingKey::from_secret(secret.as_bytes())),
+        };
+        let public = match &config.public_key_file {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read AUDIT_JWT_PUBLIC_KEY_FILE {}: {e}", path.display())
+                })?;
+                Some(public_key(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+            }
+        };
+        if secret.is_none() && public.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            secret,
+            public,
+            key_id: config.key_id.clone().filter(|k| !k.is_empty()),
+            issuer: config.issuer.clone().filter(|s| !s.is_empty()),
+            audience: config.audience.clone().filter(|s| !s.is_empty()),
+        }))
+    }
+
+    /// The identity in `token`, if it verifies.
+    pub fn verify(&self, token: &str) -> Result<VerifiedToken, Error> {
+        let refuse = |why: &str| Error::Unauthenticated(format!("bearer token refused: {why}"));
+        let header = decode_header(token).map_err(|_| refuse("not a signed JWT with a supported alg"))?;
+        if let Some(kid) = &header.kid
+            && self.key_id.as_ref() != Some(kid)
+        {
+            return Err(refuse("unknown kid"));
+        }
+        let key = match header.alg {
+            Algorithm::HS256 => self.secret.as_ref(),
+            alg => self
+                .public
+                .as_ref()
+                .filter(|(public_alg, _)| *public_alg == alg)
+                .map(|(_, key)| key),
+        }
+        .ok_or_else(|| refuse(&format!("alg {:?} is not accepted by this server", header.alg)))?;
+
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        match &self.issuer {
+            Some(issuer) => {
+                validation.set_issuer(&[issuer]);
+                required.push("iss");
+            }
+            None => validation.iss = None,
+        }
+        match &self.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        let claims = decode::<Claims>(token, key, &validation)
+            .map_err(|error| {
+                refuse(match error.kind() {
+                    ErrorKind::ExpiredSignature => "expired",
+                    ErrorKind::ImmatureSignature => "not valid yet (nbf)",
+                    ErrorKind::InvalidSignature => "bad signature",
+                    ErrorKind::InvalidIssuer => "wrong iss",
+                    ErrorKind::InvalidAudience => "wrong aud",
+                    ErrorKind::MissingRequiredClaim(_) => {
+                        "a required claim (exp, sub, or the configured iss/aud) is missing"
+                    }
+                    ErrorKind::InvalidAlgorithm => "alg mismatch",
+                    _ => "malformed token or claims (sub, tenant_id, scope, exp)",
+                })
+            })?
+            .claims;
+        Ok(VerifiedToken {
+            subject: claims.sub,
+            tenant: claims.tenant_id,
+            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+        })
+    }
+}
+
+/// An RS256 (RSA) or ES256 (EC P-256) verification key from PEM.
+fn public_key(pem: &[u8]) -> anyhow::Result<(Algorithm, DecodingKey)> {
+    if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+        return Ok((Algorithm::ES256, key));
+    }
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        return Ok((Algorithm::RS256, key));
+    }
+    anyhow::bail!("not an RSA or EC P-256 public key in PEM")
+}
