@@ -15,6 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("audit_descriptor.bin"), fds.encode_to_vec())?;
 
+    // Error-detail messages: described to reflection, not generated.
+    let rpc = protox::compile(["proto/google/rpc/error_details.proto"], ["proto"])?;
+    std::fs::write(out_dir.join("rpc_descriptor.bin"), rpc.encode_to_vec())?;
+
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
