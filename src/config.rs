@@ -71,6 +71,16 @@ pub struct ServeConfig {
     /// Seconds between Watch heartbeats.
     #[arg(long = "heartbeat-secs", env = "AUDIT_HEARTBEAT_SECS", default_value_t = 15)]
     pub heartbeat_secs: u64,
+    /// Watch streams the process serves at once.
+    #[arg(long = "max-streams", env = "AUDIT_MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: usize,
+    /// Watch streams one tenant may hold at once.
+    #[arg(
+        long = "max-streams-per-tenant",
+        env = "AUDIT_MAX_STREAMS_PER_TENANT",
+        default_value_t = 2_000
+    )]
+    pub max_streams_per_tenant: usize,
     /// Seconds SIGTERM waits for in-flight calls and streams before exiting.
     #[arg(
         long = "shutdown-grace-secs",
@@ -89,6 +99,8 @@ impl ServeConfig {
             database,
             jwt: JwtConfig::default(),
             heartbeat_secs: 15,
+            max_streams: 10_000,
+            max_streams_per_tenant: 2_000,
             shutdown_grace_secs: 30,
         }
     }

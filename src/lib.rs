@@ -12,6 +12,7 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod tenant;
+pub mod watch;
 
 /// Name of the binary and the `source` of the events the service writes.
 pub const SERVICE_NAME: &str = "audit-service";

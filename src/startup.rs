@@ -16,6 +16,7 @@ use crate::auth::{AuthLayer, Authenticator, JwtVerifier};
 use crate::config::ServeConfig;
 use crate::proto::audit_service_server::AuditServiceServer;
 use crate::store::Store;
+use crate::watch::{WatchHub, WatchLimits};
 
 /// Name under which health reports the audit service.
 pub const AUDIT_SERVICE_NAME: &str = "audit.v1.AuditService";
@@ -39,7 +40,13 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let audit = AuditServiceServer::new(AuditApi::new(store.clone()))
+    let limits = WatchLimits {
+        max_streams: config.max_streams,
+        max_streams_per_tenant: config.max_streams_per_tenant,
+        heartbeat: config.heartbeat_interval(),
+    };
+    let hub = WatchHub::start(store.clone(), limits, shutdown.clone());
+    let audit = AuditServiceServer::new(AuditApi::new(store.clone(), hub))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let authenticator = Arc::new(Authenticator::new(

@@ -24,6 +24,7 @@ use crate::proto::{
 };
 use crate::store::page_token::QueryFingerprint;
 use crate::store::{DeletionRequest, EventOrder, PageCursor, Store};
+use crate::watch::WatchHub;
 
 /// Page size when the request leaves it at 0.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -34,12 +35,13 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 #[derive(Clone)]
 pub struct AuditApi {
     store: Store,
+    watch: WatchHub,
 }
 
 impl AuditApi {
-    /// Handlers over `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// Handlers over `store`, with Watch streams served by `watch`.
+    pub fn new(store: Store, watch: WatchHub) -> Self {
+        Self { store, watch }
     }
 }
 
@@ -177,8 +179,11 @@ impl AuditService for AuditApi {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        caller(&request, Scope::Read)?;
-        Err(Error::Unimplemented("Watch is not served by this version yet").into())
+        let caller = caller(&request, Scope::Read)?;
+        let request = request.into_inner();
+        let filter = request.filter.unwrap_or_default();
+        let stream = self.watch.open(caller.tenant, &filter, request.after_seq)?;
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

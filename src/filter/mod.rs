@@ -2,6 +2,10 @@
 //! the filtering. All set parts are AND-ed; a repeated field matches any of
 //! its values.
 
+mod matcher;
+
+pub use matcher::EventMatcher;
+
 use sea_orm::sea_query::{Expr, ExprTrait, Func};
 use sea_orm::{ColumnTrait, Condition};
 

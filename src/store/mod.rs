@@ -20,18 +20,23 @@ use sea_orm::{
     DbBackend, DbErr, EntityTrait, QueryFilter, Select, Set, SqliteTransactionMode, Statement,
     TransactionOptions, TransactionTrait,
 };
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard, broadcast};
 
 pub use api_keys::ApiKeyInfo;
 pub use entity::audit_event;
 pub use page_token::{PageCursor, PageTokenKey};
 pub use query::{EventOrder, exact_or_prefix};
 pub use sequencer::{
-    AppendOutcome, DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion, DeletionRequest, NewEvent,
+    AppendOutcome, Committed, DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion, DeletionRequest,
+    NOTIFY_CHANNEL, NewEvent,
 };
 
 use crate::config::DatabaseConfig;
 use crate::tenant::TenantId;
+
+/// Commits the in-process feed keeps for a slow reader before it lags
+/// (a lagging reader falls back to reading storage).
+const COMMIT_FEED_CAPACITY: usize = 1024;
 
 /// Advisory-lock key that serializes migrations of replicas starting at once.
 const MIGRATION_LOCK_KEY: i64 = 0x6175_6469_745f_6d69;
@@ -44,6 +49,8 @@ pub struct Store {
     /// SQLite's busy handler, keeps commit order fair and never times out.
     sqlite_writer: Option<Arc<Mutex<()>>>,
     page_tokens: PageTokenKey,
+    /// Every commit of this process, for the Watch hub.
+    commits: broadcast::Sender<Arc<Committed>>,
 }
 
 impl Store {
@@ -59,10 +66,12 @@ impl Store {
         }
         let page_tokens = PageTokenKey::new(load_or_create_secret(&db, "page_token_key").await?);
         let sqlite_writer = (backend == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        let (commits, _) = broadcast::channel(COMMIT_FEED_CAPACITY);
         Ok(Self {
             db,
             sqlite_writer,
             page_tokens,
+            commits,
         })
     }
 
@@ -74,6 +83,11 @@ impl Store {
     /// Which database this is.
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
+    }
+
+    /// Every later commit of this process, in commit order per tenant.
+    pub fn subscribe_commits(&self) -> broadcast::Receiver<Arc<Committed>> {
+        self.commits.subscribe()
     }
 
     /// The key that signs page tokens.

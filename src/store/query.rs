@@ -111,6 +111,26 @@ impl Store {
             .await
     }
 
+    /// Up to `limit` of the tenant's live events matching `condition` with
+    /// `after < seq <= up_to`, in seq order.
+    pub async fn events_between(
+        &self,
+        tenant: &TenantId,
+        condition: Condition,
+        after: i64,
+        up_to: i64,
+        limit: u64,
+    ) -> Result<Vec<audit_event::Model>, DbErr> {
+        events_of(tenant)
+            .filter(condition)
+            .filter(audit_event::Column::Seq.gt(after))
+            .filter(audit_event::Column::Seq.lte(up_to))
+            .order_by_asc(audit_event::Column::Seq)
+            .limit(limit)
+            .all(&self.db)
+            .await
+    }
+
     /// Highest seq handed out to the tenant (0 when it has no events).
     pub async fn head_seq(&self, tenant: &TenantId) -> Result<i64, DbErr> {
         use super::entity::tenant_head;

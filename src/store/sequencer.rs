@@ -22,6 +22,24 @@ pub const DELETION_ACTION: &str = "audit.event.deleted";
 /// Resource type the deletion event names the erased event with.
 pub const DELETION_RESOURCE_TYPE: &str = "audit.event";
 
+/// PostgreSQL channel on which every commit is announced (payload
+/// `tenant\tfirst_seq\tlast_seq`), so replicas can feed their Watch streams.
+pub const NOTIFY_CHANNEL: &str = "audit_events";
+
+/// Events one transaction committed to one tenant's log: every live event
+/// with a seq in `first_seq..=last_seq`.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Lowest seq the transaction handed out.
+    pub first_seq: i64,
+    /// Highest seq the transaction handed out.
+    pub last_seq: i64,
+    /// The events, in seq order.
+    pub events: Vec<audit_event::Model>,
+}
+
 /// A validated event to record, as the producer described it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NewEvent {
@@ -147,11 +165,23 @@ impl Store {
             });
             rows.push(event.into_model(tenant, next, id, recorded_at));
         }
-        if !rows.is_empty() {
-            insert_events(&txn, rows).await?;
-            set_head(&txn, tenant, next).await?;
+        if rows.is_empty() {
+            txn.commit().await?;
+            return Ok(outcomes);
         }
+        let committed = self.wants_commits().then(|| rows.clone());
+        insert_events(&txn, rows).await?;
+        set_head(&txn, tenant, next).await?;
+        announce(&txn, tenant, head + 1, next).await?;
         txn.commit().await?;
+        if let Some(events) = committed {
+            self.publish(Committed {
+                tenant: tenant.clone(),
+                first_seq: head + 1,
+                last_seq: next,
+                events,
+            });
+        }
         Ok(outcomes)
     }
 
@@ -193,13 +223,46 @@ impl Store {
         let event = deletion.into_model(tenant, head + 1, Uuid::now_v7(), recorded_at);
         insert_events(&txn, vec![event.clone()]).await?;
         set_head(&txn, tenant, head + 1).await?;
+        announce(&txn, tenant, head + 1, head + 1).await?;
         txn.commit().await?;
+        self.publish(Committed {
+            tenant: tenant.clone(),
+            first_seq: head + 1,
+            last_seq: head + 1,
+            events: vec![event.clone()],
+        });
         Ok(Some(Deletion {
             erased_id: id,
             erased_seq: target.seq,
             event,
         }))
     }
+}
+
+impl Store {
+    fn wants_commits(&self) -> bool {
+        self.commits.receiver_count() > 0
+    }
+
+    fn publish(&self, committed: Committed) {
+        // No receiver just means no Watch hub is running.
+        let _ = self.commits.send(std::sync::Arc::new(committed));
+    }
+}
+
+/// On PostgreSQL, queues a NOTIFY that is delivered if and when the
+/// transaction commits, in commit order, to every replica.
+async fn announce(txn: &DatabaseTransaction, tenant: &TenantId, first: i64, last: i64) -> Result<(), DbErr> {
+    if txn.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_notify($1, $2)",
+        [NOTIFY_CHANNEL.into(), format!("{tenant}\t{first}\t{last}").into()],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// What is left of an event after `Delete`: its place in the log, nothing

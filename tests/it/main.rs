@@ -6,3 +6,4 @@ mod support;
 
 mod append;
 mod auth;
+mod watch;

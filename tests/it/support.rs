@@ -365,3 +365,84 @@ pub fn fixture(name: &str) -> std::path::PathBuf {
         .join("tests/fixtures")
         .join(name)
 }
+
+/// A server running as a separate process of the built binary.
+pub struct ServerProcess {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl ServerProcess {
+    /// Starts `audit-service` on `database_url` with an ephemeral port and
+    /// waits for its "listening" log line.
+    pub fn start(database_url: &str, extra_env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_audit-service"))
+            .env("DATABASE_URL", database_url)
+            .env("AUDIT_LISTEN", "127.0.0.1:0")
+            .env("AUDIT_JWT_SECRET", JWT_SECRET)
+            .env("RUST_LOG", "info")
+            .env_remove("AUDIT_LOG_FORMAT")
+            .envs(extra_env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn audit-service");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut announced = false;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !announced && line.contains("audit-service listening") {
+                    let addr = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("address="))
+                        .map(str::to_owned);
+                    let _ = tx.send(addr);
+                    announced = true;
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .ok()
+            .flatten()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("audit-service process did not announce its address")
+            });
+        Self { addr, child }
+    }
+
+    /// A caller of `tenant` on this process, holding every scope.
+    pub async fn caller_for(&self, tenant: &str) -> Caller {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let token = hs256_token(&claims("tester", tenant, ALL_SCOPES));
+        Caller {
+            tenant: tenant.to_owned(),
+            credential: Credential::Bearer(token),
+            client: AuditServiceClient::new(channel),
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; true when it exited
+    /// successfully.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("wait");
+        status.success()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
