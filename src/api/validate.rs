@@ -77,6 +77,17 @@ pub fn is_valid_action(action: &str) -> bool {
     segments >= 2
 }
 
+/// Whether any key or string in `value` holds a NUL character (PostgreSQL
+/// cannot store one in text or jsonb).
+fn contains_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(contains_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
+}
+
 /// The events of an Append request, or every reason they cannot be recorded.
 pub fn append_events(events: Vec<EventInput>) -> Result<Vec<NewEvent>, Error> {
     let mut violations = Violations::default();
@@ -174,7 +185,7 @@ fn event(i: usize, input: EventInput, violations: &mut Violations) -> NewEvent {
                     field("metadata"),
                     format!("must be at most {MAX_METADATA_BYTES} bytes as JSON, got {size}"),
                 );
-            } else if json.to_string().contains("\\u0000") {
+            } else if contains_nul(&json) {
                 violations.add(field("metadata"), "must not contain NUL characters");
             }
             Some(json)

@@ -15,6 +15,8 @@ use crate::proto::{ActorType, EventFilter, Outcome};
 use crate::store::audit_event::Column;
 use crate::store::exact_or_prefix;
 
+const NUL_REFUSED: &str = "must not contain NUL characters";
+
 /// Most values one repeated filter field may list.
 pub const MAX_VALUES_PER_FIELD: usize = 100;
 
@@ -43,6 +45,8 @@ pub fn compile(filter: &EventFilter, prefix: &str) -> Result<Condition, Error> {
                     format!("{}[{i}]", field(name)),
                     "must not be empty",
                 ));
+            } else if value.contains('\0') {
+                violations.push(FieldViolation::new(format!("{}[{i}]", field(name)), NUL_REFUSED));
             } else if prefixes {
                 alternatives = alternatives.add(exact_or_prefix(column, value));
             } else {
@@ -80,6 +84,16 @@ pub fn compile(filter: &EventFilter, prefix: &str) -> Result<Condition, Error> {
         )),
     }
 
+    for (name, value) in [
+        ("actor_email", &filter.actor_email),
+        ("request_id", &filter.request_id),
+        ("client_ip", &filter.client_ip),
+        ("expression", &filter.expression),
+    ] {
+        if value.contains('\0') {
+            violations.push(FieldViolation::new(field(name), NUL_REFUSED));
+        }
+    }
     if !filter.actor_email.is_empty() {
         condition = condition.add(ExprTrait::eq(
             Expr::expr(Func::lower(Expr::col(Column::ActorEmail))),

@@ -6,4 +6,11 @@ mod support;
 
 mod append;
 mod auth;
+mod delete;
+mod fixtures;
+mod paging;
+mod replicas;
+mod serving;
+mod tenancy;
+mod validation;
 mod watch;

@@ -389,29 +389,31 @@ impl ServerProcess {
             .spawn()
             .expect("spawn audit-service");
         let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (lines, received) = std::sync::mpsc::channel();
+        // Keeps draining stderr for the life of the process, so the pipe
+        // never fills up and blocks it.
         std::thread::spawn(move || {
-            let mut announced = false;
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !announced && line.contains("audit-service listening") {
-                    let addr = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("address="))
-                        .map(str::to_owned);
-                    let _ = tx.send(addr);
-                    announced = true;
-                }
+                let _ = lines.send(line);
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .ok()
-            .flatten()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| {
+        let mut seen = Vec::new();
+        let addr = loop {
+            let Ok(line) = received.recv_timeout(Duration::from_secs(60)) else {
                 let _ = child.kill();
-                panic!("audit-service process did not announce its address")
-            });
+                panic!(
+                    "audit-service did not log that it listens; stderr:\n{}",
+                    seen.join("\n")
+                );
+            };
+            if line.contains("audit-service listening") {
+                let addr = line.split_whitespace().find_map(|w| w.strip_prefix("address="));
+                break addr
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| panic!("no address in {line:?}"));
+            }
+            seen.push(line);
+        };
         Self { addr, child }
     }
 
@@ -428,6 +430,33 @@ impl ServerProcess {
             credential: Credential::Bearer(token),
             client: AuditServiceClient::new(channel),
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size of the process now and at its peak, in KiB, from
+    /// /proc.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kib| kib.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn crash(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("wait");
     }
 
     /// Sends SIGTERM and waits for the process to exit; true when it exited
