@@ -12,7 +12,7 @@
 //!
 //! Memory is bounded: each tenant's feed is a broadcast ring of
 //! [`FEED_CAPACITY`] batches shared by its streams, and each stream buffers
-//! at most [`STREAM_BUFFER`] messages for its client. A client that stops
+//! at most [`STREAM_BUFFER`] messages for its client plus one storage page. A client that stops
 //! reading blocks only its own stream; its feed receiver then lags and it
 //! catches up from storage when it reads again. `Append` never waits on a
 //! stream.
@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sea_orm::Condition;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -39,8 +39,10 @@ use crate::tenant::TenantId;
 pub const FEED_CAPACITY: usize = 256;
 /// Messages a stream buffers for a client that is not reading.
 pub const STREAM_BUFFER: usize = 64;
-/// Rows per storage read while catching up.
-const CATCH_UP_PAGE: u64 = 500;
+/// Rows per storage read while catching up. A stream blocked on a slow
+/// client holds at most one page besides its buffer, so this bounds its
+/// memory too.
+const CATCH_UP_PAGE: u64 = 128;
 
 /// Limits on concurrent streams.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +53,9 @@ pub struct WatchLimits {
     pub max_streams_per_tenant: usize,
     /// Interval between heartbeats.
     pub heartbeat: Duration,
+    /// Storage reads all streams together may run at once, so that catching
+    /// up never takes every pooled connection from Append and Query.
+    pub storage_readers: usize,
 }
 
 /// Live events with seqs `first_seq..=last_seq` of one tenant (erased
@@ -95,6 +100,7 @@ pub struct WatchHub {
     limits: WatchLimits,
     shutdown: CancellationToken,
     state: Arc<Mutex<HubState>>,
+    readers: Arc<Semaphore>,
 }
 
 impl WatchHub {
@@ -109,6 +115,7 @@ impl WatchHub {
                 feeds: HashMap::new(),
                 streams: 0,
             })),
+            readers: Arc::new(Semaphore::new(limits.storage_readers.max(1))),
         };
         tokio::spawn(hub.clone().follow_commits(store.subscribe_commits()));
         if store.backend() == sea_orm::DbBackend::Postgres {
@@ -288,6 +295,7 @@ impl WatchHub {
             live,
             heartbeat: self.limits.heartbeat,
             shutdown: self.shutdown.clone(),
+            readers: self.readers.clone(),
             _slot: slot,
         };
         tokio::spawn(stream.run(after_seq));
@@ -372,6 +380,7 @@ struct Subscription {
     live: broadcast::Receiver<Arc<LiveBatch>>,
     heartbeat: Duration,
     shutdown: CancellationToken,
+    readers: Arc<Semaphore>,
     _slot: StreamSlot,
 }
 
@@ -443,17 +452,19 @@ impl Subscription {
     /// Delivers every matching stored event with `cursor < seq <= up_to`.
     async fn catch_up(&mut self, up_to: i64) -> Result<(), Stop> {
         while self.cursor < up_to {
-            let page = self
-                .store
-                .events_between(
-                    &self.tenant,
-                    self.condition.clone(),
-                    self.cursor,
-                    up_to,
-                    CATCH_UP_PAGE,
-                )
-                .await
-                .map_err(|error| self.storage_failed(error))?;
+            let page = {
+                let _permit = self.read_permit().await?;
+                self.store
+                    .events_between(
+                        &self.tenant,
+                        self.condition.clone(),
+                        self.cursor,
+                        up_to,
+                        CATCH_UP_PAGE,
+                    )
+                    .await
+                    .map_err(|error| self.storage_failed(error))?
+            };
             let full = page.len() as u64 == CATCH_UP_PAGE;
             for model in page {
                 let seq = model.seq;
@@ -469,10 +480,18 @@ impl Subscription {
     }
 
     async fn head(&self) -> Result<i64, Stop> {
+        let _permit = self.read_permit().await?;
         self.store
             .head_seq(&self.tenant)
             .await
             .map_err(|error| self.storage_failed(error))
+    }
+
+    async fn read_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Stop> {
+        self.readers
+            .acquire()
+            .await
+            .map_err(|_| self.resumable("the server is shutting down"))
     }
 
     fn storage_failed(&self, error: sea_orm::DbErr) -> Stop {
