@@ -22,6 +22,12 @@ use crate::watch::{WatchHub, WatchLimits};
 pub const AUDIT_SERVICE_NAME: &str = "audit.v1.AuditService";
 /// Largest request or response message.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+/// Largest total size of a call's metadata (headers).
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Concurrent calls (HTTP/2 streams) one connection may have open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 2048;
+/// Longest a call may take to answer when the client set no deadline.
+pub const MAX_CALL_DURATION: Duration = Duration::from_secs(60);
 /// How often health checks that the database answers.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -44,6 +50,7 @@ pub async fn run(
         max_streams: config.max_streams,
         max_streams_per_tenant: config.max_streams_per_tenant,
         heartbeat: config.heartbeat_interval(),
+        storage_readers: (config.database.max_connections / 2).max(1) as usize,
     };
     let hub = WatchHub::start(store.clone(), limits, shutdown.clone());
     let audit = AuditServiceServer::new(AuditApi::new(store.clone(), hub))
@@ -66,6 +73,15 @@ pub async fn run(
         }
     };
     let serve = Server::builder()
+        // A call without its own deadline still ends; Watch streams are not
+        // cut by this (it bounds the wait for response headers only).
+        .timeout(MAX_CALL_DURATION)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        // Finds clients that vanished without closing their streams.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
         .layer(AuthLayer::new(authenticator))
         .add_service(health_service)
         .add_service(reflection_v1)

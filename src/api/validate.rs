@@ -226,6 +226,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn nul_is_found_in_keys_and_nested_strings_only() {
+        assert!(contains_nul(&serde_json::json!({"a": ["x", "y\0"]})));
+        assert!(contains_nul(&serde_json::json!({"k\0": 1})));
+        assert!(!contains_nul(&serde_json::json!({"a": "\\u0000", "b": 0})));
+    }
+
+    #[test]
     fn dotted_lowercase_actions_are_valid() {
         for action in ["user.login", "api_key.create", "a.b.c", "user2.log_in"] {
             assert!(is_valid_action(action), "{action}");
@@ -242,6 +249,89 @@ mod tests {
             "user-x.y",
         ] {
             assert!(!is_valid_action(action), "{action}");
+        }
+    }
+}
+
+/// Property tests: validation is fed arbitrary events.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::proto::{Actor, RequestContext, Resource};
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[a-z]{1,8}(\\.[a-z_0-9]{1,8}){0,3}",
+            any::<String>(),
+            ".{0,600}",
+        ]
+    }
+
+    fn input() -> impl Strategy<Value = EventInput> {
+        (
+            (text(), text(), any::<i32>(), text()),
+            (text(), text(), any::<i32>(), text(), any::<i32>()),
+            (text(), text(), proptest::option::of((any::<i64>(), any::<i32>()))),
+        )
+            .prop_map(
+                |(
+                    (action, actor_id, actor_type, email),
+                    (rtype, ip, outcome, reason, status),
+                    (source, key, ts),
+                )| {
+                    EventInput {
+                        occurred_at: ts.map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+                        actor: Some(Actor {
+                            id: actor_id,
+                            r#type: actor_type,
+                            name: String::new(),
+                            email,
+                        }),
+                        action,
+                        resource: Some(Resource {
+                            r#type: rtype,
+                            id: String::new(),
+                            name: String::new(),
+                        }),
+                        outcome,
+                        request: Some(RequestContext {
+                            client_ip: ip,
+                            status_code: status,
+                            ..Default::default()
+                        }),
+                        source,
+                        reasoning: reason,
+                        metadata: None,
+                        idempotency_key: key,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn validation_never_panics_and_what_passes_respects_every_rule(events in proptest::collection::vec(input(), 0..4)) {
+            match append_events(events.clone()) {
+                Ok(parsed) => {
+                    prop_assert_eq!(parsed.len(), events.len());
+                    for event in parsed {
+                        prop_assert!(is_valid_action(&event.action));
+                        prop_assert!(!event.action.starts_with(RESERVED_ACTION_PREFIX));
+                        prop_assert!(!event.actor_id.is_empty() && event.actor_id.len() <= MAX_SHORT_TEXT);
+                        prop_assert!(ActorType::try_from(event.actor_type).is_ok());
+                        prop_assert!(Outcome::try_from(event.outcome).is_ok());
+                        prop_assert!(event.request_client_ip.is_empty() || event.request_client_ip.parse::<IpAddr>().is_ok());
+                        prop_assert!(!event.reasoning.contains('\0') && !event.source.contains('\0'));
+                    }
+                }
+                Err(Error::InvalidArgument(violations)) => prop_assert!(!violations.is_empty()),
+                Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+            }
         }
     }
 }

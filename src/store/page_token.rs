@@ -180,3 +180,52 @@ mod tests {
         );
     }
 }
+
+/// Property tests: the decoder is fed arbitrary and mutated input.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn key() -> PageTokenKey {
+        PageTokenKey::new(vec![42; 32])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_text_is_never_accepted(token in any::<String>()) {
+            let query = QueryFingerprint::of("acme", "seq desc", b"");
+            prop_assert!(key().open(&token, query).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_of_token_length_are_never_accepted(bytes in proptest::collection::vec(any::<u8>(), TOKEN_LEN)) {
+            let query = QueryFingerprint::of("acme", "seq desc", b"");
+            prop_assert!(key().open(&URL_SAFE_NO_PAD.encode(bytes), query).is_err());
+        }
+
+        #[test]
+        fn any_mutation_of_a_valid_token_is_refused(
+            seq in any::<i64>(),
+            occurred_at in any::<i64>(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
+        ) {
+            let query = QueryFingerprint::of("acme", "occurred_at asc", b"f");
+            let cursor = PageCursor { seq, occurred_at };
+            let token = key().issue(query, cursor);
+            prop_assert_eq!(key().open(&token, query), Ok(cursor));
+            let mut raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
+            for (index, flip) in edits {
+                let i = index.index(raw.len());
+                raw[i] ^= flip;
+            }
+            let edited = URL_SAFE_NO_PAD.encode(&raw);
+            if edited != token {
+                prop_assert!(key().open(&edited, query).is_err());
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@ mod auth;
 mod delete;
 mod fixtures;
 mod paging;
+mod reliability;
 mod replicas;
 mod serving;
 mod tenancy;
