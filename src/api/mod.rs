@@ -91,7 +91,7 @@ impl AuditService for AuditApi {
             )
         })?;
         let filter = request.filter.unwrap_or_default();
-        let condition = filter::compile(&filter, "filter")?;
+        let condition = filter::compile(&filter, "filter", self.store.backend())?;
         let fingerprint =
             QueryFingerprint::of(caller.tenant.as_str(), order.as_str(), &filter.encode_to_vec());
         let after = match request.page_token.as_str() {

@@ -25,7 +25,7 @@ use tokio::sync::{Mutex, MutexGuard};
 pub use api_keys::ApiKeyInfo;
 pub use entity::audit_event;
 pub use page_token::{PageCursor, PageTokenKey};
-pub use query::{EventOrder, exact_or_prefix};
+pub use query::{EventOrder, exact_or_prefix, prefix_upper_bound};
 pub use sequencer::{
     AppendOutcome, DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion, DeletionRequest, NewEvent,
 };
