@@ -10,7 +10,7 @@
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
 use sea_orm::{Condition, DbBackend};
 
-use super::expr::{Comparison, MetadataTest, Node, Test, TextTest};
+use super::expr::{Comparison, Field, MetadataTest, Node, Test, TextTest};
 use crate::store::prefix_upper_bound;
 
 /// The condition selecting the events `node` matches.
@@ -29,10 +29,26 @@ pub fn condition(node: &Node, backend: DbBackend) -> Condition {
 
 fn test_expr(test: &Test, backend: DbBackend) -> Expr {
     match test {
-        Test::Text(field, test) => text_expr(Expr::col(field.column()), test),
+        Test::Text(field, test) => text_expr(text_column(*field, backend), test),
         Test::Enum(field, value) => Expr::col(field.column()).eq(*value),
         Test::Number(field, comparison, value) => compare(Expr::col(field.column()), *comparison, *value),
         Test::Metadata(key, test) => metadata_expr(key, test, backend),
+    }
+}
+
+/// A text column, compared byte-wise: on PostgreSQL the long-text columns
+/// were created without `COLLATE "C"`, so they get it here (the others have
+/// it already, and keep their indexes usable).
+fn text_column(field: Field, backend: DbBackend) -> Expr {
+    let uncollated = match field {
+        Field::RequestPath => Some(r#""request_path" COLLATE "C""#),
+        Field::RequestUserAgent => Some(r#""request_user_agent" COLLATE "C""#),
+        Field::Reasoning => Some(r#""reasoning" COLLATE "C""#),
+        _ => None,
+    };
+    match uncollated {
+        Some(collated) if backend == DbBackend::Postgres => Expr::cust(collated),
+        _ => Expr::col(field.column()),
     }
 }
 
@@ -208,6 +224,14 @@ mod tests {
     fn substring_escapes_like_wildcards() {
         let text = sql(r#"action : "50%_off\\""#, DbBackend::Sqlite);
         assert!(text.contains(r#"LIKE '%50\%\_off\\%' ESCAPE '\'"#), "{text}");
+    }
+
+    #[test]
+    fn long_text_columns_compare_byte_wise_on_postgres() {
+        let text = sql(r#"request.path < "/b""#, DbBackend::Postgres);
+        assert!(text.contains(r#"("request_path" COLLATE "C") < '/b'"#), "{text}");
+        let text = sql(r#"request.path < "/b""#, DbBackend::Sqlite);
+        assert!(text.contains(r#""request_path" < '/b'"#), "{text}");
     }
 
     #[test]
