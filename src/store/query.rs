@@ -5,7 +5,8 @@ use sea_orm::sea_query::ExprTrait;
 use sea_orm::{ColumnTrait, Condition, DbErr, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 
-use super::{PageCursor, Store, audit_event, events_of};
+use super::{PageCursor, Store, audit_event, events_of, within_deadline};
+use crate::error::Error;
 use crate::tenant::TenantId;
 
 /// Order of a query's results; ties on `occurred_at` are broken by `seq`.
@@ -87,7 +88,7 @@ impl Store {
     }
 
     /// Up to `limit` of the tenant's live events matching `condition`, in
-    /// `order`, strictly after `after`.
+    /// `order`, strictly after `after`; within [`READ_DEADLINE`](super::READ_DEADLINE).
     pub async fn query_page(
         &self,
         tenant: &TenantId,
@@ -95,7 +96,7 @@ impl Store {
         order: EventOrder,
         after: Option<PageCursor>,
         limit: u64,
-    ) -> Result<Vec<audit_event::Model>, DbErr> {
+    ) -> Result<Vec<audit_event::Model>, Error> {
         let mut select = events_of(tenant).filter(condition);
         if let Some(cursor) = after {
             select = select.filter(order.after(cursor));
@@ -104,11 +105,14 @@ impl Store {
         if matches!(order, EventOrder::OccurredAtDesc | EventOrder::OccurredAtAsc) {
             select = select.order_by(audit_event::Column::OccurredAt, direction.clone());
         }
-        select
-            .order_by(audit_event::Column::Seq, direction)
-            .limit(limit)
-            .all(&self.db)
-            .await
+        let select = select.order_by(audit_event::Column::Seq, direction).limit(limit);
+        within_deadline(async {
+            let txn = self.begin_read().await?;
+            let rows = select.all(&txn).await?;
+            txn.commit().await?;
+            Ok(rows)
+        })
+        .await
     }
 
     /// Highest seq handed out to the tenant (0 when it has no events).
