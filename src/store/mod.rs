@@ -8,6 +8,7 @@ pub mod entity;
 pub mod page_token;
 mod query;
 mod sequencer;
+pub mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;
