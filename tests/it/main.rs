@@ -6,3 +6,7 @@ mod support;
 
 mod append;
 mod auth;
+mod expression_property;
+mod expressions;
+mod filter_metadata;
+mod stats;
