@@ -770,28 +770,29 @@ impl Parser<'_> {
     }
 
     fn conjunction(&mut self) -> Result<Node, ExprError> {
-        let mut parts = vec![self.disjunction()?];
-        while self.peek().kind == Kind::And {
-            self.advance();
-            parts.push(self.disjunction()?);
-        }
-        Ok(if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Node::And(parts)
-        })
+        self.chain(Kind::And, Self::disjunction, Node::And)
     }
 
     fn disjunction(&mut self) -> Result<Node, ExprError> {
-        let mut parts = vec![self.term()?];
-        while self.peek().kind == Kind::Or {
+        self.chain(Kind::Or, Self::term, Node::Or)
+    }
+
+    /// `operand { keyword operand }`, joined when there are several.
+    fn chain(
+        &mut self,
+        keyword: Kind,
+        operand: fn(&mut Self) -> Result<Node, ExprError>,
+        join: fn(Vec<Node>) -> Node,
+    ) -> Result<Node, ExprError> {
+        let mut parts = vec![operand(self)?];
+        while self.peek().kind == keyword {
             self.advance();
-            parts.push(self.term()?);
+            parts.push(operand(self)?);
         }
         Ok(if parts.len() == 1 {
             parts.remove(0)
         } else {
-            Node::Or(parts)
+            join(parts)
         })
     }
 

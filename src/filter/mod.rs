@@ -76,26 +76,30 @@ impl EventMatcher {
         let resource_ids = strings("resource_ids", &filter.resource_ids);
         let sources = strings("sources", &filter.sources);
 
-        let actor_types = match known_enums(&filter.actor_types, |v| ActorType::try_from(v).is_ok()) {
-            Ok(values) => values,
-            Err(i) => {
-                violations.push(FieldViolation::new(
-                    format!("{}[{i}]", field("actor_types")),
-                    "unknown ActorType",
-                ));
-                Vec::new()
-            }
-        };
-        let outcomes = match known_enums(&filter.outcomes, |v| Outcome::try_from(v).is_ok()) {
-            Ok(values) => values,
-            Err(i) => {
-                violations.push(FieldViolation::new(
-                    format!("{}[{i}]", field("outcomes")),
-                    "unknown Outcome",
-                ));
-                Vec::new()
-            }
-        };
+        let mut enums =
+            |name: &str, values: &[i32], known: fn(i32) -> bool, what: &str| match known_enums(values, known)
+            {
+                Ok(values) => values,
+                Err(i) => {
+                    violations.push(FieldViolation::new(
+                        format!("{}[{i}]", field(name)),
+                        format!("unknown {what}"),
+                    ));
+                    Vec::new()
+                }
+            };
+        let actor_types = enums(
+            "actor_types",
+            &filter.actor_types,
+            |v| ActorType::try_from(v).is_ok(),
+            "ActorType",
+        );
+        let outcomes = enums(
+            "outcomes",
+            &filter.outcomes,
+            |v| Outcome::try_from(v).is_ok(),
+            "Outcome",
+        );
 
         let text = |value: &str| (!value.is_empty()).then(|| value.to_owned());
         let actor_email = text(&filter.actor_email).map(|e| e.to_ascii_lowercase());
