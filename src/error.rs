@@ -122,6 +122,8 @@ impl From<DbErr> for Error {
     fn from(error: DbErr) -> Self {
         if is_unavailable(&error) {
             Error::Unavailable(error.to_string())
+        } else if is_statement_timeout(&error) {
+            Error::DeadlineExceeded(error.to_string())
         } else {
             Error::Internal(error.to_string())
         }
@@ -146,6 +148,17 @@ pub fn is_unavailable(error: &DbErr) -> bool {
                     | sea_orm::sqlx::Error::WorkerCrashed
                     | sea_orm::sqlx::Error::Tls(_)
             ) || is_admin_shutdown(sqlx_error.as_ref())
+        }
+        _ => false,
+    }
+}
+
+/// Whether PostgreSQL cancelled the statement (SQLSTATE 57014), which is
+/// how a read's `statement_timeout` ends it.
+fn is_statement_timeout(error: &DbErr) -> bool {
+    match error {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            matches!(e.as_ref(), sea_orm::sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))
         }
         _ => false,
     }

@@ -10,19 +10,23 @@ use prost::Message as _;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-pub use validate::{MAX_BATCH, MAX_METADATA_BYTES, is_valid_action};
+pub use validate::{
+    DEFAULT_STATS_LIMIT, MAX_BATCH, MAX_BUCKETS, MAX_METADATA_BYTES, MAX_STATS_LIMIT, is_valid_action,
+};
 
 use crate::auth::{Scope, caller};
-use crate::convert::event_to_proto;
+use crate::convert::{event_to_proto, micros_to_timestamp};
 use crate::error::Error;
-use crate::filter;
+use crate::filter::expr::{Field, FieldKind, METADATA_FIELD};
+use crate::filter::{self, EventMatcher};
 use crate::proto::audit_service_server::AuditService;
 use crate::proto::{
-    AppendRequest, AppendResponse, AppendResult, AuditEvent, DeleteRequest, DeleteResponse,
-    GetFilterMetadataRequest, GetFilterMetadataResponse, GetRequest, QueryRequest, QueryResponse,
-    StatsRequest, StatsResponse, WatchRequest, WatchResponse,
+    ActorType, AppendRequest, AppendResponse, AppendResult, AuditEvent, DeleteRequest, DeleteResponse,
+    FilterField, GetFilterMetadataRequest, GetFilterMetadataResponse, GetRequest, Outcome, QueryRequest,
+    QueryResponse, StatsBucket, StatsGroup, StatsRequest, StatsResponse, WatchRequest, WatchResponse,
 };
 use crate::store::page_token::QueryFingerprint;
+use crate::store::stats::{GroupField, GroupValue};
 use crate::store::{DeletionRequest, EventOrder, PageCursor, Store};
 use crate::watch::WatchHub;
 
@@ -30,6 +34,8 @@ use crate::watch::WatchHub;
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 /// Largest page; larger requests are served this many.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// Most distinct values `GetFilterMetadata` lists per field.
+pub const MAX_FILTER_VALUES: u64 = 1000;
 
 /// The AuditService implementation.
 #[derive(Clone)]
@@ -93,7 +99,7 @@ impl AuditService for AuditApi {
             )
         })?;
         let filter = request.filter.unwrap_or_default();
-        let condition = filter::compile(&filter, "filter")?;
+        let condition = filter::compile(&filter, "filter", self.store.backend())?;
         let fingerprint =
             QueryFingerprint::of(caller.tenant.as_str(), order.as_str(), &filter.encode_to_vec());
         let after = match request.page_token.as_str() {
@@ -109,8 +115,7 @@ impl AuditService for AuditApi {
         let mut rows = self
             .store
             .query_page(&caller.tenant, condition, order, after, page_size as u64 + 1)
-            .await
-            .map_err(Error::from)?;
+            .await?;
         let mut next_page_token = String::new();
         if rows.len() > page_size {
             rows.truncate(page_size);
@@ -138,16 +143,61 @@ impl AuditService for AuditApi {
     }
 
     async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
-        caller(&request, Scope::Read)?;
-        Err(Error::Unimplemented("Stats is not served by this version yet").into())
+        let caller = caller(&request, Scope::Read)?;
+        let request = request.into_inner();
+        let filter = request.filter.clone().unwrap_or_default();
+        let (matcher, query) = validate::both(
+            EventMatcher::new(&filter, "filter"),
+            validate::stats_query(&request),
+        )?;
+        let stats = self
+            .store
+            .stats(&caller.tenant, matcher.condition(self.store.backend()), &query)
+            .await?;
+        let groups = stats
+            .groups
+            .into_iter()
+            .map(|group| StatsGroup {
+                keys: query
+                    .group_by
+                    .iter()
+                    .zip(group.keys)
+                    .map(|(field, value)| group_key(*field, value))
+                    .collect(),
+                count: group.count,
+            })
+            .collect();
+        let buckets = stats
+            .buckets
+            .into_iter()
+            .map(|bucket| StatsBucket {
+                start: Some(micros_to_timestamp(bucket.start)),
+                count: bucket.count,
+            })
+            .collect();
+        Ok(Response::new(StatsResponse {
+            total: stats.total,
+            groups,
+            buckets,
+        }))
     }
 
     async fn get_filter_metadata(
         &self,
         request: Request<GetFilterMetadataRequest>,
     ) -> Result<Response<GetFilterMetadataResponse>, Status> {
-        caller(&request, Scope::Read)?;
-        Err(Error::Unimplemented("GetFilterMetadata is not served by this version yet").into())
+        let caller = caller(&request, Scope::Read)?;
+        let values = self
+            .store
+            .filter_values(&caller.tenant, MAX_FILTER_VALUES)
+            .await?;
+        Ok(Response::new(GetFilterMetadataResponse {
+            fields: filter_fields(),
+            order_by: EventOrder::ALL.iter().map(|o| o.as_str().to_owned()).collect(),
+            actions: values.actions,
+            resource_types: values.resource_types,
+            sources: values.sources,
+        }))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
@@ -185,6 +235,36 @@ impl AuditService for AuditApi {
         let stream = self.watch.open(caller.tenant, &filter, request.after_seq)?;
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// A group key as clients read it: text as stored, enums by value name.
+fn group_key(field: GroupField, value: GroupValue) -> String {
+    let name = match (field, &value) {
+        (GroupField::ActorType, GroupValue::Enum(v)) => ActorType::try_from(*v).ok().map(|t| t.as_str_name()),
+        (GroupField::Outcome, GroupValue::Enum(v)) => Outcome::try_from(*v).ok().map(|o| o.as_str_name()),
+        _ => None,
+    };
+    match (name, value) {
+        (Some(name), _) => name.to_owned(),
+        (None, GroupValue::Text(text)) => text,
+        (None, GroupValue::Enum(number)) => number.to_string(),
+    }
+}
+
+/// Every field expressions can name, then `metadata` (filtered as
+/// `metadata.KEY`).
+fn filter_fields() -> Vec<FilterField> {
+    let describe = |name: &str, kind: FieldKind, values: Vec<&str>| FilterField {
+        name: name.to_owned(),
+        r#type: kind.as_str().to_owned(),
+        operators: kind.operators().iter().map(|o| (*o).to_owned()).collect(),
+        values: values.into_iter().map(str::to_owned).collect(),
+    };
+    Field::ALL
+        .iter()
+        .map(|f| describe(f.name(), f.kind(), f.enum_values()))
+        .chain([describe(METADATA_FIELD, FieldKind::Struct, Vec::new())])
+        .collect()
 }
 
 #[cfg(test)]

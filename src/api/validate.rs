@@ -5,8 +5,9 @@ use std::net::IpAddr;
 
 use crate::convert::{struct_to_json, timestamp_to_micros};
 use crate::error::{Error, FieldViolation};
-use crate::proto::{ActorType, EventInput, Outcome};
+use crate::proto::{ActorType, EventInput, Outcome, StatsRequest};
 use crate::store::NewEvent;
+use crate::store::stats::{BucketSpec, GroupField, StatsQuery};
 
 /// Most events one Append may carry.
 pub const MAX_BATCH: usize = 1000;
@@ -60,6 +61,107 @@ impl Violations {
             other => self.add("request", other.to_string()),
         }
     }
+}
+
+/// Groups `Stats` returns when the request leaves `limit` at 0.
+pub const DEFAULT_STATS_LIMIT: u64 = 100;
+/// Most groups `Stats` returns; larger limits are served this many.
+pub const MAX_STATS_LIMIT: u64 = 1000;
+/// Smallest `Stats` bucket.
+pub const MIN_BUCKET_MICROS: i64 = 1_000_000;
+/// Largest `Stats` bucket: 10 000 years, more than any time span there is.
+pub const MAX_BUCKET_MICROS: i64 = 10_000 * 31_557_600 * 1_000_000;
+/// Most buckets one `Stats` series may hold.
+pub const MAX_BUCKETS: u64 = 10_000;
+
+/// Both results, or every violation either reports.
+pub fn both<A, B>(a: Result<A, Error>, b: Result<B, Error>) -> Result<(A, B), Error> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (Err(Error::InvalidArgument(mut first)), Err(Error::InvalidArgument(second))) => {
+            first.extend(second);
+            Err(Error::InvalidArgument(first))
+        }
+        (Err(error), _) | (_, Err(error)) => Err(error),
+    }
+}
+
+/// What a `Stats` request counts, apart from its filter (whose bad parts
+/// `EventMatcher` reports; its valid time bounds delimit the bucket series).
+pub fn stats_query(request: &StatsRequest) -> Result<StatsQuery, Error> {
+    let mut violations = Violations::default();
+    let mut group_by = Vec::with_capacity(request.group_by.len());
+    for (i, name) in request.group_by.iter().enumerate() {
+        match GroupField::parse(name) {
+            Some(field) if group_by.contains(&field) => {
+                violations.add(format!("group_by[{i}]"), format!("{name} is listed twice"))
+            }
+            Some(field) => group_by.push(field),
+            None => {
+                let names: Vec<&str> = GroupField::ALL.iter().map(|f| f.name()).collect();
+                violations.add(
+                    format!("group_by[{i}]"),
+                    format!("unknown field {name:?}; expected one of {}", names.join(", ")),
+                );
+            }
+        }
+    }
+    let limit = match u64::try_from(request.limit) {
+        Err(_) => {
+            violations.add("limit", "must not be negative");
+            0
+        }
+        Ok(0) => DEFAULT_STATS_LIMIT,
+        Ok(n) => n.min(MAX_STATS_LIMIT),
+    };
+
+    let bucket = request.bucket.as_ref().and_then(|duration| {
+        if !(-999_999_999..=999_999_999).contains(&duration.nanos) {
+            violations.add("bucket", "nanos must be within -999999999..999999999");
+            return None;
+        }
+        if duration.nanos % 1000 != 0 {
+            violations.add("bucket", "must be a whole number of microseconds");
+            return None;
+        }
+        let width = duration
+            .seconds
+            .checked_mul(1_000_000)
+            .and_then(|micros| micros.checked_add(i64::from(duration.nanos / 1000)));
+        let width = match width {
+            Some(width) if (MIN_BUCKET_MICROS..=MAX_BUCKET_MICROS).contains(&width) => width,
+            _ => {
+                violations.add("bucket", "must be at least 1s and at most 10000 years");
+                return None;
+            }
+        };
+        let filter = request.filter.clone().unwrap_or_default();
+        let bound = |ts: &Option<prost_types::Timestamp>| ts.as_ref().and_then(|ts| timestamp_to_micros(ts, "").ok());
+        let spec = BucketSpec {
+            width,
+            from: bound(&filter.start_time),
+            to: bound(&filter.end_time),
+            max_buckets: MAX_BUCKETS,
+        };
+        if let (Some(from), Some(to)) = (spec.from, spec.to)
+            && to > from
+            && (spec.bucket_of(to - 1) - spec.bucket_of(from)) / width >= MAX_BUCKETS as i64
+        {
+            violations.add(
+                "bucket",
+                format!(
+                    "start_time to end_time spans more than {MAX_BUCKETS} buckets of this size; use a larger bucket"
+                ),
+            );
+        }
+        Some(spec)
+    });
+    violations.finish()?;
+    Ok(StatsQuery {
+        group_by,
+        limit,
+        bucket,
+    })
 }
 
 /// Whether `action` is a dotted lowercase verb: segments of `a-z 0-9 _`,
@@ -224,6 +326,63 @@ fn event(i: usize, input: EventInput, violations: &mut Violations) -> NewEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stats(group_by: &[&str], limit: i32, bucket: Option<(i64, i32)>) -> Result<StatsQuery, Error> {
+        stats_query(&StatsRequest {
+            filter: None,
+            group_by: group_by.iter().map(|s| (*s).to_owned()).collect(),
+            bucket: bucket.map(|(seconds, nanos)| prost_types::Duration { seconds, nanos }),
+            limit,
+        })
+    }
+
+    fn fields(error: Error) -> Vec<String> {
+        match error {
+            Error::InvalidArgument(v) => v.into_iter().map(|v| v.field).collect(),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn stats_limits_default_cap_and_refuse_negatives() {
+        assert_eq!(stats(&[], 0, None).unwrap().limit, DEFAULT_STATS_LIMIT);
+        assert_eq!(stats(&[], 5, None).unwrap().limit, 5);
+        assert_eq!(stats(&[], 50_000, None).unwrap().limit, MAX_STATS_LIMIT);
+        assert_eq!(fields(stats(&[], -1, None).unwrap_err()), ["limit"]);
+    }
+
+    #[test]
+    fn stats_group_by_names_each_bad_entry() {
+        let query = stats(&["outcome", "actor.id"], 0, None).unwrap();
+        assert_eq!(query.group_by, [GroupField::Outcome, GroupField::ActorId]);
+        assert_eq!(
+            fields(stats(&["action", "nope", "action"], 0, None).unwrap_err()),
+            ["group_by[1]", "group_by[2]"]
+        );
+    }
+
+    #[test]
+    fn stats_buckets_are_at_least_a_second_in_whole_microseconds() {
+        assert_eq!(
+            stats(&[], 0, Some((60, 0))).unwrap().bucket.unwrap().width,
+            60_000_000
+        );
+        assert_eq!(
+            stats(&[], 0, Some((1, 500_000_000)))
+                .unwrap()
+                .bucket
+                .unwrap()
+                .width,
+            1_500_000
+        );
+        for bad in [(0, 0), (0, 999_999_000), (-5, 0), (1, 1), (i64::MAX, 0)] {
+            assert_eq!(
+                fields(stats(&[], 0, Some(bad)).unwrap_err()),
+                ["bucket"],
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn nul_is_found_in_keys_and_nested_strings_only() {

@@ -1,18 +1,19 @@
 //! Turns an `EventFilter` into a database condition, so the database does
-//! the filtering. All set parts are AND-ed; a repeated field matches any of
-//! its values.
+//! the filtering, and into an [`EventMatcher`] that applies the same filter
+//! to an event in memory (for `Watch`, and to test the two agree). All set
+//! parts are AND-ed; a repeated field matches any of its values; the
+//! `expression` is parsed by [`expr`] and compiled by [`sql`].
 
-mod matcher;
-
-pub use matcher::EventMatcher;
+pub mod expr;
+pub mod sql;
 
 use sea_orm::sea_query::{Expr, ExprTrait, Func};
-use sea_orm::{ColumnTrait, Condition};
+use sea_orm::{ColumnTrait, Condition, DbBackend};
 
 use crate::convert::timestamp_to_micros;
 use crate::error::{Error, FieldViolation};
 use crate::proto::{ActorType, EventFilter, Outcome};
-use crate::store::audit_event::Column;
+use crate::store::audit_event::{self, Column};
 use crate::store::exact_or_prefix;
 
 const NUL_REFUSED: &str = "must not contain NUL characters";
@@ -20,130 +21,251 @@ const NUL_REFUSED: &str = "must not contain NUL characters";
 /// Most values one repeated filter field may list.
 pub const MAX_VALUES_PER_FIELD: usize = 100;
 
-/// The condition selecting the events `filter` describes. `prefix` names
-/// the filter in errors (`filter`).
-pub fn compile(filter: &EventFilter, prefix: &str) -> Result<Condition, Error> {
-    let mut violations = Vec::new();
-    let mut condition = Condition::all();
-    let field = |name: &str| format!("{prefix}.{name}");
+/// The condition selecting the events `filter` describes on `backend`.
+/// `prefix` names the filter in errors (`filter`).
+pub fn compile(filter: &EventFilter, prefix: &str, backend: DbBackend) -> Result<Condition, Error> {
+    Ok(EventMatcher::new(filter, prefix)?.condition(backend))
+}
 
-    let mut any_of = |name: &str, values: &[String], column: Column, prefixes: bool| {
-        if values.is_empty() {
-            return;
-        }
-        if values.len() > MAX_VALUES_PER_FIELD {
-            violations.push(FieldViolation::new(
-                field(name),
-                format!("at most {MAX_VALUES_PER_FIELD} values"),
-            ));
-            return;
-        }
-        let mut alternatives = Condition::any();
-        for (i, value) in values.iter().enumerate() {
-            if value.is_empty() {
+/// A validated `EventFilter`: compiles to a database condition, and decides
+/// for one event in memory, with the same semantics both ways.
+#[derive(Debug, Clone, Default)]
+pub struct EventMatcher {
+    /// Exact values, or prefixes when ending in `*`.
+    actions: Vec<String>,
+    actor_ids: Vec<String>,
+    actor_types: Vec<i32>,
+    /// Lower-cased (ASCII).
+    actor_email: Option<String>,
+    resource_types: Vec<String>,
+    resource_ids: Vec<String>,
+    outcomes: Vec<i32>,
+    sources: Vec<String>,
+    request_id: Option<String>,
+    client_ip: Option<String>,
+    start: Option<i64>,
+    end: Option<i64>,
+    expression: Option<expr::Node>,
+}
+
+impl EventMatcher {
+    /// Validates `filter`; every bad part is reported under `prefix.FIELD`
+    /// (the expression under `prefix.expression`, naming the position).
+    pub fn new(filter: &EventFilter, prefix: &str) -> Result<Self, Error> {
+        let mut violations = Vec::new();
+        let field = |name: &str| format!("{prefix}.{name}");
+        let mut strings = |name: &str, values: &[String]| -> Vec<String> {
+            if values.len() > MAX_VALUES_PER_FIELD {
                 violations.push(FieldViolation::new(
-                    format!("{}[{i}]", field(name)),
-                    "must not be empty",
+                    field(name),
+                    format!("at most {MAX_VALUES_PER_FIELD} values"),
                 ));
-            } else if value.contains('\0') {
-                violations.push(FieldViolation::new(format!("{}[{i}]", field(name)), NUL_REFUSED));
-            } else if prefixes {
-                alternatives = alternatives.add(exact_or_prefix(column, value));
-            } else {
-                alternatives = alternatives.add(column.eq(value.as_str()));
+                return Vec::new();
+            }
+            for (i, value) in values.iter().enumerate() {
+                if value.is_empty() {
+                    violations.push(FieldViolation::new(
+                        format!("{}[{i}]", field(name)),
+                        "must not be empty",
+                    ));
+                } else if value.contains('\0') {
+                    violations.push(FieldViolation::new(format!("{}[{i}]", field(name)), NUL_REFUSED));
+                }
+            }
+            values.to_vec()
+        };
+        let actions = strings("actions", &filter.actions);
+        let actor_ids = strings("actor_ids", &filter.actor_ids);
+        let resource_types = strings("resource_types", &filter.resource_types);
+        let resource_ids = strings("resource_ids", &filter.resource_ids);
+        let sources = strings("sources", &filter.sources);
+
+        let mut enums =
+            |name: &str, values: &[i32], known: fn(i32) -> bool, what: &str| match known_enums(values, known)
+            {
+                Ok(values) => values,
+                Err(i) => {
+                    violations.push(FieldViolation::new(
+                        format!("{}[{i}]", field(name)),
+                        format!("unknown {what}"),
+                    ));
+                    Vec::new()
+                }
+            };
+        let actor_types = enums(
+            "actor_types",
+            &filter.actor_types,
+            |v| ActorType::try_from(v).is_ok(),
+            "ActorType",
+        );
+        let outcomes = enums(
+            "outcomes",
+            &filter.outcomes,
+            |v| Outcome::try_from(v).is_ok(),
+            "Outcome",
+        );
+
+        // PostgreSQL cannot take a NUL in a text parameter.
+        for (name, value) in [
+            ("actor_email", &filter.actor_email),
+            ("request_id", &filter.request_id),
+            ("client_ip", &filter.client_ip),
+            ("expression", &filter.expression),
+        ] {
+            if value.contains('\0') {
+                violations.push(FieldViolation::new(field(name), NUL_REFUSED));
             }
         }
-        condition = std::mem::replace(&mut condition, Condition::all()).add(alternatives);
-    };
-    any_of("actions", &filter.actions, Column::Action, true);
-    any_of("actor_ids", &filter.actor_ids, Column::ActorId, false);
-    any_of(
-        "resource_types",
-        &filter.resource_types,
-        Column::ResourceType,
-        false,
-    );
-    any_of("resource_ids", &filter.resource_ids, Column::ResourceId, false);
-    any_of("sources", &filter.sources, Column::Source, false);
+        let text = |value: &str| (!value.is_empty()).then(|| value.to_owned());
+        let actor_email = text(&filter.actor_email).map(|e| e.to_ascii_lowercase());
+        let request_id = text(&filter.request_id);
+        let client_ip = text(&filter.client_ip);
 
-    let actor_types = known_enums(&filter.actor_types, |v| ActorType::try_from(v).is_ok());
-    match actor_types {
-        Ok(values) if !values.is_empty() => condition = condition.add(Column::ActorType.is_in(values)),
-        Ok(_) => {}
-        Err(i) => violations.push(FieldViolation::new(
-            format!("{}[{i}]", field("actor_types")),
-            "unknown ActorType",
-        )),
-    }
-    match known_enums(&filter.outcomes, |v| Outcome::try_from(v).is_ok()) {
-        Ok(values) if !values.is_empty() => condition = condition.add(Column::Outcome.is_in(values)),
-        Ok(_) => {}
-        Err(i) => violations.push(FieldViolation::new(
-            format!("{}[{i}]", field("outcomes")),
-            "unknown Outcome",
-        )),
-    }
-
-    for (name, value) in [
-        ("actor_email", &filter.actor_email),
-        ("request_id", &filter.request_id),
-        ("client_ip", &filter.client_ip),
-        ("expression", &filter.expression),
-    ] {
-        if value.contains('\0') {
-            violations.push(FieldViolation::new(field(name), NUL_REFUSED));
+        let mut bound = |name: &str, value: &Option<prost_types::Timestamp>| match value {
+            Some(ts) => match timestamp_to_micros(ts, &field(name)) {
+                Ok(micros) => Some(micros),
+                Err(Error::InvalidArgument(v)) => {
+                    violations.extend(v);
+                    None
+                }
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let start = bound("start_time", &filter.start_time);
+        let end = bound("end_time", &filter.end_time);
+        if let (Some(start), Some(end)) = (start, end)
+            && end < start
+        {
+            violations.push(FieldViolation::new(
+                field("end_time"),
+                "must not be before start_time",
+            ));
         }
-    }
-    if !filter.actor_email.is_empty() {
-        condition = condition.add(ExprTrait::eq(
-            Expr::expr(Func::lower(Expr::col(Column::ActorEmail))),
-            filter.actor_email.to_ascii_lowercase(),
-        ));
-    }
-    if !filter.request_id.is_empty() {
-        condition = condition.add(Column::RequestId.eq(filter.request_id.as_str()));
-    }
-    if !filter.client_ip.is_empty() {
-        condition = condition.add(Column::RequestClientIp.eq(filter.client_ip.as_str()));
-    }
 
-    let mut bound = |name: &str, value: &Option<prost_types::Timestamp>| match value {
-        Some(ts) => match timestamp_to_micros(ts, &field(name)) {
-            Ok(micros) => Some(micros),
-            Err(Error::InvalidArgument(v)) => {
-                violations.extend(v);
+        let expression = match expr::parse(&filter.expression) {
+            Ok(node) => node,
+            Err(error) => {
+                violations.push(FieldViolation::new(field("expression"), error.to_string()));
                 None
             }
-            Err(_) => None,
-        },
-        None => None,
-    };
-    let start = bound("start_time", &filter.start_time);
-    let end = bound("end_time", &filter.end_time);
-    if let (Some(start), Some(end)) = (start, end)
-        && end < start
-    {
-        violations.push(FieldViolation::new(
-            field("end_time"),
-            "must not be before start_time",
-        ));
-    }
-    if let Some(start) = start {
-        condition = condition.add(Column::OccurredAt.gte(start));
-    }
-    if let Some(end) = end {
-        condition = condition.add(Column::OccurredAt.lt(end));
+        };
+
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        Ok(Self {
+            actions,
+            actor_ids,
+            actor_types,
+            actor_email,
+            resource_types,
+            resource_ids,
+            outcomes,
+            sources,
+            request_id,
+            client_ip,
+            start,
+            end,
+            expression,
+        })
     }
 
-    if !filter.expression.is_empty() {
-        return Err(Error::Unimplemented(
-            "filter expressions (EventFilter.expression) are not served by this version yet; use the structured EventFilter fields",
-        ));
+    /// The condition selecting the matching events on `backend`.
+    pub fn condition(&self, backend: DbBackend) -> Condition {
+        let mut condition = Condition::all();
+        let any_of = |values: &[String], column: Column, prefixes: bool| {
+            values.iter().fold(Condition::any(), |any, value| {
+                if prefixes {
+                    any.add(exact_or_prefix(column, value))
+                } else {
+                    any.add(column.eq(value.as_str()))
+                }
+            })
+        };
+        for (values, column, prefixes) in [
+            (&self.actions, Column::Action, true),
+            (&self.actor_ids, Column::ActorId, false),
+            (&self.resource_types, Column::ResourceType, false),
+            (&self.resource_ids, Column::ResourceId, false),
+            (&self.sources, Column::Source, false),
+        ] {
+            if !values.is_empty() {
+                condition = condition.add(any_of(values, column, prefixes));
+            }
+        }
+        if !self.actor_types.is_empty() {
+            condition = condition.add(Column::ActorType.is_in(self.actor_types.clone()));
+        }
+        if !self.outcomes.is_empty() {
+            condition = condition.add(Column::Outcome.is_in(self.outcomes.clone()));
+        }
+        if let Some(email) = &self.actor_email {
+            condition = condition.add(ExprTrait::eq(
+                Expr::expr(Func::lower(Expr::col(Column::ActorEmail))),
+                email.as_str(),
+            ));
+        }
+        if let Some(request_id) = &self.request_id {
+            condition = condition.add(Column::RequestId.eq(request_id.as_str()));
+        }
+        if let Some(client_ip) = &self.client_ip {
+            condition = condition.add(Column::RequestClientIp.eq(client_ip.as_str()));
+        }
+        if let Some(start) = self.start {
+            condition = condition.add(Column::OccurredAt.gte(start));
+        }
+        if let Some(end) = self.end {
+            condition = condition.add(Column::OccurredAt.lt(end));
+        }
+        if let Some(node) = &self.expression {
+            condition = condition.add(sql::condition(node, backend));
+        }
+        condition
     }
-    if violations.is_empty() {
-        Ok(condition)
-    } else {
-        Err(Error::InvalidArgument(violations))
+
+    /// Whether `event` matches: the same answer the database gives for the
+    /// condition. An erased event never matches.
+    pub fn matches(&self, event: &audit_event::Model) -> bool {
+        fn any_of(values: &[String], value: Option<&str>, prefixes: bool) -> bool {
+            values.is_empty()
+                || value.is_some_and(|value| {
+                    values.iter().any(|wanted| match wanted.strip_suffix('*') {
+                        Some(prefix) if prefixes => value.starts_with(prefix),
+                        _ => value == wanted,
+                    })
+                })
+        }
+        fn one_of(values: &[i32], value: Option<i32>) -> bool {
+            values.is_empty() || value.is_some_and(|v| values.contains(&v))
+        }
+        fn equal(wanted: &Option<String>, value: Option<&str>) -> bool {
+            wanted.as_deref().is_none_or(|wanted| value == Some(wanted))
+        }
+        let occurred_at = event.occurred_at;
+        event.deleted_at.is_none()
+            && any_of(&self.actions, event.action.as_deref(), true)
+            && any_of(&self.actor_ids, event.actor_id.as_deref(), false)
+            && any_of(&self.resource_types, event.resource_type.as_deref(), false)
+            && any_of(&self.resource_ids, event.resource_id.as_deref(), false)
+            && any_of(&self.sources, event.source.as_deref(), false)
+            && one_of(&self.actor_types, event.actor_type)
+            && one_of(&self.outcomes, event.outcome)
+            && equal(
+                &self.actor_email,
+                event
+                    .actor_email
+                    .as_deref()
+                    .map(str::to_ascii_lowercase)
+                    .as_deref(),
+            )
+            && equal(&self.request_id, event.request_id.as_deref())
+            && equal(&self.client_ip, event.request_client_ip.as_deref())
+            && self
+                .start
+                .is_none_or(|start| occurred_at.is_some_and(|t| t >= start))
+            && self.end.is_none_or(|end| occurred_at.is_some_and(|t| t < end))
+            && self.expression.as_ref().is_none_or(|node| node.matches(event))
     }
 }
 
@@ -164,7 +286,7 @@ mod tests {
 
     fn sql(filter: &EventFilter) -> String {
         Entity::find()
-            .filter(compile(filter, "filter").unwrap())
+            .filter(compile(filter, "filter", DbBackend::Sqlite).unwrap())
             .build(DbBackend::Sqlite)
             .to_string()
     }
@@ -198,7 +320,7 @@ mod tests {
             end_time: Some(prost_types::Timestamp { seconds: 5, nanos: 0 }),
             ..Default::default()
         };
-        let Err(Error::InvalidArgument(violations)) = compile(&filter, "filter") else {
+        let Err(Error::InvalidArgument(violations)) = compile(&filter, "filter", DbBackend::Sqlite) else {
             panic!("accepted")
         };
         let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();

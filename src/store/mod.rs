@@ -8,6 +8,7 @@ pub mod entity;
 pub mod page_token;
 mod query;
 mod sequencer;
+pub mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,27 +17,32 @@ use audit_migrations::{Migrator, MigratorTrait};
 use rand::RngCore;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
-    DbBackend, DbErr, EntityTrait, QueryFilter, Select, Set, SqliteTransactionMode, Statement,
-    TransactionOptions, TransactionTrait,
+    AccessMode, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, IsolationLevel, QueryFilter, Select, Set,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 
 pub use api_keys::ApiKeyInfo;
 pub use entity::audit_event;
 pub use page_token::{PageCursor, PageTokenKey};
-pub use query::{EventOrder, exact_or_prefix};
+pub use query::{EventOrder, exact_or_prefix, prefix_upper_bound};
 pub use sequencer::{
     AppendOutcome, Committed, DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion, DeletionRequest,
     NOTIFY_CHANNEL, NewEvent,
 };
 
 use crate::config::DatabaseConfig;
+use crate::error::Error;
 use crate::tenant::TenantId;
 
 /// Commits the in-process feed keeps for a slow reader before it lags
 /// (a lagging reader falls back to reading storage).
 const COMMIT_FEED_CAPACITY: usize = 1024;
+/// How long one read (a query page, stats, filter metadata) may run before
+/// it fails with DEADLINE_EXCEEDED; on PostgreSQL also its
+/// `statement_timeout`, so the database stops working on it too.
+pub const READ_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Advisory-lock key that serializes migrations of replicas starting at once.
 const MIGRATION_LOCK_KEY: i64 = 0x6175_6469_745f_6d69;
@@ -116,6 +122,25 @@ impl Store {
         };
         let txn = self.db.begin_with_options(options).await?;
         Ok((guard, txn))
+    }
+
+    /// Starts a read-only snapshot for the statements of one read: on
+    /// PostgreSQL `REPEATABLE READ READ ONLY` with `statement_timeout` set to
+    /// [`READ_DEADLINE`]; on SQLite a deferred transaction (one WAL snapshot).
+    async fn begin_read(&self) -> Result<DatabaseTransaction, DbErr> {
+        if self.backend() != DbBackend::Postgres {
+            return self.db.begin().await;
+        }
+        let txn = self
+            .db
+            .begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly))
+            .await?;
+        txn.execute_unprepared(&format!(
+            "SET LOCAL statement_timeout = {}",
+            READ_DEADLINE.as_millis()
+        ))
+        .await?;
+        Ok(txn)
     }
 
     async fn write_guard(&self) -> Option<MutexGuard<'_, ()>> {
@@ -208,6 +233,18 @@ pub fn events_of(tenant: &TenantId) -> Select<audit_event::Entity> {
     audit_event::Entity::find()
         .filter(audit_event::Column::TenantId.eq(tenant.as_str()))
         .filter(audit_event::Column::DeletedAt.is_null())
+}
+
+/// Runs a read, failing with [`Error::DeadlineExceeded`] once it has taken
+/// [`READ_DEADLINE`].
+async fn within_deadline<T>(read: impl Future<Output = Result<T, DbErr>>) -> Result<T, Error> {
+    match tokio::time::timeout(READ_DEADLINE, read).await {
+        Ok(result) => result.map_err(Error::from),
+        Err(_) => Err(Error::DeadlineExceeded(format!(
+            "the read took longer than {} s; narrow the filter",
+            READ_DEADLINE.as_secs()
+        ))),
+    }
 }
 
 /// Now, in unix microseconds.

@@ -5,7 +5,8 @@ use sea_orm::sea_query::ExprTrait;
 use sea_orm::{ColumnTrait, Condition, DbErr, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 
-use super::{PageCursor, Store, audit_event, events_of};
+use super::{PageCursor, Store, audit_event, events_of, within_deadline};
+use crate::error::Error;
 use crate::tenant::TenantId;
 
 /// Order of a query's results; ties on `occurred_at` are broken by `seq`.
@@ -87,7 +88,7 @@ impl Store {
     }
 
     /// Up to `limit` of the tenant's live events matching `condition`, in
-    /// `order`, strictly after `after`.
+    /// `order`, strictly after `after`; within [`READ_DEADLINE`](super::READ_DEADLINE).
     pub async fn query_page(
         &self,
         tenant: &TenantId,
@@ -95,7 +96,7 @@ impl Store {
         order: EventOrder,
         after: Option<PageCursor>,
         limit: u64,
-    ) -> Result<Vec<audit_event::Model>, DbErr> {
+    ) -> Result<Vec<audit_event::Model>, Error> {
         let mut select = events_of(tenant).filter(condition);
         if let Some(cursor) = after {
             select = select.filter(order.after(cursor));
@@ -104,11 +105,14 @@ impl Store {
         if matches!(order, EventOrder::OccurredAtDesc | EventOrder::OccurredAtAsc) {
             select = select.order_by(audit_event::Column::OccurredAt, direction.clone());
         }
-        select
-            .order_by(audit_event::Column::Seq, direction)
-            .limit(limit)
-            .all(&self.db)
-            .await
+        let select = select.order_by(audit_event::Column::Seq, direction).limit(limit);
+        within_deadline(async {
+            let txn = self.begin_read().await?;
+            let rows = select.all(&txn).await?;
+            txn.commit().await?;
+            Ok(rows)
+        })
+        .await
     }
 
     /// Up to `limit` of the tenant's live events matching `condition` with
@@ -153,11 +157,18 @@ pub fn exact_or_prefix(column: audit_event::Column, value: &str) -> Condition {
     }
 }
 
-/// The smallest string greater than every string starting with `prefix`.
-fn prefix_upper_bound(prefix: &str) -> Option<String> {
+/// The smallest string greater than every string starting with `prefix`
+/// (in byte order, which is code point order), or `None` when there is none.
+pub fn prefix_upper_bound(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
     while let Some(last) = chars.pop() {
-        if let Some(next) = char::from_u32(last as u32 + 1) {
+        // The next code point, skipping the surrogate gap; past U+10FFFF
+        // there is none and the previous character is bumped instead.
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'),
+            _ => char::from_u32(last as u32 + 1),
+        };
+        if let Some(next) = next {
             chars.push(next);
             return Some(chars.into_iter().collect());
         }
@@ -189,5 +200,8 @@ mod tests {
     fn prefix_bound_is_the_next_string() {
         assert_eq!(prefix_upper_bound("user."), Some("user/".to_owned()));
         assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(prefix_upper_bound("a\u{D7FF}"), Some("a\u{E000}".to_owned()));
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}"), Some("b".to_owned()));
+        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
     }
 }

@@ -29,7 +29,7 @@ use tonic::Status;
 
 use crate::convert::{event_to_proto, micros_to_timestamp};
 use crate::error::Error;
-use crate::filter::{self, EventMatcher};
+use crate::filter::EventMatcher;
 use crate::proto::{self, EventFilter, WatchResponse, watch_response};
 use crate::store::{Committed, NOTIFY_CHANNEL, Store, audit_event, now_micros};
 use crate::tenant::TenantId;
@@ -278,7 +278,7 @@ impl WatchHub {
         after_seq: Option<u64>,
     ) -> Result<ReceiverStream<Result<WatchResponse, Status>>, Error> {
         let matcher = EventMatcher::new(filter, "filter")?;
-        let condition = filter::compile(filter, "filter")?;
+        let condition = matcher.condition(self.store.backend());
         let after_seq = after_seq
             .map(i64::try_from)
             .transpose()

@@ -76,6 +76,18 @@ check "no credential is Unauthenticated" "$out" "'Unauthenticated' in out and '\
 out=$(grpcurl -plaintext -H "x-api-key: $key" -d '{}' "$addr" audit.v1.AuditService/Query 2>&1 || true)
 check "missing tenant is TENANT_REQUIRED" "$out" "'TENANT_REQUIRED' in out"
 
+out=$(call -d '{"filter":{"expression":"action = \"user.*\" AND actor.email : \"ALICE\""}}' "$addr" audit.v1.AuditService/Query)
+check "Query with an expression" "$out" "[e['id'] for e in json.loads(out)['events']] == ['$id']"
+
+out=$(call -d '{"filter":{"expression":"action = "}}' "$addr" audit.v1.AuditService/Query)
+check "bad expression names the position" "$out" "'InvalidArgument' in out and 'filter.expression' in out and 'at 9' in out"
+
+out=$(call -d '{"group_by":["action","outcome"]}' "$addr" audit.v1.AuditService/Stats)
+check "Stats groups in the database" "$out" "(lambda r: r['total'] == '1' and r['groups'][0]['keys'] == ['user.login', 'OUTCOME_SUCCESS'])(json.loads(out))"
+
+out=$(call -d '{}' "$addr" audit.v1.AuditService/GetFilterMetadata)
+check "GetFilterMetadata lists fields and this tenant's values" "$out" "(lambda r: r['actions'] == ['user.login'] and r['sources'] == ['sso'] and any(f['name'] == 'metadata' for f in r['fields']))(json.loads(out))"
+
 out=$(call -d "{\"id\":\"$id\",\"reason\":\"GDPR erasure request #42\"}" "$addr" audit.v1.AuditService/Delete)
 check "Delete appends the audit.event.deleted event" "$out" "(lambda r: r['seq'] == '1' and r['deletionEvent']['seq'] == '2' and r['deletionEvent']['action'] == 'audit.event.deleted' and r['deletionEvent']['resource']['id'] == '$id')(json.loads(out))"
 

@@ -16,6 +16,7 @@ on_both_backends!(
     two_hundred_subscribers_each_receive_every_event_once_in_order,
     stalled_subscriber_does_not_hold_back_others_and_later_catches_up,
     filters_apply_to_watch,
+    expression_filters_apply_to_watch_history_and_live,
     deleted_events_are_not_delivered_but_the_deletion_event_is,
     heartbeats_report_the_position_of_a_narrow_subscriber,
     shutdown_ends_streams_with_a_resumable_status,
@@ -320,4 +321,29 @@ async fn postgres_event_appended_on_one_replica_reaches_a_subscriber_on_another(
     }
     assert_eq!(events(&mut stream, 99).await, (2..=100).collect::<Vec<u64>>());
     assert!(a.terminate(), "replica a did not exit cleanly on SIGTERM");
+}
+
+async fn expression_filters_apply_to_watch_history_and_live(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut caller = server.caller().await;
+    let failed = |actor: &str| {
+        let mut e = event("user.login", actor);
+        e.outcome = audit_service::proto::Outcome::Failure as i32;
+        e
+    };
+    // Seqs 1..=3 are history when the stream opens; 4..=6 arrive live.
+    caller
+        .append(vec![failed("alice"), event("user.login", "alice"), failed("bob")])
+        .await;
+    let filter = EventFilter {
+        expression: r#"outcome = OUTCOME_FAILURE AND NOT actor.id = "bob""#.into(),
+        ..Default::default()
+    };
+    let mut stream = open(&mut caller, filter, Some(0)).await;
+    assert_eq!(events(&mut stream, 1).await, [1]);
+    caller
+        .append(vec![failed("bob"), failed("carol"), event("user.login", "dave")])
+        .await;
+    caller.append(vec![failed("erin")]).await;
+    assert_eq!(events(&mut stream, 2).await, [5, 7]);
 }
