@@ -34,7 +34,6 @@ on_both_backends!(
     filter_by_request_id_and_client_ip,
     filter_by_time_range_is_start_inclusive_end_exclusive,
     combined_filters_are_and_ed,
-    filter_expression_is_unimplemented,
 );
 
 const EVENTS: u64 = 1200;
@@ -702,14 +701,4 @@ async fn combined_filters_are_and_ed(backend: Backend) {
         ..Default::default()
     };
     assert_eq!(selected(&mut caller, filter).await, Vec::<u64>::new());
-}
-
-async fn filter_expression_is_unimplemented(backend: Backend) {
-    let (_server, mut caller) = seeded(backend).await;
-    let filter = EventFilter {
-        expression: r#"action = "user.*" AND outcome = OUTCOME_FAILURE"#.into(),
-        ..Default::default()
-    };
-    let status = query_status(&mut caller, query(filter, "", 10, "")).await;
-    assert_status(&status, Code::Unimplemented, "UNIMPLEMENTED", None);
 }

@@ -3,8 +3,7 @@
 //! stop, and Get's full event.
 
 use audit_service::proto::{
-    Actor, ActorType, AuditEvent, EventFilter, EventInput, GetFilterMetadataRequest, Outcome, RequestContext,
-    Resource, StatsRequest,
+    Actor, ActorType, AuditEvent, EventFilter, EventInput, Outcome, RequestContext, Resource,
 };
 use prost::Message as _;
 use prost_types::value::Kind;
@@ -15,13 +14,11 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::fixtures::{BASE_SECS, get, status_of, ts};
+use crate::fixtures::{BASE_SECS, get, ts};
 use crate::on_both_backends;
-use crate::support::{Backend, TestServer, assert_status, event};
+use crate::support::{Backend, TestServer, event};
 
 on_both_backends!(
-    stats_is_unimplemented,
-    get_filter_metadata_is_unimplemented,
     health_reports_the_audit_service_serving,
     reflection_v1_lists_the_audit_service,
     reflection_v1alpha_lists_the_audit_service,
@@ -34,22 +31,6 @@ on_both_backends!(
 );
 
 const AUDIT_SERVICE: &str = "audit.v1.AuditService";
-
-async fn stats_is_unimplemented(backend: Backend) {
-    let server = TestServer::start(backend).await;
-    let mut caller = server.caller().await;
-    let request = caller.request(StatsRequest::default());
-    let status = status_of(caller.client.stats(request).await);
-    assert_status(&status, Code::Unimplemented, "UNIMPLEMENTED", None);
-}
-
-async fn get_filter_metadata_is_unimplemented(backend: Backend) {
-    let server = TestServer::start(backend).await;
-    let mut caller = server.caller().await;
-    let request = caller.request(GetFilterMetadataRequest {});
-    let status = status_of(caller.client.get_filter_metadata(request).await);
-    assert_status(&status, Code::Unimplemented, "UNIMPLEMENTED", None);
-}
 
 async fn health_reports_the_audit_service_serving(backend: Backend) {
     let server = TestServer::start(backend).await;
