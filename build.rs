@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/audit/v1/audit.proto"];
+    let protos = ["proto/audit/v1/audit.proto", "proto/audit/v1/integrity.proto"];
     println!("cargo:rerun-if-changed=proto");
 
     // Source info keeps the proto comments, so `grpcurl describe` shows them.

@@ -56,6 +56,46 @@ pub struct JwtConfig {
     pub audience: Option<String>,
 }
 
+/// Who signs checkpoints, and the name of the logs they sign.
+#[derive(clap::Args, Debug, Clone)]
+pub struct IntegrityConfig {
+    /// Prefix of each log's name in checkpoints (tenant T's log is
+    /// `<origin>/T`) and the signing key's name when the service creates
+    /// the key; a host name of yours, such as `audit.example.com`.
+    #[arg(
+        long = "log-origin",
+        env = "AUDIT_LOG_ORIGIN",
+        default_value = "audit-service"
+    )]
+    pub origin: String,
+    /// File with the Ed25519 checkpoint signing key in signed-note form
+    /// (`PRIVATE+KEY+<name>+<hash>+<key>`), created with mode 0600 on first
+    /// start when absent. Unset: the key is created once and kept in the
+    /// database, shared by every replica.
+    #[arg(long = "signing-key-file", env = "AUDIT_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+}
+
+impl Default for IntegrityConfig {
+    fn default() -> Self {
+        Self {
+            origin: "audit-service".to_owned(),
+            signing_key_file: None,
+        }
+    }
+}
+
+/// Whether `Append` extends the Merkle tree in its own transaction.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TreeMaintenance {
+    /// Every append extends the tree (the default).
+    #[default]
+    On,
+    /// Appends leave the tree behind until the next checkpoint, proof or
+    /// delete catches it up: only for measuring the tree's cost.
+    Off,
+}
+
 /// Everything `audit-service serve` needs.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeConfig {
@@ -68,6 +108,13 @@ pub struct ServeConfig {
     /// Bearer-token verification.
     #[command(flatten)]
     pub jwt: JwtConfig,
+    /// Checkpoint signing.
+    #[command(flatten)]
+    pub integrity: IntegrityConfig,
+    /// Whether appends extend the Merkle tree at once (`on`) or leave it to
+    /// the next checkpoint (`off`, for benchmarks).
+    #[arg(long = "integrity", env = "AUDIT_INTEGRITY", value_enum, default_value_t = TreeMaintenance::On)]
+    pub tree_maintenance: TreeMaintenance,
     /// Seconds between Watch heartbeats.
     #[arg(long = "heartbeat-secs", env = "AUDIT_HEARTBEAT_SECS", default_value_t = 15)]
     pub heartbeat_secs: u64,
@@ -98,6 +145,8 @@ impl ServeConfig {
             listen,
             database,
             jwt: JwtConfig::default(),
+            integrity: IntegrityConfig::default(),
+            tree_maintenance: TreeMaintenance::On,
             heartbeat_secs: 15,
             max_streams: 10_000,
             max_streams_per_tenant: 2_000,

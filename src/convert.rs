@@ -49,7 +49,9 @@ fn value_to_json(value: Value) -> Result<serde_json::Value, String> {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
         Some(Kind::BoolValue(b)) => serde_json::Value::Bool(b),
         Some(Kind::StringValue(s)) => serde_json::Value::String(s),
-        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(n)
+        // -0 is stored as 0: PostgreSQL's jsonb has no negative zero, and an
+        // event's leaf hash must survive the round trip through storage.
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(if n == 0.0 { 0.0 } else { n })
             .map(serde_json::Value::Number)
             .ok_or_else(|| format!("number {n} is not finite"))?,
         Some(Kind::StructValue(s)) => struct_to_json(s)?,

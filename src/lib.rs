@@ -7,6 +7,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod filter;
+pub mod integrity;
 pub mod proto;
 pub mod startup;
 pub mod store;

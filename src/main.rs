@@ -1,5 +1,6 @@
 //! `audit-service`: the command line. `serve` (the default) runs the gRPC
-//! service; `keys` manages API keys.
+//! service; `keys` manages API keys; `verify` checks a tenant's log against
+//! its signed checkpoints.
 
 use std::process::ExitCode;
 
@@ -7,7 +8,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use audit_service::auth::Scope;
-use audit_service::config::{DatabaseConfig, ServeConfig};
+use audit_service::config::{DatabaseConfig, IntegrityConfig, ServeConfig};
+use audit_service::integrity::{Notary, VerifierKey, verify};
 use audit_service::store::Store;
 use audit_service::tenant::TenantId;
 use audit_service::{startup, telemetry};
@@ -34,6 +36,30 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Recompute a tenant's Merkle tree from the database and check it
+    /// against its signed checkpoints. Exit status: 0 intact, 2 tampered,
+    /// 1 could not check.
+    Verify(Box<VerifyArgs>),
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// Tenant whose log to check.
+    #[arg(long)]
+    tenant: String,
+    /// A checkpoint note saved earlier (from GetCheckpoint's `note`): the
+    /// log must still extend it.
+    #[arg(long)]
+    checkpoint: Option<std::path::PathBuf>,
+    /// The verifier key (`<name>+<hash>+<key>`) to check signatures with;
+    /// by default the key of the configured signer. Pass the key you pinned
+    /// to catch a signer replaced in the database.
+    #[arg(long = "verifier-key")]
+    verifier_key: Option<String>,
+    #[command(flatten)]
+    database: DatabaseConfig,
+    #[command(flatten)]
+    integrity: IntegrityConfig,
 }
 
 #[derive(Subcommand)]
@@ -68,9 +94,10 @@ async fn main() -> ExitCode {
         None => serve(cli.serve).await,
         Some(Command::Serve(config)) => serve(*config).await,
         Some(Command::Keys { database, command }) => keys(database, command).await,
+        Some(Command::Verify(args)) => run_verify(*args).await,
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -78,11 +105,60 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn keys(database: DatabaseConfig, command: KeysCommand) -> anyhow::Result<()> {
+async fn keys(database: DatabaseConfig, command: KeysCommand) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&database).await?;
     let result = run_keys(&store, command).await;
     store.close().await?;
-    result
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Exit status of `verify` when it finds evidence of tampering.
+const TAMPERED: u8 = 2;
+
+async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let tenant = TenantId::parse(&args.tenant, "--tenant")?;
+    let saved = match &args.checkpoint {
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let store = Store::connect(&args.database).await?;
+    let notary = Notary::load(&args.integrity, &store).await?;
+    let verifier = match &args.verifier_key {
+        Some(text) => VerifierKey::parse(text)?,
+        None => notary.verifier(),
+    };
+    let report = verify::verify(
+        &store,
+        &tenant,
+        &notary.origin_of(&tenant),
+        &verifier,
+        saved.as_deref(),
+    )
+    .await;
+    store.close().await?;
+    let report = report?;
+    println!("tenant {tenant}: {} events read", report.events);
+    for (size, matched) in &report.checkpoints {
+        let verdict = if *matched { "matches" } else { "DOES NOT MATCH" };
+        println!("checkpoint of {size} events: root {verdict}");
+    }
+    if report.is_clean() {
+        println!("OK: the log is intact and consistent with every checkpoint");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match report.first_bad_seq() {
+        Some(seq) => println!("TAMPERED: first bad seq {seq}"),
+        None => println!("TAMPERED"),
+    }
+    for problem in &report.problems {
+        match problem.seq {
+            Some(seq) => println!("  seq {seq}: {}", problem.what),
+            None => println!("  {}", problem.what),
+        }
+    }
+    Ok(ExitCode::from(TAMPERED))
 }
 
 async fn run_keys(store: &Store, command: KeysCommand) -> anyhow::Result<()> {
@@ -143,11 +219,12 @@ fn time(micros: Option<i64>) -> String {
         .map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
-async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+async fn serve(config: ServeConfig) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    startup::run(config, listener, shutdown).await
+    startup::run(config, listener, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Cancels `shutdown` on SIGTERM or Ctrl-C.

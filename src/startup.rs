@@ -11,15 +11,19 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::AuditApi;
+use crate::api::{AuditApi, IntegrityApi};
 use crate::auth::{AuthLayer, Authenticator, JwtVerifier};
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, TreeMaintenance};
+use crate::integrity::Notary;
 use crate::proto::audit_service_server::AuditServiceServer;
+use crate::proto::integrity_service_server::IntegrityServiceServer;
 use crate::store::Store;
 use crate::watch::{WatchHub, WatchLimits};
 
 /// Name under which health reports the audit service.
 pub const AUDIT_SERVICE_NAME: &str = "audit.v1.AuditService";
+/// Name under which health reports the integrity service.
+pub const INTEGRITY_SERVICE_NAME: &str = "audit.v1.IntegrityService";
 /// Largest request or response message.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 /// Largest total size of a call's metadata (headers).
@@ -38,7 +42,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let store = Store::connect(&config.database).await?;
+    let store = Store::connect(&config.database)
+        .await?
+        .with_tree_maintenance(config.tree_maintenance == TreeMaintenance::On);
+    let notary = Notary::load(&config.integrity, &store).await?;
+    tracing::info!(verifier_key = %notary.verifier().encode(), "checkpoints are signed with this key");
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
     tokio::spawn(watch_database(store.clone(), health.clone(), shutdown.clone()));
@@ -56,6 +64,7 @@ pub async fn run(
     let audit = AuditServiceServer::new(AuditApi::new(store.clone(), hub))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let integrity = IntegrityServiceServer::new(IntegrityApi::new(store.clone(), notary));
     let authenticator = Arc::new(Authenticator::new(
         JwtVerifier::from_config(&config.jwt)?,
         store.clone(),
@@ -87,6 +96,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(audit)
+        .add_service(integrity)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain_signal);
     tokio::pin!(serve);
     let grace = Duration::from_secs(config.shutdown_grace_secs);
@@ -111,6 +121,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status(AUDIT_SERVICE_NAME, status).await;
+    health.set_service_status(INTEGRITY_SERVICE_NAME, status).await;
     health.set_service_status("", status).await;
 }
 

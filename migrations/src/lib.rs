@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_create_audit_log;
 mod m20261123_000002_create_api_keys;
+mod m20261123_000003_create_merkle_tree;
 
 /// Every migration of the service, oldest first.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_create_audit_log::Migration),
             Box::new(m20261123_000002_create_api_keys::Migration),
+            Box::new(m20261123_000003_create_merkle_tree::Migration),
         ]
     }
 }

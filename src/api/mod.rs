@@ -1,6 +1,7 @@
 //! The `audit.v1.AuditService` handlers: check the caller's scope, validate,
 //! call the store, convert. No SQL and no credential parsing here.
 
+mod integrity;
 mod validate;
 
 use std::pin::Pin;
@@ -10,6 +11,7 @@ use prost::Message as _;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+pub use integrity::IntegrityApi;
 pub use validate::{
     DEFAULT_STATS_LIMIT, MAX_BATCH, MAX_BUCKETS, MAX_METADATA_BYTES, MAX_STATS_LIMIT, is_valid_action,
 };

@@ -29,12 +29,12 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// Path prefixes of the services that need a credential; reflection and
 /// health stay open.
-const PROTECTED_SERVICES: &[&str] = &["/audit.v1.AuditService/"];
+const PROTECTED_SERVICES: &[&str] = &["/audit.v1.AuditService/", "/audit.v1.IntegrityService/"];
 
 /// A permission a credential grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
-    /// Query, Get, Stats, GetFilterMetadata, Watch.
+    /// Query, Get, Stats, GetFilterMetadata, Watch, and IntegrityService.
     Read,
     /// Append.
     Append,

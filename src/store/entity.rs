@@ -60,6 +60,57 @@ pub mod tenant_head {
         #[sea_orm(primary_key, auto_increment = false)]
         pub tenant_id: String,
         pub head_seq: i64,
+        /// Leaves in the tenant's Merkle tree (`head_seq` once caught up).
+        pub tree_size: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The perfect subtrees of each tenant's Merkle tree: `(level, idx)`
+/// hashes leaves `idx * 2^level .. (idx + 1) * 2^level`; level 0 holds the
+/// leaves. Only ever inserted, never updated.
+pub mod merkle_node {
+    use sea_orm::entity::prelude::*;
+
+    /// One stored subtree hash.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "merkle_nodes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub level: i32,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub idx: i64,
+        pub hash: Vec<u8>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Every checkpoint the service signed, one per tenant and tree size.
+pub mod merkle_checkpoint {
+    use sea_orm::entity::prelude::*;
+
+    /// A signed checkpoint note.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "merkle_checkpoints")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tree_size: i64,
+        pub root_hash: Vec<u8>,
+        pub signed_at: i64,
+        #[sea_orm(column_type = "Text")]
+        pub note: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

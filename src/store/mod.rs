@@ -9,6 +9,7 @@ pub mod page_token;
 mod query;
 mod sequencer;
 pub mod stats;
+mod tree;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,7 @@ pub use sequencer::{
     AppendOutcome, Committed, DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion, DeletionRequest,
     NOTIFY_CHANNEL, NewEvent,
 };
+pub use tree::{ConsistencyProof, InclusionProof};
 
 use crate::config::DatabaseConfig;
 use crate::error::Error;
@@ -57,6 +59,8 @@ pub struct Store {
     page_tokens: PageTokenKey,
     /// Every commit of this process, for the Watch hub.
     commits: broadcast::Sender<Arc<Committed>>,
+    /// Whether `Append` extends the Merkle tree in its transaction.
+    maintain_tree: bool,
 }
 
 impl Store {
@@ -78,7 +82,25 @@ impl Store {
             sqlite_writer,
             page_tokens,
             commits,
+            maintain_tree: true,
         })
+    }
+
+    /// With `false`, `Append` leaves the Merkle tree behind (for measuring
+    /// its cost); the next checkpoint, proof or `Delete` catches it up.
+    pub fn with_tree_maintenance(mut self, maintain: bool) -> Self {
+        self.maintain_tree = maintain;
+        self
+    }
+
+    fn maintains_tree(&self) -> bool {
+        self.maintain_tree
+    }
+
+    /// The named 32-byte secret all replicas of this database share,
+    /// created on first use.
+    pub async fn shared_secret(&self, name: &str) -> Result<Vec<u8>, DbErr> {
+        load_or_create_secret(&self.db, name).await
     }
 
     /// The underlying connection pool.

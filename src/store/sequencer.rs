@@ -10,6 +10,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::tree::extend_tree;
 use super::{Store, audit_event, events_of, now_micros};
 use crate::tenant::TenantId;
 
@@ -136,7 +137,10 @@ impl Store {
         events: Vec<NewEvent>,
     ) -> Result<Vec<AppendOutcome>, DbErr> {
         let (_writer, txn) = self.begin_write().await?;
-        let head = lock_head(&txn, tenant).await?;
+        let Head {
+            head_seq: head,
+            tree_size,
+        } = lock_head(&txn, tenant).await?;
         let recorded_at = now_micros();
 
         let keys: Vec<String> = events.iter().filter_map(|e| e.idempotency_key.clone()).collect();
@@ -170,8 +174,13 @@ impl Store {
             return Ok(outcomes);
         }
         let committed = self.wants_commits().then(|| rows.clone());
+        let tree_size = if self.maintains_tree() {
+            extend_tree(&txn, tenant, tree_size, next, &rows).await?
+        } else {
+            tree_size
+        };
         insert_events(&txn, rows).await?;
-        set_head(&txn, tenant, next).await?;
+        set_head(&txn, tenant, next, tree_size).await?;
         announce(&txn, tenant, head + 1, next).await?;
         txn.commit().await?;
         if let Some(events) = committed {
@@ -195,7 +204,10 @@ impl Store {
         request: DeletionRequest,
     ) -> Result<Option<Deletion>, DbErr> {
         let (_writer, txn) = self.begin_write().await?;
-        let head = lock_head(&txn, tenant).await?;
+        let Head {
+            head_seq: head,
+            tree_size,
+        } = lock_head(&txn, tenant).await?;
         let Some(target) = events_of(tenant)
             .filter(audit_event::Column::Id.eq(id))
             .one(&txn)
@@ -204,6 +216,10 @@ impl Store {
             txn.rollback().await?;
             return Ok(None);
         };
+        // The erased event's leaf must be in the tree before its content
+        // goes: the tree is brought up to the head first, whatever the
+        // AUDIT_INTEGRITY setting.
+        let tree_size = extend_tree(&txn, tenant, tree_size, head, &[]).await?;
         let recorded_at = now_micros();
         let erased = erased(target.clone(), recorded_at);
         erased.into_active_model().reset_all().update(&txn).await?;
@@ -221,8 +237,9 @@ impl Store {
             ..NewEvent::default()
         };
         let event = deletion.into_model(tenant, head + 1, Uuid::now_v7(), recorded_at);
+        let tree_size = extend_tree(&txn, tenant, tree_size, head + 1, std::slice::from_ref(&event)).await?;
         insert_events(&txn, vec![event.clone()]).await?;
-        set_head(&txn, tenant, head + 1).await?;
+        set_head(&txn, tenant, head + 1, tree_size).await?;
         announce(&txn, tenant, head + 1, head + 1).await?;
         txn.commit().await?;
         self.publish(Committed {
@@ -297,36 +314,54 @@ fn erased(event: audit_event::Model, deleted_at: i64) -> audit_event::Model {
     }
 }
 
-/// Locks the tenant's head row until the transaction ends and returns the
-/// highest seq handed out so far (0 for a new tenant).
-async fn lock_head(txn: &DatabaseTransaction, tenant: &TenantId) -> Result<i64, DbErr> {
+/// A tenant's sequence head and tree size, read under its row lock.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Head {
+    /// Highest seq handed out so far (0 for a new tenant).
+    pub head_seq: i64,
+    /// Leaves in the tenant's Merkle tree.
+    pub tree_size: i64,
+}
+
+/// Locks the tenant's head row until the transaction ends and returns it.
+pub(super) async fn lock_head(txn: &DatabaseTransaction, tenant: &TenantId) -> Result<Head, DbErr> {
     let backend = txn.get_database_backend();
     // SQLite has no row locks; the store's single-writer lock serializes.
     let select = match backend {
-        DbBackend::Postgres => "SELECT head_seq FROM tenant_heads WHERE tenant_id = $1 FOR UPDATE",
-        _ => "SELECT head_seq FROM tenant_heads WHERE tenant_id = $1",
+        DbBackend::Postgres => "SELECT head_seq, tree_size FROM tenant_heads WHERE tenant_id = $1 FOR UPDATE",
+        _ => "SELECT head_seq, tree_size FROM tenant_heads WHERE tenant_id = $1",
     };
     let statement = |sql: &str| Statement::from_sql_and_values(backend, sql, [tenant.as_str().into()]);
-    if let Some(row) = txn.query_one_raw(statement(select)).await? {
-        return row.try_get("", "head_seq");
-    }
-    txn.execute_raw(statement(
-        "INSERT INTO tenant_heads (tenant_id, head_seq) VALUES ($1, 0) ON CONFLICT (tenant_id) DO NOTHING",
-    ))
-    .await?;
-    let row = txn
-        .query_one_raw(statement(select))
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("sequence head of tenant {tenant}")))?;
-    row.try_get("", "head_seq")
+    let row = match txn.query_one_raw(statement(select)).await? {
+        Some(row) => row,
+        None => {
+            txn.execute_raw(statement(
+                "INSERT INTO tenant_heads (tenant_id, head_seq, tree_size) VALUES ($1, 0, 0) \
+                 ON CONFLICT (tenant_id) DO NOTHING",
+            ))
+            .await?;
+            txn.query_one_raw(statement(select))
+                .await?
+                .ok_or_else(|| DbErr::RecordNotFound(format!("sequence head of tenant {tenant}")))?
+        }
+    };
+    Ok(Head {
+        head_seq: row.try_get("", "head_seq")?,
+        tree_size: row.try_get("", "tree_size")?,
+    })
 }
 
-async fn set_head(txn: &DatabaseTransaction, tenant: &TenantId, head: i64) -> Result<(), DbErr> {
+pub(super) async fn set_head(
+    txn: &DatabaseTransaction,
+    tenant: &TenantId,
+    head: i64,
+    tree_size: i64,
+) -> Result<(), DbErr> {
     let backend = txn.get_database_backend();
     txn.execute_raw(Statement::from_sql_and_values(
         backend,
-        "UPDATE tenant_heads SET head_seq = $1 WHERE tenant_id = $2",
-        [head.into(), tenant.as_str().into()],
+        "UPDATE tenant_heads SET head_seq = $1, tree_size = $2 WHERE tenant_id = $3",
+        [head.into(), tree_size.into(), tenant.as_str().into()],
     ))
     .await?;
     Ok(())

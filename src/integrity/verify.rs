@@ -1,0 +1,268 @@
+//! `audit-service verify`: recomputes a tenant's Merkle tree from the rows
+//! in the database and checks it against every signed checkpoint (and a
+//! checkpoint saved elsewhere), reporting the first bad `seq`.
+//!
+//! What it catches, and how:
+//! - an edited, replaced or moved row: its recomputed leaf differs from the
+//!   leaf stored when it was appended, and the root from the recomputed
+//!   leaves differs from the signed one;
+//! - a removed row: a gap in the seqs;
+//! - a truncated log: fewer events than a signed checkpoint counts;
+//! - a row erased without `Delete`: no `audit.event.deleted` event names it;
+//! - rewritten leaves and tree nodes too: the recomputed roots differ from
+//!   the signed checkpoints; the first bad seq then lies after the largest
+//!   checkpoint that still matches.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::checkpoint::VerifierKey;
+use super::event_leaf;
+use super::merkle::{CompactTree, Hash};
+use crate::store::{DELETION_ACTION, DELETION_RESOURCE_TYPE, Store};
+use crate::tenant::TenantId;
+
+/// Rows read per statement.
+const PAGE: u64 = 1000;
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The seq it concerns, when it concerns one.
+    pub seq: Option<u64>,
+    /// What is wrong.
+    pub what: String,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Rows read.
+    pub events: u64,
+    /// Checkpoints whose root was compared, as (tree size, matched).
+    pub checkpoints: Vec<(u64, bool)>,
+    /// Everything wrong, in the order found.
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    /// True when nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The first seq known to be bad: the lowest seq a problem names, or,
+    /// when only roots differ, the first seq after the largest checkpoint
+    /// that still matches.
+    pub fn first_bad_seq(&self) -> Option<u64> {
+        let named = self.problems.iter().filter_map(|p| p.seq).min();
+        if named.is_some() || self.is_clean() {
+            return named;
+        }
+        let first_mismatch = self
+            .checkpoints
+            .iter()
+            .find(|(_, ok)| !ok)
+            .map(|(size, _)| *size)?;
+        let last_match = self
+            .checkpoints
+            .iter()
+            .filter(|(size, ok)| *ok && *size < first_mismatch)
+            .map(|(size, _)| *size)
+            .max()
+            .unwrap_or(0);
+        Some(last_match + 1)
+    }
+
+    fn problem(&mut self, seq: Option<u64>, what: String) {
+        self.problems.push(Problem { seq, what });
+    }
+}
+
+/// A checkpoint to compare with: its root, and where it came from.
+struct Expected {
+    root: Hash,
+    source: String,
+}
+
+/// Verifies the tenant's log in `store` against the checkpoints stored
+/// there and `saved` (a checkpoint note kept outside the database), all
+/// checked with `verifier`; `origin` is the log name they must carry.
+pub async fn verify(
+    store: &Store,
+    tenant: &TenantId,
+    origin: &str,
+    verifier: &VerifierKey,
+    saved: Option<&str>,
+) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let mut expected: BTreeMap<u64, Vec<Expected>> = BTreeMap::new();
+    for stored in store.checkpoints(tenant).await? {
+        match verifier.open(&stored.note) {
+            Ok(signed) if signed.checkpoint.origin != origin => report.problem(
+                None,
+                format!(
+                    "stored checkpoint of {} events names log {:?}, not {origin:?}",
+                    stored.tree_size, signed.checkpoint.origin
+                ),
+            ),
+            Ok(signed) => expected
+                .entry(signed.checkpoint.size)
+                .or_default()
+                .push(Expected {
+                    root: signed.checkpoint.root,
+                    source: format!(
+                        "checkpoint signed at {}",
+                        describe_time(signed.checkpoint.time_micros)
+                    ),
+                }),
+            Err(error) => report.problem(
+                None,
+                format!("stored checkpoint of {} events: {error}", stored.tree_size),
+            ),
+        }
+    }
+    if let Some(note) = saved {
+        let signed = verifier
+            .open(note)
+            .map_err(|e| anyhow::anyhow!("the saved checkpoint does not verify: {e}"))?;
+        if signed.checkpoint.origin != origin {
+            anyhow::bail!(
+                "the saved checkpoint is of log {:?}, not {origin:?}",
+                signed.checkpoint.origin
+            );
+        }
+        expected
+            .entry(signed.checkpoint.size)
+            .or_default()
+            .push(Expected {
+                root: signed.checkpoint.root,
+                source: "the saved checkpoint".to_owned(),
+            });
+    }
+    let (head_seq, tree_size) = store.log_heads(tenant).await?;
+
+    let mut tree = CompactTree::new();
+    let mut deletions_recorded = HashSet::new();
+    let mut erased: Vec<(u64, String)> = Vec::new();
+    let mut expected_seq: u64 = 1;
+    let mut after = 0i64;
+    check_roots(&tree, &expected, &mut report);
+    loop {
+        let rows = store.log_rows(tenant, after, PAGE).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.seq;
+        let last_seq = u64::try_from(last.seq).unwrap_or_default();
+        // From the next expected seq, so leaves of missing rows are at hand.
+        let stored_leaves: HashMap<u64, Vec<u8>> = store
+            .stored_leaves(tenant, expected_seq - 1, last_seq + 1 - expected_seq)
+            .await?
+            .into_iter()
+            .collect();
+        for row in rows {
+            let seq = u64::try_from(row.seq).unwrap_or_default();
+            report.events += 1;
+            while expected_seq < seq {
+                report.problem(
+                    Some(expected_seq),
+                    "event missing from the log (row removed)".into(),
+                );
+                // Keep positions aligned so later rows are still checked.
+                if let Some(leaf) = stored_leaf(&stored_leaves, expected_seq) {
+                    tree.push(leaf);
+                }
+                expected_seq += 1;
+                check_roots(&tree, &expected, &mut report);
+            }
+            let stored = stored_leaf(&stored_leaves, seq);
+            let in_tree = seq <= u64::try_from(tree_size).unwrap_or_default();
+            let leaf = if row.deleted_at.is_some() {
+                erased.push((seq, row.id.to_string()));
+                match stored {
+                    Some(leaf) => leaf,
+                    None if !in_tree => event_leaf(&row),
+                    None => {
+                        report.problem(Some(seq), "erased event has no stored leaf hash".into());
+                        event_leaf(&row)
+                    }
+                }
+            } else {
+                let recomputed = event_leaf(&row);
+                match stored {
+                    Some(leaf) if leaf != recomputed => report.problem(
+                        Some(seq),
+                        "content does not match the leaf hash recorded when it was appended \
+                         (edited, replaced or moved)"
+                            .into(),
+                    ),
+                    None if in_tree => report.problem(Some(seq), "no stored leaf hash".into()),
+                    _ => {}
+                }
+                if row.action.as_deref() == Some(DELETION_ACTION)
+                    && row.resource_type.as_deref() == Some(DELETION_RESOURCE_TYPE)
+                {
+                    deletions_recorded.extend(row.resource_id.clone());
+                }
+                recomputed
+            };
+            tree.push(leaf);
+            expected_seq = seq + 1;
+            check_roots(&tree, &expected, &mut report);
+        }
+    }
+    let rows_end = expected_seq - 1;
+    let claimed = expected
+        .keys()
+        .next_back()
+        .copied()
+        .unwrap_or(0)
+        .max(u64::try_from(head_seq).unwrap_or_default());
+    if claimed > rows_end {
+        report.problem(
+            Some(rows_end + 1),
+            format!("log truncated: {claimed} events were recorded, the log ends at seq {rows_end}"),
+        );
+    }
+    for (seq, id) in erased {
+        if !deletions_recorded.contains(&id) {
+            report.problem(
+                Some(seq),
+                format!("event {id} was erased without an {DELETION_ACTION} event"),
+            );
+        }
+    }
+    Ok(report)
+}
+
+fn stored_leaf(stored: &HashMap<u64, Vec<u8>>, seq: u64) -> Option<Hash> {
+    stored
+        .get(&(seq - 1))
+        .and_then(|h| Hash::try_from(h.as_slice()).ok())
+}
+
+/// Compares the root of the tree so far with every checkpoint of its size.
+fn check_roots(tree: &CompactTree, expected: &BTreeMap<u64, Vec<Expected>>, report: &mut Report) {
+    let Some(checkpoints) = expected.get(&tree.size()) else {
+        return;
+    };
+    let root = tree.root();
+    for checkpoint in checkpoints {
+        let matched = checkpoint.root == root;
+        report.checkpoints.push((tree.size(), matched));
+        if !matched {
+            report.problem(
+                None,
+                format!(
+                    "the first {} events do not hash to the root of {}",
+                    tree.size(),
+                    checkpoint.source
+                ),
+            );
+        }
+    }
+}
+
+fn describe_time(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| micros.to_string())
+}

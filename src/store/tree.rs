@@ -1,0 +1,394 @@
+//! Each tenant's Merkle tree in storage: every perfect subtree's hash in
+//! `merkle_nodes`, written in the transaction that appends its last leaf, so
+//! the tree always matches the committed log. A proof reads `O(log n)` rows
+//! by primary key; nothing is ever rescanned or rewritten.
+
+use std::collections::HashMap;
+
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
+};
+
+use super::entity::{merkle_checkpoint, merkle_node, tenant_head};
+use super::{Store, audit_event, now_micros, within_deadline};
+use crate::error::Error;
+use crate::integrity::merkle::{self, CompactTree, Hash, LeafRange, NodeId};
+use crate::integrity::{Checkpoint, SignedCheckpoint, SigningKey, VerifierKey, event_leaf};
+use crate::tenant::TenantId;
+
+/// Node rows per INSERT statement.
+const NODE_INSERT_CHUNK: usize = 500;
+/// Node keys per SELECT statement.
+const NODE_SELECT_CHUNK: usize = 200;
+/// Events read per statement when the tree catches up with the log.
+const CATCH_UP_PAGE: u64 = 1000;
+
+/// Extends the tenant's tree from `tree_size` leaves to `head` leaves: the
+/// events already stored and not yet in the tree are read back, `new_rows`
+/// (the events this transaction inserted, ending at `head`) are hashed as
+/// given. Returns the new tree size.
+pub(super) async fn extend_tree(
+    txn: &DatabaseTransaction,
+    tenant: &TenantId,
+    tree_size: i64,
+    head: i64,
+    new_rows: &[audit_event::Model],
+) -> Result<i64, DbErr> {
+    if tree_size >= head {
+        return Ok(tree_size);
+    }
+    let size = u64::try_from(tree_size).unwrap_or_default();
+    let edge_ids = merkle::frontier(size);
+    let stored = fetch_nodes(txn, tenant, &edge_ids).await?;
+    let edge = edge_ids
+        .iter()
+        .map(|id| stored.get(id).copied().ok_or_else(|| missing_node(tenant, *id)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut tree = CompactTree::from_frontier(size, edge);
+    let mut nodes = Vec::new();
+
+    // Events committed while the tree was not kept (before it existed, or
+    // with AUDIT_INTEGRITY=off) join it first, in seq order.
+    let first_new = new_rows.first().map_or(head + 1, |row| row.seq);
+    let mut next = tree_size + 1;
+    while next < first_new {
+        let page = audit_event::Entity::find()
+            .filter(audit_event::Column::TenantId.eq(tenant.as_str()))
+            .filter(audit_event::Column::Seq.gte(next))
+            .filter(audit_event::Column::Seq.lt(first_new))
+            .order_by_asc(audit_event::Column::Seq)
+            .limit(CATCH_UP_PAGE)
+            .all(txn)
+            .await?;
+        for row in &page {
+            if row.seq != next {
+                return Err(DbErr::Custom(format!(
+                    "tenant {tenant}: event seq {next} is missing from the log; run `audit-service verify`"
+                )));
+            }
+            nodes.extend(tree.push(event_leaf(row)));
+            next += 1;
+        }
+        if page.is_empty() {
+            return Err(DbErr::Custom(format!(
+                "tenant {tenant}: event seq {next} is missing from the log; run `audit-service verify`"
+            )));
+        }
+    }
+    for row in new_rows {
+        nodes.extend(tree.push(event_leaf(row)));
+    }
+    insert_nodes(txn, tenant, nodes).await?;
+    Ok(i64::try_from(tree.size()).unwrap_or(i64::MAX))
+}
+
+fn missing_node(tenant: &TenantId, id: NodeId) -> DbErr {
+    DbErr::Custom(format!(
+        "tenant {tenant}: Merkle node level {} index {} is missing; run `audit-service verify`",
+        id.level, id.index
+    ))
+}
+
+async fn insert_nodes(
+    txn: &DatabaseTransaction,
+    tenant: &TenantId,
+    nodes: Vec<(NodeId, Hash)>,
+) -> Result<(), DbErr> {
+    for chunk in nodes.chunks(NODE_INSERT_CHUNK) {
+        let rows = chunk.iter().map(|(id, hash)| {
+            merkle_node::Model {
+                tenant_id: tenant.as_str().to_owned(),
+                level: id.level as i32,
+                idx: id.index as i64,
+                hash: hash.to_vec(),
+            }
+            .into_active_model()
+            .reset_all()
+        });
+        merkle_node::Entity::insert_many(rows)
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The stored hashes of `ids` that exist.
+async fn fetch_nodes<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &TenantId,
+    ids: &[NodeId],
+) -> Result<HashMap<NodeId, Hash>, DbErr> {
+    let mut found = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(NODE_SELECT_CHUNK) {
+        let mut any = Condition::any();
+        for id in chunk {
+            any = any.add(
+                Condition::all()
+                    .add(merkle_node::Column::Level.eq(id.level as i32))
+                    .add(merkle_node::Column::Idx.eq(id.index as i64)),
+            );
+        }
+        let rows = merkle_node::Entity::find()
+            .filter(merkle_node::Column::TenantId.eq(tenant.as_str()))
+            .filter(any)
+            .all(conn)
+            .await?;
+        for row in rows {
+            if let Ok(hash) = Hash::try_from(row.hash.as_slice()) {
+                found.insert(NodeId::new(row.level as u32, row.idx as u64), hash);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The hashes of `ranges` (each `MTH(D[start:end])`), from stored subtrees.
+async fn range_hashes<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &TenantId,
+    ranges: &[LeafRange],
+) -> Result<Vec<Hash>, Error> {
+    let pieces: Vec<Vec<NodeId>> = ranges.iter().map(|r| r.subtrees()).collect();
+    let mut ids: Vec<NodeId> = pieces.iter().flatten().copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let stored = fetch_nodes(conn, tenant, &ids).await?;
+    pieces
+        .iter()
+        .map(|range| {
+            let hashes = range
+                .iter()
+                .map(|id| stored.get(id).copied().ok_or_else(|| missing_node(tenant, *id)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(LeafRange::hash_of(&hashes))
+        })
+        .collect()
+}
+
+/// Leaves in the tenant's tree.
+async fn stored_tree_size<C: ConnectionTrait>(conn: &C, tenant: &TenantId) -> Result<(i64, i64), DbErr> {
+    let head = tenant_head::Entity::find_by_id(tenant.as_str().to_owned())
+        .one(conn)
+        .await?;
+    Ok(head.map_or((0, 0), |h| (h.head_seq, h.tree_size)))
+}
+
+/// An inclusion proof as the store computes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InclusionProof {
+    /// The leaf's hash.
+    pub leaf_hash: Hash,
+    /// Sibling hashes from the leaf up (RFC 9162 `inclusion_path`).
+    pub path: Vec<Hash>,
+    /// Root of the tree the proof is for.
+    pub root: Hash,
+}
+
+/// A consistency proof as the store computes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsistencyProof {
+    /// RFC 9162 `consistency_path`.
+    pub path: Vec<Hash>,
+    /// Root of the smaller tree.
+    pub first_root: Hash,
+    /// Root of the larger tree.
+    pub second_root: Hash,
+}
+
+impl Store {
+    /// Brings the tenant's tree up to its head (it lags only for events
+    /// recorded before the tree existed or with `AUDIT_INTEGRITY=off`) and
+    /// returns its size.
+    pub async fn sync_tree(&self, tenant: &TenantId) -> Result<i64, DbErr> {
+        let (head, tree_size) = stored_tree_size(&self.db, tenant).await?;
+        if tree_size >= head {
+            return Ok(tree_size);
+        }
+        let (_writer, txn) = self.begin_write().await?;
+        let locked = super::sequencer::lock_head(&txn, tenant).await?;
+        let size = extend_tree(&txn, tenant, locked.tree_size, locked.head_seq, &[]).await?;
+        super::sequencer::set_head(&txn, tenant, locked.head_seq, size).await?;
+        txn.commit().await?;
+        Ok(size)
+    }
+
+    /// The tenant's sequence head and tree size as stored, without catching
+    /// the tree up.
+    pub async fn log_heads(&self, tenant: &TenantId) -> Result<(i64, i64), DbErr> {
+        stored_tree_size(&self.db, tenant).await
+    }
+
+    /// The tenant's tree size, after [`sync_tree`](Self::sync_tree).
+    pub async fn tree_size(&self, tenant: &TenantId) -> Result<u64, Error> {
+        Ok(u64::try_from(self.sync_tree(tenant).await?).unwrap_or_default())
+    }
+
+    /// Root hash of the tenant's first `size` leaves (`size` at most the
+    /// tree size).
+    pub async fn tree_root(&self, tenant: &TenantId, size: u64) -> Result<Hash, Error> {
+        let range = LeafRange { start: 0, end: size };
+        within_deadline(async { Ok(range_hashes(&self.db, tenant, &[range]).await) })
+            .await?
+            .map(|mut hashes| hashes.remove(0))
+    }
+
+    /// The proof that leaf `index` is in the tree of `size` leaves.
+    pub async fn inclusion_proof(
+        &self,
+        tenant: &TenantId,
+        index: u64,
+        size: u64,
+    ) -> Result<InclusionProof, Error> {
+        let mut ranges = merkle::inclusion_ranges(index, size);
+        ranges.push(LeafRange {
+            start: index,
+            end: index + 1,
+        });
+        ranges.push(LeafRange { start: 0, end: size });
+        let mut hashes =
+            within_deadline(async { Ok(range_hashes(&self.db, tenant, &ranges).await) }).await??;
+        let root = hashes.pop().unwrap_or_else(merkle::empty_root);
+        let leaf_hash = hashes.pop().unwrap_or_else(merkle::empty_root);
+        Ok(InclusionProof {
+            leaf_hash,
+            path: hashes,
+            root,
+        })
+    }
+
+    /// The proof that the tree of `first` leaves is a prefix of the tree of
+    /// `second` leaves.
+    pub async fn consistency_proof(
+        &self,
+        tenant: &TenantId,
+        first: u64,
+        second: u64,
+    ) -> Result<ConsistencyProof, Error> {
+        let mut ranges = merkle::consistency_ranges(first, second);
+        ranges.push(LeafRange { start: 0, end: first });
+        ranges.push(LeafRange {
+            start: 0,
+            end: second,
+        });
+        let mut hashes =
+            within_deadline(async { Ok(range_hashes(&self.db, tenant, &ranges).await) }).await??;
+        let second_root = hashes.pop().unwrap_or_else(merkle::empty_root);
+        let first_root = hashes.pop().unwrap_or_else(merkle::empty_root);
+        Ok(ConsistencyProof {
+            path: hashes,
+            first_root,
+            second_root,
+        })
+    }
+
+    /// The signed checkpoint of the tenant's whole tree: the stored one
+    /// when the tree has not grown since, otherwise a new one signed with
+    /// `key` and stored. Replicas signing the same size at once keep the
+    /// first.
+    pub async fn checkpoint(
+        &self,
+        tenant: &TenantId,
+        origin: &str,
+        key: &SigningKey,
+    ) -> Result<SignedCheckpoint, Error> {
+        let size = self.tree_size(tenant).await?;
+        let verifier = key.verifier();
+        if let Some(stored) = self.stored_checkpoint(tenant, size).await? {
+            return open_stored(&verifier, &stored);
+        }
+        let root = self.tree_root(tenant, size).await?;
+        let signed = key.sign(&Checkpoint {
+            origin: origin.to_owned(),
+            size,
+            root,
+            time_micros: now_micros(),
+        });
+        merkle_checkpoint::Entity::insert(merkle_checkpoint::ActiveModel {
+            tenant_id: Set(tenant.as_str().to_owned()),
+            tree_size: Set(size as i64),
+            root_hash: Set(root.to_vec()),
+            signed_at: Set(signed.checkpoint.time_micros),
+            note: Set(signed.note.clone()),
+        })
+        .on_conflict(
+            OnConflict::columns([
+                merkle_checkpoint::Column::TenantId,
+                merkle_checkpoint::Column::TreeSize,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .exec_without_returning(&self.db)
+        .await?;
+        match self.stored_checkpoint(tenant, size).await? {
+            Some(stored) => open_stored(&verifier, &stored),
+            None => Ok(signed),
+        }
+    }
+
+    async fn stored_checkpoint(
+        &self,
+        tenant: &TenantId,
+        size: u64,
+    ) -> Result<Option<merkle_checkpoint::Model>, DbErr> {
+        merkle_checkpoint::Entity::find_by_id((tenant.as_str().to_owned(), size as i64))
+            .one(&self.db)
+            .await
+    }
+
+    /// Every checkpoint signed for the tenant, smallest tree first.
+    pub async fn checkpoints(&self, tenant: &TenantId) -> Result<Vec<merkle_checkpoint::Model>, DbErr> {
+        merkle_checkpoint::Entity::find()
+            .filter(merkle_checkpoint::Column::TenantId.eq(tenant.as_str()))
+            .order_by_asc(merkle_checkpoint::Column::TreeSize)
+            .all(&self.db)
+            .await
+    }
+
+    /// Up to `limit` stored leaves of the tenant's tree from leaf `from`
+    /// on, as (index, hash).
+    pub async fn stored_leaves(
+        &self,
+        tenant: &TenantId,
+        from: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, DbErr> {
+        let rows = merkle_node::Entity::find()
+            .filter(merkle_node::Column::TenantId.eq(tenant.as_str()))
+            .filter(merkle_node::Column::Level.eq(0))
+            .filter(merkle_node::Column::Idx.gte(from as i64))
+            .order_by_asc(merkle_node::Column::Idx)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(|n| (n.idx as u64, n.hash)).collect())
+    }
+
+    /// Up to `limit` of the tenant's stored rows, erased ones included,
+    /// with `seq > after`, in seq order: what `verify` rehashes.
+    pub async fn log_rows(
+        &self,
+        tenant: &TenantId,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<audit_event::Model>, DbErr> {
+        audit_event::Entity::find()
+            .filter(audit_event::Column::TenantId.eq(tenant.as_str()))
+            .filter(audit_event::Column::Seq.gt(after))
+            .order_by_asc(audit_event::Column::Seq)
+            .limit(limit)
+            .all(&self.db)
+            .await
+    }
+}
+
+fn open_stored(verifier: &VerifierKey, stored: &merkle_checkpoint::Model) -> Result<SignedCheckpoint, Error> {
+    verifier.open(&stored.note).map_err(|e| {
+        Error::Internal(format!(
+            "stored checkpoint of tree size {} does not verify with the configured key: {e}",
+            stored.tree_size
+        ))
+    })
+}
