@@ -72,10 +72,12 @@ mod tests {
         assert_eq!(event_leaf(&event()), event_leaf(&absent));
     }
 
+    type Edit = Box<dyn Fn(&mut audit_event::Model)>;
+
     #[test]
     fn every_content_field_changes_the_leaf() {
         let base = event_leaf(&event());
-        let edits: Vec<Box<dyn Fn(&mut audit_event::Model)>> = vec![
+        let edits: Vec<Edit> = vec![
             Box::new(|e| e.seq = 8),
             Box::new(|e| e.tenant_id = "other".into()),
             Box::new(|e| e.occurred_at = Some(1)),
