@@ -671,83 +671,69 @@ async fn signed_log(server: &TestServer) -> (Auditor, Checkpoint) {
     (auditor, checkpoint)
 }
 
-async fn edited_row_is_detected_by_verify_and_by_proofs(backend: Backend) {
+/// Tampers with a signed ten-event log through `sql` (given the tenant),
+/// then asserts that `verify` names `first_bad` as the first bad seq and
+/// that an auditor's proof check fails saying `audit_says`. Returns what
+/// `verify` printed.
+async fn tamper(
+    backend: Backend,
+    sql: impl Fn(&str) -> Vec<String>,
+    first_bad: u64,
+    audit_says: &str,
+) -> String {
     let server = TestServer::start(backend).await;
-    let (auditor, checkpoint) = signed_log(&server).await;
+    let (mut auditor, checkpoint) = signed_log(&server).await;
     let tenant = auditor.tenant().to_owned();
-    auditor
-        .sql(
-            &server,
-            &[format!(
-                "UPDATE audit_events SET actor_id = 'mallory' WHERE tenant_id = '{tenant}' AND seq = 5"
-            )],
-        )
-        .await;
-    assert_tampered_at(run_verify(&server, &tenant, &[]), 5);
-    let mut auditor = auditor;
+    auditor.sql(&server, &sql(&tenant)).await;
+    let (code, output) = run_verify(&server, &tenant, &[]);
+    assert_tampered_at((code, output.clone()), first_bad);
     let error = auditor
         .audit(&checkpoint.note, &checkpoint.verifier_key)
         .await
-        .expect_err("caught");
-    assert!(error.contains("seq 5"), "{error}");
+        .expect_err("the auditor catches it");
+    assert!(error.contains(audit_says), "{error}");
+    output
+}
+
+async fn edited_row_is_detected_by_verify_and_by_proofs(backend: Backend) {
+    let edit = |t: &str| {
+        vec![format!(
+            "UPDATE audit_events SET actor_id = 'mallory' WHERE tenant_id = '{t}' AND seq = 5"
+        )]
+    };
+    let output = tamper(backend, edit, 5, "seq 5").await;
+    assert!(output.contains("content does not match"), "{output}");
 }
 
 async fn swapped_rows_are_detected_by_verify_and_by_proofs(backend: Backend) {
-    let server = TestServer::start(backend).await;
-    let (mut auditor, checkpoint) = signed_log(&server).await;
-    let tenant = auditor.tenant().to_owned();
-    let at = |seq: i64, to: i64| {
-        format!("UPDATE audit_events SET seq = {to} WHERE tenant_id = '{tenant}' AND seq = {seq}")
+    let swap = |t: &str| {
+        let at = |seq: i64, to: i64| {
+            format!("UPDATE audit_events SET seq = {to} WHERE tenant_id = '{t}' AND seq = {seq}")
+        };
+        vec![at(3, -3), at(8, 3), at(-3, 8)]
     };
-    auditor.sql(&server, &[at(3, -3), at(8, 3), at(-3, 8)]).await;
-    assert_tampered_at(run_verify(&server, &tenant, &[]), 3);
-    let error = auditor
-        .audit(&checkpoint.note, &checkpoint.verifier_key)
-        .await
-        .expect_err("caught");
-    assert!(error.contains("seq 3"), "{error}");
+    let output = tamper(backend, swap, 3, "seq 3").await;
+    assert!(output.contains("seq 8: content does not match"), "{output}");
 }
 
 async fn removed_row_is_detected_by_verify_and_by_proofs(backend: Backend) {
-    let server = TestServer::start(backend).await;
-    let (mut auditor, checkpoint) = signed_log(&server).await;
-    let tenant = auditor.tenant().to_owned();
-    auditor
-        .sql(
-            &server,
-            &[format!(
-                "DELETE FROM audit_events WHERE tenant_id = '{tenant}' AND seq = 4"
-            )],
-        )
-        .await;
-    assert_tampered_at(run_verify(&server, &tenant, &[]), 4);
-    let error = auditor
-        .audit(&checkpoint.note, &checkpoint.verifier_key)
-        .await
-        .expect_err("caught");
-    assert!(error.contains("expected"), "{error}");
+    let remove = |t: &str| {
+        vec![format!(
+            "DELETE FROM audit_events WHERE tenant_id = '{t}' AND seq = 4"
+        )]
+    };
+    let output = tamper(backend, remove, 4, "expected").await;
+    assert!(output.contains("seq 4: event missing"), "{output}");
 }
 
 async fn truncated_log_is_detected_by_verify_and_by_proofs(backend: Backend) {
-    let server = TestServer::start(backend).await;
-    let (mut auditor, checkpoint) = signed_log(&server).await;
-    let tenant = auditor.tenant().to_owned();
-    auditor
-        .sql(
-            &server,
-            &[format!(
-                "DELETE FROM audit_events WHERE tenant_id = '{tenant}' AND seq > 7"
-            )],
-        )
-        .await;
-    let (code, output) = run_verify(&server, &tenant, &[]);
-    assert_tampered_at((code, output.clone()), 8);
+    let truncate = |t: &str| {
+        vec![format!(
+            "DELETE FROM audit_events WHERE tenant_id = '{t}' AND seq > 7"
+        )]
+    };
+    let output = tamper(backend, truncate, 8, "expected").await;
     assert!(output.contains("log truncated"), "{output}");
-    let error = auditor
-        .audit(&checkpoint.note, &checkpoint.verifier_key)
-        .await
-        .expect_err("caught");
-    assert!(error.contains("expected"), "{error}");
 }
 
 async fn truncation_that_rewrites_the_tree_is_caught_by_a_saved_checkpoint(backend: Backend) {
