@@ -5,6 +5,7 @@
 
 pub mod api_keys;
 pub mod entity;
+mod group_commit;
 pub mod page_token;
 mod query;
 mod sequencer;
@@ -61,6 +62,8 @@ pub struct Store {
     commits: broadcast::Sender<Arc<Committed>>,
     /// Whether `Append` extends the Merkle tree in its transaction.
     maintain_tree: bool,
+    /// Appends of one tenant waiting to share a transaction.
+    group_commit: Arc<group_commit::GroupCommit>,
 }
 
 impl Store {
@@ -83,6 +86,7 @@ impl Store {
             page_tokens,
             commits,
             maintain_tree: true,
+            group_commit: Arc::default(),
         })
     }
 

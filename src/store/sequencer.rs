@@ -129,13 +129,15 @@ pub struct DeletionRequest {
 }
 
 impl Store {
-    /// Records a batch all or nothing and returns one outcome per input, in
-    /// order. Returns after the commit is durable.
-    pub async fn append(
+    /// Records several batches of one tenant in one transaction (group
+    /// commit): each batch gets contiguous seqs, in the order given, and one
+    /// outcome per input. All of them commit, or none. Returns after the
+    /// commit is durable.
+    pub(super) async fn append_batches(
         &self,
         tenant: &TenantId,
-        events: Vec<NewEvent>,
-    ) -> Result<Vec<AppendOutcome>, DbErr> {
+        batches: Vec<Vec<NewEvent>>,
+    ) -> Result<Vec<Vec<AppendOutcome>>, DbErr> {
         let (_writer, txn) = self.begin_write().await?;
         let Head {
             head_seq: head,
@@ -143,35 +145,43 @@ impl Store {
         } = lock_head(&txn, tenant).await?;
         let recorded_at = now_micros();
 
-        let keys: Vec<String> = events.iter().filter_map(|e| e.idempotency_key.clone()).collect();
+        let keys: Vec<String> = batches
+            .iter()
+            .flatten()
+            .filter_map(|e| e.idempotency_key.clone())
+            .collect();
         let mut recorded = recorded_keys(&txn, tenant, keys).await?;
-        let mut outcomes = Vec::with_capacity(events.len());
-        let mut rows = Vec::with_capacity(events.len());
+        let mut results = Vec::with_capacity(batches.len());
+        let mut rows = Vec::with_capacity(batches.iter().map(Vec::len).sum());
         let mut next = head;
-        for event in events {
-            if let Some(&(id, seq)) = event.idempotency_key.as_ref().and_then(|k| recorded.get(k)) {
+        for events in batches {
+            let mut outcomes = Vec::with_capacity(events.len());
+            for event in events {
+                if let Some(&(id, seq)) = event.idempotency_key.as_ref().and_then(|k| recorded.get(k)) {
+                    outcomes.push(AppendOutcome {
+                        id,
+                        seq,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+                next += 1;
+                let id = Uuid::now_v7();
+                if let Some(key) = &event.idempotency_key {
+                    recorded.insert(key.clone(), (id, next));
+                }
                 outcomes.push(AppendOutcome {
                     id,
-                    seq,
-                    duplicate: true,
+                    seq: next,
+                    duplicate: false,
                 });
-                continue;
+                rows.push(event.into_model(tenant, next, id, recorded_at));
             }
-            next += 1;
-            let id = Uuid::now_v7();
-            if let Some(key) = &event.idempotency_key {
-                recorded.insert(key.clone(), (id, next));
-            }
-            outcomes.push(AppendOutcome {
-                id,
-                seq: next,
-                duplicate: false,
-            });
-            rows.push(event.into_model(tenant, next, id, recorded_at));
+            results.push(outcomes);
         }
         if rows.is_empty() {
             txn.commit().await?;
-            return Ok(outcomes);
+            return Ok(results);
         }
         let committed = self.wants_commits().then(|| rows.clone());
         let tree_size = if self.maintains_tree() {
@@ -191,7 +201,7 @@ impl Store {
                 events,
             });
         }
-        Ok(outcomes)
+        Ok(results)
     }
 
     /// Erases one live event's content, keeping its id and seq, and appends
