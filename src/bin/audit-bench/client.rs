@@ -241,8 +241,8 @@ mod tests {
         let input = sample_event(7, 100);
         let row = stored_row(&input, "t", 3, 42).unwrap();
         assert_eq!(row.seq, 3);
-        assert_eq!(row.action.as_deref(), Some("document.update"));
-        assert_eq!(row.metadata.unwrap()["region"], "ap-south-1");
+        assert_eq!(row.action.as_deref(), Some("user.logout"));
+        assert_eq!(row.metadata.unwrap()["region"], "us-east-1");
         assert_eq!(row.idempotency_key, None);
     }
 }
