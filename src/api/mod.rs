@@ -234,7 +234,7 @@ impl AuditService for AuditApi {
         let caller = caller(&request, Scope::Read)?;
         let request = request.into_inner();
         let filter = request.filter.unwrap_or_default();
-        let stream = self.watch.open(caller.tenant, &filter, request.after_seq)?;
+        let stream = self.watch.open(caller.tenant, &filter, request.after_seq).await?;
         Ok(Response::new(Box::pin(stream)))
     }
 }

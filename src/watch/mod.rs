@@ -270,8 +270,9 @@ impl WatchHub {
 
     /// Opens a stream of `tenant`'s events matching `filter`: those with a
     /// seq above `after_seq`, or, when it is `None`, those committed from
-    /// now on.
-    pub fn open(
+    /// now on: the head is read before this returns, so every event whose
+    /// `Append` completes after the caller has the stream is delivered.
+    pub async fn open(
         &self,
         tenant: TenantId,
         filter: &EventFilter,
@@ -284,6 +285,10 @@ impl WatchHub {
             .transpose()
             .map_err(|_| Error::invalid("after_seq", "is larger than any seq"))?;
         let (live, slot) = self.register(&tenant)?;
+        let after_seq = match after_seq {
+            Some(seq) => seq,
+            None => self.store.head_seq(&tenant).await.map_err(Error::from)?,
+        };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = Subscription {
             store: self.store.clone(),
@@ -385,18 +390,9 @@ struct Subscription {
 }
 
 impl Subscription {
-    async fn run(mut self, after_seq: Option<i64>) {
-        let start = match after_seq {
-            Some(seq) => Ok(seq),
-            None => self.store.head_seq(&self.tenant).await.map_err(Error::from),
-        };
-        let result = match start {
-            Ok(seq) => {
-                self.cursor = seq;
-                self.follow().await
-            }
-            Err(error) => Err(Stop::Fail(error.into())),
-        };
+    async fn run(mut self, after_seq: i64) {
+        self.cursor = after_seq;
+        let result = self.follow().await;
         if let Err(Stop::Fail(status)) = result {
             // A client that stopped reading must not hold the stream open.
             let _ = tokio::time::timeout(Duration::from_secs(1), self.tx.send(Err(status))).await;

@@ -11,6 +11,7 @@ use crate::support::{Backend, Caller, ServerProcess, TestServer, assert_status, 
 
 on_both_backends!(
     watch_from_now_delivers_only_events_committed_after_it_starts,
+    watch_from_now_is_in_place_when_the_call_returns,
     watch_after_seq_replays_history_then_follows_live_without_gap,
     resume_after_disconnect_has_no_gap_or_duplicate_while_appends_continue,
     two_hundred_subscribers_each_receive_every_event_once_in_order,
@@ -91,6 +92,21 @@ async fn watch_from_now_delivers_only_events_committed_after_it_starts(backend: 
     assert_eq!(heartbeat(&mut stream).await, 5);
     append_n(&mut caller, 3, 1).await;
     assert_eq!(events(&mut stream, 3).await, [6, 7, 8]);
+}
+
+async fn watch_from_now_is_in_place_when_the_call_returns(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut caller = server.caller().await;
+    append_n(&mut caller, 5, 5).await;
+    // Many streams, each followed at once by an append: none may miss it.
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        streams.push(open(&mut caller, EventFilter::default(), None).await);
+        append_n(&mut caller, 1, 1).await;
+    }
+    for (i, stream) in streams.iter_mut().enumerate() {
+        assert_eq!(events(stream, 1).await, [6 + i as u64], "stream {i}");
+    }
 }
 
 async fn watch_after_seq_replays_history_then_follows_live_without_gap(backend: Backend) {
