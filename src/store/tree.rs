@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, Statement,
 };
 
 use super::entity::{merkle_checkpoint, merkle_node, tenant_head};
@@ -96,6 +96,12 @@ async fn insert_nodes(
     tenant: &TenantId,
     nodes: Vec<(NodeId, Hash)>,
 ) -> Result<(), DbErr> {
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    if txn.get_database_backend() == DbBackend::Postgres {
+        return insert_nodes_postgres(txn, tenant, &nodes).await;
+    }
     for chunk in nodes.chunks(NODE_INSERT_CHUNK) {
         let rows = chunk.iter().map(|(id, hash)| {
             merkle_node::Model {
@@ -111,6 +117,43 @@ async fn insert_nodes(
             .exec_without_returning(txn)
             .await?;
     }
+    Ok(())
+}
+
+/// One statement for any number of nodes: the columns travel as three
+/// array literals and are unnested by the server, so the statement is
+/// prepared once and its size does not grow with the batch.
+async fn insert_nodes_postgres(
+    txn: &DatabaseTransaction,
+    tenant: &TenantId,
+    nodes: &[(NodeId, Hash)],
+) -> Result<(), DbErr> {
+    use std::fmt::Write as _;
+    let mut levels = String::with_capacity(nodes.len() * 3 + 2);
+    let mut indexes = String::with_capacity(nodes.len() * 8 + 2);
+    let mut hashes = String::with_capacity(nodes.len() * 65 + 2);
+    for (i, (id, hash)) in nodes.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(levels, "{sep}{}", id.level);
+        let _ = write!(indexes, "{sep}{}", id.index);
+        hashes.push_str(sep);
+        for byte in hash {
+            let _ = write!(hashes, "{byte:02x}");
+        }
+    }
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "INSERT INTO merkle_nodes (tenant_id, level, idx, hash) \
+         SELECT $1, l, i, decode(h, 'hex') \
+         FROM unnest($2::text::int[], $3::text::bigint[], $4::text::text[]) AS t(l, i, h)",
+        [
+            tenant.as_str().into(),
+            format!("{{{levels}}}").into(),
+            format!("{{{indexes}}}").into(),
+            format!("{{{hashes}}}").into(),
+        ],
+    ))
+    .await?;
     Ok(())
 }
 

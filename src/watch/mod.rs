@@ -285,9 +285,12 @@ impl WatchHub {
             .transpose()
             .map_err(|_| Error::invalid("after_seq", "is larger than any seq"))?;
         let (live, slot) = self.register(&tenant)?;
-        let after_seq = match after_seq {
-            Some(seq) => seq,
-            None => self.store.head_seq(&tenant).await.map_err(Error::from)?,
+        // From now: the head read after joining the live feed; nothing
+        // before it is owed, and anything after it arrives live (or, after a
+        // gap, from storage).
+        let (after_seq, replay) = match after_seq {
+            Some(seq) => (seq, true),
+            None => (self.store.head_seq(&tenant).await.map_err(Error::from)?, false),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = Subscription {
@@ -303,7 +306,7 @@ impl WatchHub {
             readers: self.readers.clone(),
             _slot: slot,
         };
-        tokio::spawn(stream.run(after_seq));
+        tokio::spawn(stream.run(after_seq, replay));
         Ok(ReceiverStream::new(rx))
     }
 
@@ -390,18 +393,22 @@ struct Subscription {
 }
 
 impl Subscription {
-    async fn run(mut self, after_seq: i64) {
+    async fn run(mut self, after_seq: i64, replay: bool) {
         self.cursor = after_seq;
-        let result = self.follow().await;
+        let result = self.follow(replay).await;
         if let Err(Stop::Fail(status)) = result {
             // A client that stopped reading must not hold the stream open.
             let _ = tokio::time::timeout(Duration::from_secs(1), self.tx.send(Err(status))).await;
         }
     }
 
-    async fn follow(&mut self) -> Result<(), Stop> {
-        let head = self.head().await?;
-        self.catch_up(head).await?;
+    /// Sends stored history first when `replay` (a resume from
+    /// `after_seq`), then live events and heartbeats.
+    async fn follow(&mut self, replay: bool) -> Result<(), Stop> {
+        if replay {
+            let head = self.head().await?;
+            self.catch_up(head).await?;
+        }
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
