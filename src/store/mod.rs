@@ -54,6 +54,11 @@ const MIGRATION_LOCK_KEY: i64 = 0x6175_6469_745f_6d69;
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Where reads run: on PostgreSQL a pool of its own whose sessions are
+    /// read-only with `statement_timeout` = [`READ_DEADLINE`], so a read is
+    /// one round trip and the database itself stops a runaway one; on
+    /// SQLite the same pool as `db`.
+    reads: DatabaseConnection,
     /// SQLite has one writer at a time; queueing writers here, instead of in
     /// SQLite's busy handler, keeps commit order fair and never times out.
     sqlite_writer: Option<Arc<Mutex<()>>>,
@@ -77,11 +82,25 @@ impl Store {
         if backend == DbBackend::Sqlite {
             Migrator::up(&db, None).await?;
         }
+        let reads = match backend {
+            DbBackend::Postgres => {
+                let mut options = connect_options(config, backend);
+                options.map_sqlx_postgres_opts(|opts| {
+                    opts.options([
+                        ("statement_timeout", READ_DEADLINE.as_millis().to_string()),
+                        ("default_transaction_read_only", "on".to_owned()),
+                    ])
+                });
+                Database::connect(options).await?
+            }
+            _ => db.clone(),
+        };
         let page_tokens = PageTokenKey::new(load_or_create_secret(&db, "page_token_key").await?);
         let sqlite_writer = (backend == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
         let (commits, _) = broadcast::channel(COMMIT_FEED_CAPACITY);
         Ok(Self {
             db,
+            reads,
             sqlite_writer,
             page_tokens,
             commits,
@@ -132,8 +151,11 @@ impl Store {
         self.db.ping().await
     }
 
-    /// Closes the pool.
+    /// Closes the pools.
     pub async fn close(self) -> Result<(), DbErr> {
+        if self.backend() == DbBackend::Postgres {
+            self.reads.close().await?;
+        }
         self.db.close().await
     }
 
@@ -151,22 +173,22 @@ impl Store {
     }
 
     /// Starts a read-only snapshot for the statements of one read: on
-    /// PostgreSQL `REPEATABLE READ READ ONLY` with `statement_timeout` set to
-    /// [`READ_DEADLINE`]; on SQLite a deferred transaction (one WAL snapshot).
+    /// PostgreSQL `REPEATABLE READ READ ONLY` on the read pool (whose
+    /// sessions carry the [`READ_DEADLINE`] `statement_timeout`); on SQLite
+    /// a deferred transaction (one WAL snapshot).
     async fn begin_read(&self) -> Result<DatabaseTransaction, DbErr> {
         if self.backend() != DbBackend::Postgres {
-            return self.db.begin().await;
+            return self.reads.begin().await;
         }
-        let txn = self
-            .db
+        self.reads
             .begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly))
-            .await?;
-        txn.execute_unprepared(&format!(
-            "SET LOCAL statement_timeout = {}",
-            READ_DEADLINE.as_millis()
-        ))
-        .await?;
-        Ok(txn)
+            .await
+    }
+
+    /// The pool single-statement reads run on (a statement is its own
+    /// snapshot).
+    fn reader(&self) -> &DatabaseConnection {
+        &self.reads
     }
 
     async fn write_guard(&self) -> Option<MutexGuard<'_, ()>> {

@@ -83,7 +83,7 @@ impl Store {
     pub async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<audit_event::Model>, DbErr> {
         events_of(tenant)
             .filter(audit_event::Column::Id.eq(id))
-            .one(&self.db)
+            .one(self.reader())
             .await
     }
 
@@ -106,13 +106,7 @@ impl Store {
             select = select.order_by(audit_event::Column::OccurredAt, direction.clone());
         }
         let select = select.order_by(audit_event::Column::Seq, direction).limit(limit);
-        within_deadline(async {
-            let txn = self.begin_read().await?;
-            let rows = select.all(&txn).await?;
-            txn.commit().await?;
-            Ok(rows)
-        })
-        .await
+        within_deadline(select.all(self.reader())).await
     }
 
     /// Up to `limit` of the tenant's live events matching `condition` with
