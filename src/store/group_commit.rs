@@ -90,23 +90,17 @@ impl Store {
                 store.record_group(&tenant, group).await;
                 drop(turn);
             });
+            // If this batch was not in that group (it was full), the next
+            // turn takes it.
             let _ = recorded.await;
-            match outcome.try_recv() {
-                Ok(result) => return result,
-                Err(TryRecvError::Closed) => return Err(not_recorded()),
-                // Not in that group (it was full): wait for the next turn.
-                Err(TryRecvError::Empty) => {}
-            }
         }
     }
 
     async fn record_group(&self, tenant: &TenantId, group: Vec<Waiting>) {
         if group.len() == 1 {
-            let Some(Waiting { events, reply }) = group.into_iter().next() else {
-                return;
-            };
-            let result = self.append_batches(tenant, vec![events]).await;
-            let _ = reply.send(result.map(|mut all| all.pop().unwrap_or_default()));
+            for waiting in group {
+                self.record_alone(tenant, waiting).await;
+            }
             return;
         }
         let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|w| (w.events, w.reply)).unzip();
@@ -119,11 +113,17 @@ impl Store {
             Err(_) => {
                 // Each batch on its own, so each caller gets its own answer.
                 for (events, reply) in batches.into_iter().zip(replies) {
-                    let result = self.append_batches(tenant, vec![events]).await;
-                    let _ = reply.send(result.map(|mut all| all.pop().unwrap_or_default()));
+                    self.record_alone(tenant, Waiting { events, reply }).await;
                 }
             }
         }
+    }
+
+    async fn record_alone(&self, tenant: &TenantId, waiting: Waiting) {
+        let result = self.append_batches(tenant, vec![waiting.events]).await;
+        let _ = waiting
+            .reply
+            .send(result.map(|mut all| all.pop().unwrap_or_default()));
     }
 }
 

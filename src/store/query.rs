@@ -2,7 +2,7 @@
 //! supported orders.
 
 use sea_orm::sea_query::ExprTrait;
-use sea_orm::{ColumnTrait, Condition, DbErr, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, Condition, DbErr, Order, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 
 use super::{PageCursor, Store, audit_event, events_of, within_deadline};
@@ -131,11 +131,7 @@ impl Store {
 
     /// Highest seq handed out to the tenant (0 when it has no events).
     pub async fn head_seq(&self, tenant: &TenantId) -> Result<i64, DbErr> {
-        use super::entity::tenant_head;
-        let head = tenant_head::Entity::find_by_id(tenant.as_str().to_owned())
-            .one(&self.db)
-            .await?;
-        Ok(head.map_or(0, |h| h.head_seq))
+        Ok(self.log_heads(tenant).await?.0)
     }
 }
 

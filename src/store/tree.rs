@@ -62,19 +62,15 @@ pub(super) async fn extend_tree(
             .limit(CATCH_UP_PAGE)
             .all(txn)
             .await?;
+        if page.is_empty() {
+            return Err(missing_event(tenant, next));
+        }
         for row in &page {
             if row.seq != next {
-                return Err(DbErr::Custom(format!(
-                    "tenant {tenant}: event seq {next} is missing from the log; run `audit-service verify`"
-                )));
+                return Err(missing_event(tenant, next));
             }
             nodes.extend(tree.push(event_leaf(row)));
             next += 1;
-        }
-        if page.is_empty() {
-            return Err(DbErr::Custom(format!(
-                "tenant {tenant}: event seq {next} is missing from the log; run `audit-service verify`"
-            )));
         }
     }
     for row in new_rows {
@@ -82,6 +78,12 @@ pub(super) async fn extend_tree(
     }
     insert_nodes(txn, tenant, nodes).await?;
     Ok(i64::try_from(tree.size()).unwrap_or(i64::MAX))
+}
+
+fn missing_event(tenant: &TenantId, seq: i64) -> DbErr {
+    DbErr::Custom(format!(
+        "tenant {tenant}: event seq {seq} is missing from the log; run `audit-service verify`"
+    ))
 }
 
 fn missing_node(tenant: &TenantId, id: NodeId) -> DbErr {
