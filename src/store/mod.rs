@@ -231,8 +231,46 @@ fn connect_options(config: &DatabaseConfig, backend: DbBackend) -> ConnectOption
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30))
         });
+        options.map_sqlx_sqlite_pool_opts(|pool| {
+            pool.after_connect(|connection, _| {
+                Box::pin(async move {
+                    let mut handle = connection.lock_handle().await?;
+                    stable_query_plans(handle.as_raw_handle())
+                })
+            })
+        });
     }
     options
+}
+
+/// Turns on SQLite's query planner stability guarantee for a connection.
+///
+/// Without it, a statement whose plan looked at a bound value (SQLite does
+/// this for `LIMIT ?`, which every page query has) is marked expired when
+/// that parameter is bound again, so each execution of a cached statement
+/// is parsed and planned from scratch; with it, a prepared statement keeps
+/// its plan and the statement cache does its job.
+fn stable_query_plans(
+    mut db: std::ptr::NonNull<libsqlite3_sys::sqlite3>,
+) -> Result<(), sea_orm::sqlx::Error> {
+    // SAFETY: `db` is the open handle of a connection whose worker is
+    // locked out for the duration of the call (`lock_handle`); the option
+    // takes an int and an optional int* for the previous setting (NULL).
+    let rc = unsafe {
+        libsqlite3_sys::sqlite3_db_config(
+            db.as_mut(),
+            libsqlite3_sys::SQLITE_DBCONFIG_ENABLE_QPSG,
+            1 as std::ffi::c_int,
+            std::ptr::null_mut::<std::ffi::c_int>(),
+        )
+    };
+    if rc == libsqlite3_sys::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(sea_orm::sqlx::Error::Configuration(
+            format!("sqlite3_db_config(SQLITE_DBCONFIG_ENABLE_QPSG) failed with code {rc}").into(),
+        ))
+    }
 }
 
 /// Runs migrations on one dedicated connection holding a PostgreSQL advisory
@@ -307,6 +345,43 @@ impl Store {
             DbBackend::Postgres => "postgres",
             DbBackend::Sqlite => "sqlite",
             _ => "other",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads a connection's `SQLITE_DBCONFIG_ENABLE_QPSG` setting.
+    fn query_plan_stability(mut db: std::ptr::NonNull<libsqlite3_sys::sqlite3>) -> std::ffi::c_int {
+        let mut enabled: std::ffi::c_int = -1;
+        // SAFETY: as in `stable_query_plans`; a negative value leaves the
+        // setting alone and writes the current one to `enabled`.
+        let rc = unsafe {
+            libsqlite3_sys::sqlite3_db_config(
+                db.as_mut(),
+                libsqlite3_sys::SQLITE_DBCONFIG_ENABLE_QPSG,
+                -1 as std::ffi::c_int,
+                &mut enabled as *mut std::ffi::c_int,
+            )
+        };
+        assert_eq!(rc, libsqlite3_sys::SQLITE_OK);
+        enabled
+    }
+
+    #[tokio::test]
+    async fn every_sqlite_connection_keeps_its_query_plans() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display());
+        let store = Store::connect(&DatabaseConfig::new(url)).await.unwrap();
+        let pool = store.connection().get_sqlite_connection_pool();
+        // Two connections at once, so more than the first one is checked.
+        let mut first = pool.acquire().await.unwrap();
+        let mut second = pool.acquire().await.unwrap();
+        for connection in [&mut first, &mut second] {
+            let mut handle = connection.lock_handle().await.unwrap();
+            assert_eq!(query_plan_stability(handle.as_raw_handle()), 1);
         }
     }
 }
