@@ -47,6 +47,41 @@ pub mod audit_event {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    impl Model {
+        /// Decodes a row of `Entity::find()` (every column, in declaration
+        /// order) by position. The derived decoder looks each column up by
+        /// name, which on a page of events costs as much as reading it.
+        pub fn from_row(row: &QueryResult) -> Result<Self, DbErr> {
+            Ok(Self {
+                tenant_id: row.try_get_by_index(Column::TenantId as usize)?,
+                seq: row.try_get_by_index(Column::Seq as usize)?,
+                id: row.try_get_by_index(Column::Id as usize)?,
+                occurred_at: row.try_get_by_index(Column::OccurredAt as usize)?,
+                recorded_at: row.try_get_by_index(Column::RecordedAt as usize)?,
+                actor_id: row.try_get_by_index(Column::ActorId as usize)?,
+                actor_type: row.try_get_by_index(Column::ActorType as usize)?,
+                actor_name: row.try_get_by_index(Column::ActorName as usize)?,
+                actor_email: row.try_get_by_index(Column::ActorEmail as usize)?,
+                action: row.try_get_by_index(Column::Action as usize)?,
+                resource_type: row.try_get_by_index(Column::ResourceType as usize)?,
+                resource_id: row.try_get_by_index(Column::ResourceId as usize)?,
+                resource_name: row.try_get_by_index(Column::ResourceName as usize)?,
+                outcome: row.try_get_by_index(Column::Outcome as usize)?,
+                request_method: row.try_get_by_index(Column::RequestMethod as usize)?,
+                request_path: row.try_get_by_index(Column::RequestPath as usize)?,
+                request_status_code: row.try_get_by_index(Column::RequestStatusCode as usize)?,
+                request_client_ip: row.try_get_by_index(Column::RequestClientIp as usize)?,
+                request_user_agent: row.try_get_by_index(Column::RequestUserAgent as usize)?,
+                request_id: row.try_get_by_index(Column::RequestId as usize)?,
+                source: row.try_get_by_index(Column::Source as usize)?,
+                reasoning: row.try_get_by_index(Column::Reasoning as usize)?,
+                metadata: row.try_get_by_index(Column::Metadata as usize)?,
+                idempotency_key: row.try_get_by_index(Column::IdempotencyKey as usize)?,
+                deleted_at: row.try_get_by_index(Column::DeletedAt as usize)?,
+            })
+        }
+    }
 }
 
 /// The highest `seq` handed out per tenant; its row lock serializes appends.

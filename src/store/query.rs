@@ -5,7 +5,7 @@ use sea_orm::sea_query::ExprTrait;
 use sea_orm::{ColumnTrait, Condition, DbErr, Order, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 
-use super::{PageCursor, Store, audit_event, events_of, within_deadline};
+use super::{PageCursor, Store, audit_event, events_of, fetch_event, fetch_events, within_deadline};
 use crate::error::Error;
 use crate::tenant::TenantId;
 
@@ -81,10 +81,11 @@ impl EventOrder {
 impl Store {
     /// The tenant's live event with this id.
     pub async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<audit_event::Model>, DbErr> {
-        events_of(tenant)
-            .filter(audit_event::Column::Id.eq(id))
-            .one(self.reader())
-            .await
+        fetch_event(
+            self.reader(),
+            events_of(tenant).filter(audit_event::Column::Id.eq(id)),
+        )
+        .await
     }
 
     /// Up to `limit` of the tenant's live events matching `condition`, in
@@ -106,7 +107,7 @@ impl Store {
             select = select.order_by(audit_event::Column::OccurredAt, direction.clone());
         }
         let select = select.order_by(audit_event::Column::Seq, direction).limit(limit);
-        within_deadline(select.all(self.reader())).await
+        within_deadline(fetch_events(self.reader(), select)).await
     }
 
     /// Up to `limit` of the tenant's live events matching `condition` with
@@ -119,14 +120,13 @@ impl Store {
         up_to: i64,
         limit: u64,
     ) -> Result<Vec<audit_event::Model>, DbErr> {
-        events_of(tenant)
+        let select = events_of(tenant)
             .filter(condition)
             .filter(audit_event::Column::Seq.gt(after))
             .filter(audit_event::Column::Seq.lte(up_to))
             .order_by_asc(audit_event::Column::Seq)
-            .limit(limit)
-            .all(&self.db)
-            .await
+            .limit(limit);
+        fetch_events(&self.db, select).await
     }
 
     /// Highest seq handed out to the tenant (0 when it has no events).

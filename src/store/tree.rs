@@ -12,7 +12,7 @@ use sea_orm::{
 };
 
 use super::entity::{merkle_checkpoint, merkle_node, tenant_head};
-use super::{Store, audit_event, now_micros, within_deadline};
+use super::{Store, audit_event, fetch_events, now_micros, within_deadline};
 use crate::error::Error;
 use crate::integrity::merkle::{self, CompactTree, Hash, LeafRange, NodeId};
 use crate::integrity::{Checkpoint, SignedCheckpoint, SigningKey, VerifierKey, event_leaf};
@@ -54,14 +54,13 @@ pub(super) async fn extend_tree(
     let first_new = new_rows.first().map_or(head + 1, |row| row.seq);
     let mut next = tree_size + 1;
     while next < first_new {
-        let page = audit_event::Entity::find()
+        let select = audit_event::Entity::find()
             .filter(audit_event::Column::TenantId.eq(tenant.as_str()))
             .filter(audit_event::Column::Seq.gte(next))
             .filter(audit_event::Column::Seq.lt(first_new))
             .order_by_asc(audit_event::Column::Seq)
-            .limit(CATCH_UP_PAGE)
-            .all(txn)
-            .await?;
+            .limit(CATCH_UP_PAGE);
+        let page = fetch_events(txn, select).await?;
         if page.is_empty() {
             return Err(missing_event(tenant, next));
         }
@@ -419,13 +418,12 @@ impl Store {
         after: i64,
         limit: u64,
     ) -> Result<Vec<audit_event::Model>, DbErr> {
-        audit_event::Entity::find()
+        let select = audit_event::Entity::find()
             .filter(audit_event::Column::TenantId.eq(tenant.as_str()))
             .filter(audit_event::Column::Seq.gt(after))
             .order_by_asc(audit_event::Column::Seq)
-            .limit(limit)
-            .all(&self.db)
-            .await
+            .limit(limit);
+        fetch_events(&self.db, select).await
     }
 }
 
