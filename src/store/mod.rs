@@ -6,6 +6,7 @@
 pub mod api_keys;
 pub mod entity;
 mod group_commit;
+mod nodelay;
 pub mod page_token;
 mod pg_array;
 mod query;
@@ -222,6 +223,16 @@ fn connect_options(config: &DatabaseConfig, backend: DbBackend) -> ConnectOption
         .idle_timeout(Duration::from_secs(300))
         .test_before_acquire(false)
         .sqlx_logging(false);
+    if backend == DbBackend::Postgres {
+        options.map_sqlx_postgres_pool_opts(|pool| {
+            pool.after_connect(|_, _| {
+                Box::pin(async move {
+                    nodelay::disable_nagle_everywhere()?;
+                    Ok(())
+                })
+            })
+        });
+    }
     if backend == DbBackend::Sqlite {
         options.map_sqlx_sqlite_opts(|opts| {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
