@@ -12,6 +12,7 @@ use sea_orm::{
 };
 
 use super::entity::{merkle_checkpoint, merkle_node, tenant_head};
+use super::pg_array::ArrayLiteral;
 use super::{Store, audit_event, fetch_events, now_micros, within_deadline};
 use crate::error::Error;
 use crate::integrity::merkle::{self, CompactTree, Hash, LeafRange, NodeId};
@@ -129,18 +130,13 @@ async fn insert_nodes_postgres(
     tenant: &TenantId,
     nodes: &[(NodeId, Hash)],
 ) -> Result<(), DbErr> {
-    use std::fmt::Write as _;
-    let mut levels = String::with_capacity(nodes.len() * 3 + 2);
-    let mut indexes = String::with_capacity(nodes.len() * 8 + 2);
-    let mut hashes = String::with_capacity(nodes.len() * 65 + 2);
-    for (i, (id, hash)) in nodes.iter().enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        let _ = write!(levels, "{sep}{}", id.level);
-        let _ = write!(indexes, "{sep}{}", id.index);
-        hashes.push_str(sep);
-        for byte in hash {
-            let _ = write!(hashes, "{byte:02x}");
-        }
+    let mut levels = ArrayLiteral::with_capacity(nodes.len() * 3);
+    let mut indexes = ArrayLiteral::with_capacity(nodes.len() * 8);
+    let mut hashes = ArrayLiteral::with_capacity(nodes.len() * 65);
+    for (id, hash) in nodes {
+        levels.push_plain(Some(id.level));
+        indexes.push_plain(Some(id.index));
+        hashes.push_plain(Some(Hex(hash)));
     }
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
@@ -149,13 +145,22 @@ async fn insert_nodes_postgres(
          FROM unnest($2::text::int[], $3::text::bigint[], $4::text::text[]) AS t(l, i, h)",
         [
             tenant.as_str().into(),
-            format!("{{{levels}}}").into(),
-            format!("{{{indexes}}}").into(),
-            format!("{{{hashes}}}").into(),
+            levels.finish().into(),
+            indexes.finish().into(),
+            hashes.finish().into(),
         ],
     ))
     .await?;
     Ok(())
+}
+
+/// Lower-case hex of a hash, written without an intermediate string.
+struct Hex<'a>(&'a Hash);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
 }
 
 /// The stored hashes of `ids` that exist.
