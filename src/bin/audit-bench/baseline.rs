@@ -18,7 +18,8 @@ use tokio::sync::Mutex;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-/// Rows per INSERT statement, as the service's sequencer chunks them.
+/// Rows per INSERT statement, as the service's sequencer chunks them on
+/// SQLite (on PostgreSQL the service sends one `unnest` INSERT instead).
 const INSERT_CHUNK: usize = 400;
 
 /// Columns of `audit_events` in the order [`copy_csv`] writes them.
