@@ -335,7 +335,7 @@ pub fn events_of(tenant: &TenantId) -> Select<audit_event::Entity> {
 
 /// The events `select` (an `audit_event::Entity::find()`, every column)
 /// reads, decoded by position ([`audit_event::Model::from_row`]).
-pub(crate) async fn fetch_events<C: ConnectionTrait>(
+async fn fetch_events<C: ConnectionTrait>(
     conn: &C,
     select: Select<audit_event::Entity>,
 ) -> Result<Vec<audit_event::Model>, DbErr> {
@@ -345,7 +345,7 @@ pub(crate) async fn fetch_events<C: ConnectionTrait>(
 }
 
 /// The first event `select` reads, as [`fetch_events`].
-pub(crate) async fn fetch_event<C: ConnectionTrait>(
+async fn fetch_event<C: ConnectionTrait>(
     conn: &C,
     select: Select<audit_event::Entity>,
 ) -> Result<Option<audit_event::Model>, DbErr> {
