@@ -3,16 +3,23 @@
 //! records every batch waiting at that moment in one transaction. Under load
 //! this turns many small transactions (each a round trip per statement and
 //! a durable flush) into few large ones; alone, a call commits at once.
+//!
+//! On PostgreSQL two groups of a tenant overlap: once a group's seqs and
+//! tree are known, the next group is written on top of it while it is
+//! still writing and committing (so the database works on both at once),
+//! and commits after it, or rolls back and is recorded again (see
+//! [`Store::append_batches`]). At most two groups of a tenant are in
+//! flight in this process.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use sea_orm::DbErr;
-use tokio::sync::oneshot;
 use tokio::sync::oneshot::error::TryRecvError;
+use tokio::sync::{OwnedMutexGuard, oneshot, watch};
 
 use super::Store;
-use super::sequencer::{AppendOutcome, NewEvent};
+use super::sequencer::{AppendOutcome, NewEvent, Predecessor, Tail};
 use crate::tenant::TenantId;
 
 /// Most events one group transaction records (a batch is never split).
@@ -28,11 +35,53 @@ struct Waiting {
     reply: Reply,
 }
 
-/// One tenant's waiting batches and the turn to record them.
+/// A group whose transaction is still open.
+struct InFlight {
+    tail: Tail,
+    /// Set once the group has committed (`true`) or failed (`false`).
+    outcome: watch::Receiver<Option<bool>>,
+    /// The outcome of the group it was written on top of, if any.
+    after: Option<watch::Receiver<Option<bool>>>,
+}
+
+impl InFlight {
+    fn pending(&self) -> bool {
+        pending(&self.outcome)
+    }
+}
+
+fn pending(outcome: &watch::Receiver<Option<bool>>) -> bool {
+    outcome.borrow().is_none() && outcome.has_changed().is_ok()
+}
+
+/// Waits until the group behind `outcome` has finished, either way.
+async fn finished(mut outcome: watch::Receiver<Option<bool>>) {
+    let _ = outcome.wait_for(Option::is_some).await;
+}
+
+/// One tenant's waiting batches, the turn to record them, and the latest
+/// group in flight.
 #[derive(Default)]
 struct TenantQueue {
     waiting: Mutex<Vec<Waiting>>,
     turn: Arc<tokio::sync::Mutex<()>>,
+    latest: Mutex<Option<Arc<InFlight>>>,
+}
+
+impl TenantQueue {
+    /// The latest group, while it is in flight.
+    fn in_flight(&self) -> Option<Arc<InFlight>> {
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        latest.as_ref().filter(|group| group.pending()).cloned()
+    }
+
+    /// Waits for every group in flight to finish (the caller holds the
+    /// turn, so no new one starts).
+    async fn drain(&self) {
+        if let Some(group) = self.in_flight() {
+            finished(group.outcome.clone()).await;
+        }
+    }
 }
 
 /// The queues of every tenant with appends in flight.
@@ -70,7 +119,11 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .push(Waiting { events, reply });
         loop {
-            let turn = queue.turn.clone().lock_owned().await;
+            let turn = tokio::select! {
+                biased;
+                result = &mut outcome => return result.unwrap_or_else(|_| Err(not_recorded())),
+                turn = queue.turn.clone().lock_owned() => turn,
+            };
             // An earlier turn may already have recorded this batch.
             match outcome.try_recv() {
                 Ok(result) => return result,
@@ -79,51 +132,93 @@ impl Store {
             }
             let group = take_group(&queue);
             if group.is_empty() {
-                continue;
+                // A group in flight took this batch.
+                drop(turn);
+                return outcome.await.unwrap_or_else(|_| Err(not_recorded()));
             }
-            // The group is recorded in a task of its own, holding the turn, so
-            // a caller that gives up (and drops this future) never abandons
-            // the other callers' batches halfway.
+            // The group is recorded in a task of its own, which holds the
+            // turn until the group is planned, so a caller that gives up
+            // (and drops this future) never abandons the other callers'
+            // batches halfway. If this batch was not in that group (it was
+            // full), a later turn takes it.
             let store = self.clone();
             let tenant = tenant.clone();
-            let recorded = tokio::spawn(async move {
-                store.record_group(&tenant, group).await;
-                drop(turn);
-            });
-            // If this batch was not in that group (it was full), the next
-            // turn takes it.
-            let _ = recorded.await;
+            let queue = queue.clone();
+            tokio::spawn(async move { store.record_group(&tenant, &queue, group, turn).await });
         }
     }
 
-    async fn record_group(&self, tenant: &TenantId, group: Vec<Waiting>) {
-        if group.len() == 1 {
-            for waiting in group {
-                self.record_alone(tenant, waiting).await;
-            }
-            return;
-        }
+    async fn record_group(
+        &self,
+        tenant: &TenantId,
+        queue: &TenantQueue,
+        group: Vec<Waiting>,
+        turn: OwnedMutexGuard<()>,
+    ) {
         let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|w| (w.events, w.reply)).unzip();
-        match self.append_batches(tenant, batches.clone()).await {
+        let (result, on_top) = self.record_in_turn(tenant, queue, batches.clone(), turn).await;
+        match result {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
             }
+            Err(error) if replies.len() == 1 && !on_top => {
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
             Err(_) => {
                 // Each batch on its own, so each caller gets its own answer.
                 for (events, reply) in batches.into_iter().zip(replies) {
-                    self.record_alone(tenant, Waiting { events, reply }).await;
+                    let turn = queue.turn.clone().lock_owned().await;
+                    queue.drain().await;
+                    let result = self.append_batches(tenant, vec![events], None, |_| {}).await;
+                    drop(turn);
+                    let _ = reply.send(result.map(|mut all| all.pop().unwrap_or_default()));
                 }
             }
         }
     }
 
-    async fn record_alone(&self, tenant: &TenantId, waiting: Waiting) {
-        let result = self.append_batches(tenant, vec![waiting.events]).await;
-        let _ = waiting
-            .reply
-            .send(result.map(|mut all| all.pop().unwrap_or_default()));
+    /// Records `batches` as one group, holding `turn` until the group is
+    /// planned: on top of the group in flight when it can be, after it
+    /// otherwise. Returns the outcome and whether the group was written on
+    /// top of another.
+    async fn record_in_turn(
+        &self,
+        tenant: &TenantId,
+        queue: &TenantQueue,
+        batches: Vec<Vec<NewEvent>>,
+        turn: OwnedMutexGuard<()>,
+    ) -> (Result<Vec<Vec<AppendOutcome>>, DbErr>, bool) {
+        let mut predecessor = None;
+        if let Some(latest) = queue.in_flight() {
+            // At most two groups in flight: wait for the one before it.
+            if let Some(before) = &latest.after {
+                finished(before.clone()).await;
+            }
+            let extends = latest.tail.tree.is_some() || !self.maintains_tree();
+            if extends && latest.pending() {
+                predecessor = Some(Predecessor {
+                    tail: latest.tail.clone(),
+                    outcome: latest.outcome.clone(),
+                });
+            } else {
+                finished(latest.outcome.clone()).await;
+            }
+        }
+        let on_top = predecessor.is_some();
+        let after = predecessor.as_ref().map(|p| p.outcome.clone());
+        let (done, outcome) = watch::channel(None);
+        let planned = |tail: Tail| {
+            let group = InFlight { tail, outcome, after };
+            *queue.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(group));
+            drop(turn);
+        };
+        let result = self.append_batches(tenant, batches, predecessor, planned).await;
+        let _ = done.send(Some(result.is_ok()));
+        (result, on_top)
     }
 }
 

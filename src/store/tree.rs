@@ -40,6 +40,22 @@ pub(super) async fn extend_tree(
     if tree_size >= head {
         return Ok(tree_size);
     }
+    let (tree, nodes) = grow_tree(txn, tenant, tree_size, head, new_rows).await?;
+    insert_nodes(txn, tenant, nodes).await?;
+    Ok(tree_size_of(&tree))
+}
+
+/// The tenant's tree grown from its stored `tree_size` leaves to `head`
+/// (`tree_size < head`), and the nodes that completes, not yet stored: the
+/// events already stored and not yet in the tree are read back, `new_rows`
+/// (ending at `head`) are hashed as given.
+pub(super) async fn grow_tree(
+    txn: &DatabaseTransaction,
+    tenant: &TenantId,
+    tree_size: i64,
+    head: i64,
+    new_rows: &[audit_event::Model],
+) -> Result<(CompactTree, Vec<(NodeId, Hash)>), DbErr> {
     let size = u64::try_from(tree_size).unwrap_or_default();
     let edge_ids = merkle::frontier(size);
     let stored = fetch_nodes(txn, tenant, &edge_ids).await?;
@@ -73,11 +89,19 @@ pub(super) async fn extend_tree(
             next += 1;
         }
     }
-    for row in new_rows {
-        nodes.extend(tree.push(event_leaf(row)));
-    }
-    insert_nodes(txn, tenant, nodes).await?;
-    Ok(i64::try_from(tree.size()).unwrap_or(i64::MAX))
+    nodes.extend(push_rows(&mut tree, new_rows));
+    Ok((tree, nodes))
+}
+
+/// Adds `rows` (the next events of the log, in seq order) to `tree`;
+/// returns the nodes they complete.
+pub(super) fn push_rows(tree: &mut CompactTree, rows: &[audit_event::Model]) -> Vec<(NodeId, Hash)> {
+    rows.iter().flat_map(|row| tree.push(event_leaf(row))).collect()
+}
+
+/// The number of leaves in `tree`, as stored.
+pub(super) fn tree_size_of(tree: &CompactTree) -> i64 {
+    i64::try_from(tree.size()).unwrap_or(i64::MAX)
 }
 
 fn missing_event(tenant: &TenantId, seq: i64) -> DbErr {
@@ -93,7 +117,7 @@ fn missing_node(tenant: &TenantId, id: NodeId) -> DbErr {
     ))
 }
 
-async fn insert_nodes(
+pub(super) async fn insert_nodes(
     txn: &DatabaseTransaction,
     tenant: &TenantId,
     nodes: Vec<(NodeId, Hash)>,

@@ -37,6 +37,7 @@ on_both_backends!(
     removed_row_is_detected_by_verify_and_by_proofs,
     truncated_log_is_detected_by_verify_and_by_proofs,
     truncation_that_rewrites_the_tree_is_caught_by_a_saved_checkpoint,
+    concurrent_appends_with_shared_keys_and_deletes_keep_log_and_tree_exact,
 );
 
 type Hash = [u8; 32];
@@ -654,6 +655,96 @@ async fn verify_passes_on_an_intact_log_with_a_deletion(backend: Backend) {
         output.contains("checkpoint of 9 events: root matches"),
         "{output}"
     );
+}
+
+/// Sixteen appenders (whose groups overlap on PostgreSQL) racing on shared
+/// idempotency keys while events are deleted: every key is recorded once,
+/// the seqs run gapless, and the tree matches the log.
+async fn concurrent_appends_with_shared_keys_and_deletes_keep_log_and_tree_exact(backend: Backend) {
+    use std::collections::HashMap;
+
+    let server = TestServer::start(backend).await;
+    let mut auditor = Auditor::new(&server).await;
+    auditor.append(3).await;
+    let tenant = auditor.tenant().to_owned();
+    let mut appenders = Vec::new();
+    for worker in 0..16usize {
+        let mut caller = server.caller_for(&tenant).await;
+        appenders.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            for round in 0..12usize {
+                let size = 1 + (worker + round) % 6;
+                let batch: Vec<_> = (0..size)
+                    .map(|i| {
+                        let mut e = event("document.read", &format!("w{worker}-r{round}-{i}"));
+                        if i == 0 {
+                            // Every worker sends the same key in the same round.
+                            e.idempotency_key = format!("shared-{round}");
+                        }
+                        e
+                    })
+                    .collect();
+                let appended = caller.append(batch).await;
+                assert_eq!(appended.len(), size);
+                results.extend(appended.into_iter().enumerate().map(|(i, r)| (round, i, r)));
+            }
+            results
+        }));
+    }
+    let mut deleter = server.caller_for(&tenant).await;
+    let mut deletion_seqs = Vec::new();
+    for _ in 0..4 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let victim = deleter
+            .query(QueryRequest {
+                order_by: "seq asc".into(),
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .events
+            .remove(0);
+        let request = deleter.request(DeleteRequest {
+            id: victim.id,
+            reason: "retention".into(),
+        });
+        let deleted = deleter.client.delete(request).await.expect("delete").into_inner();
+        deletion_seqs.push(deleted.deletion_event.expect("deletion event").seq);
+    }
+
+    let mut by_key: HashMap<usize, (String, u64)> = HashMap::new();
+    let mut seqs = deletion_seqs;
+    let mut ids = std::collections::HashSet::new();
+    for appender in appenders {
+        for (round, i, result) in appender.await.expect("appender") {
+            if i == 0 {
+                let first = by_key.entry(round).or_insert((result.id.clone(), result.seq));
+                assert_eq!(
+                    (&first.0, first.1),
+                    (&result.id, result.seq),
+                    "key shared-{round}"
+                );
+            }
+            if !result.duplicate {
+                assert!(ids.insert(result.id.clone()), "id {} handed out twice", result.id);
+                seqs.push(result.seq);
+            }
+        }
+    }
+    // Each shared key was recorded once, not once per worker.
+    assert_eq!(ids.len(), seqs.len() - 4);
+    seqs.extend(1..=3);
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+
+    let checkpoint = auditor.checkpoint().await;
+    assert_eq!(checkpoint.tree_size, seqs.len() as u64);
+    auditor
+        .audit(&checkpoint.note, &checkpoint.verifier_key)
+        .await
+        .expect("every event is in the signed tree");
+    let (code, output) = run_verify(&server, &tenant, &[]);
+    assert_eq!(code, 0, "{output}");
 }
 
 /// A tenant with ten events and a checkpoint of them, verified intact.
