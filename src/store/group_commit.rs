@@ -218,6 +218,12 @@ impl Store {
         };
         let result = self.append_batches(tenant, batches, predecessor, planned).await;
         let _ = done.send(Some(result.is_ok()));
+        // A finished group's tail (its tree and keys) is not kept around.
+        let mut latest = queue.latest.lock().unwrap_or_else(|e| e.into_inner());
+        if latest.as_ref().is_some_and(|group| !group.pending()) {
+            *latest = None;
+        }
+        drop(latest);
         (result, on_top)
     }
 }

@@ -1,6 +1,9 @@
 //! The write path: hands out each tenant's next `seq` under a row lock on
 //! `tenant_heads`, so seqs are contiguous and in commit order on every
-//! backend and across replicas sharing one PostgreSQL database.
+//! backend and across replicas sharing one PostgreSQL database. On
+//! PostgreSQL a group may be written ahead, on top of the group still
+//! committing, and is checked under that lock before it commits
+//! ([`Store::append_batches`]).
 
 use std::collections::HashMap;
 
@@ -8,6 +11,7 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
     IntoActiveModel, QueryFilter, QuerySelect, Statement, TransactionTrait,
 };
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::pg_array::ArrayLiteral;
@@ -15,7 +19,6 @@ use super::tree::{extend_tree, grow_tree, insert_nodes, push_rows, tree_size_of}
 use super::{Store, audit_event, events_of, fetch_event, now_micros};
 use crate::integrity::merkle::CompactTree;
 use crate::tenant::TenantId;
-use tokio::sync::watch;
 
 /// Rows per INSERT statement: keeps the bound parameters under SQLite's and
 /// PostgreSQL's limits for batches of any size.
