@@ -45,13 +45,10 @@ struct InFlight {
 }
 
 impl InFlight {
+    /// Neither committed nor failed yet (and its task still running).
     fn pending(&self) -> bool {
-        pending(&self.outcome)
+        self.outcome.borrow().is_none() && self.outcome.has_changed().is_ok()
     }
-}
-
-fn pending(outcome: &watch::Receiver<Option<bool>>) -> bool {
-    outcome.borrow().is_none() && outcome.has_changed().is_ok()
 }
 
 /// Waits until the group behind `outcome` has finished, either way.
@@ -156,19 +153,25 @@ impl Store {
         turn: OwnedMutexGuard<()>,
     ) {
         let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|w| (w.events, w.reply)).unzip();
-        let (result, on_top) = self.record_in_turn(tenant, queue, batches.clone(), turn).await;
-        match result {
-            Ok(outcomes) => {
+        let predecessor = self.predecessor(queue).await;
+        // A failed group is recorded again batch by batch, unless it was one
+        // batch locked in its own turn (then its error is the answer).
+        let retry = (replies.len() > 1 || predecessor.is_some()).then(|| batches.clone());
+        let result = self
+            .record_in_turn(tenant, queue, batches, predecessor, turn)
+            .await;
+        match (result, retry) {
+            (Ok(outcomes), _) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
             }
-            Err(error) if replies.len() == 1 && !on_top => {
+            (Err(error), None) => {
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
-            Err(_) => {
+            (Err(_), Some(batches)) => {
                 // Each batch on its own, so each caller gets its own answer.
                 for (events, reply) in batches.into_iter().zip(replies) {
                     let turn = queue.turn.clone().lock_owned().await;
@@ -181,34 +184,35 @@ impl Store {
         }
     }
 
-    /// Records `batches` as one group, holding `turn` until the group is
-    /// planned: on top of the group in flight when it can be, after it
-    /// otherwise. Returns the outcome and whether the group was written on
-    /// top of another.
+    /// The group in flight the next group (in the caller's turn) is written
+    /// on top of, if one can be; otherwise waits for it to finish. At most
+    /// two groups are in flight: first waits for the one before it.
+    async fn predecessor(&self, queue: &TenantQueue) -> Option<Predecessor> {
+        let latest = queue.in_flight()?;
+        if let Some(before) = &latest.after {
+            finished(before.clone()).await;
+        }
+        let extends = latest.tail.tree.is_some() || !self.maintains_tree();
+        if extends && latest.pending() {
+            return Some(Predecessor {
+                tail: latest.tail.clone(),
+                outcome: latest.outcome.clone(),
+            });
+        }
+        finished(latest.outcome.clone()).await;
+        None
+    }
+
+    /// Records `batches` as one group on top of `predecessor` (or after
+    /// every group in flight), holding `turn` until the group is planned.
     async fn record_in_turn(
         &self,
         tenant: &TenantId,
         queue: &TenantQueue,
         batches: Vec<Vec<NewEvent>>,
+        predecessor: Option<Predecessor>,
         turn: OwnedMutexGuard<()>,
-    ) -> (Result<Vec<Vec<AppendOutcome>>, DbErr>, bool) {
-        let mut predecessor = None;
-        if let Some(latest) = queue.in_flight() {
-            // At most two groups in flight: wait for the one before it.
-            if let Some(before) = &latest.after {
-                finished(before.clone()).await;
-            }
-            let extends = latest.tail.tree.is_some() || !self.maintains_tree();
-            if extends && latest.pending() {
-                predecessor = Some(Predecessor {
-                    tail: latest.tail.clone(),
-                    outcome: latest.outcome.clone(),
-                });
-            } else {
-                finished(latest.outcome.clone()).await;
-            }
-        }
-        let on_top = predecessor.is_some();
+    ) -> Result<Vec<Vec<AppendOutcome>>, DbErr> {
         let after = predecessor.as_ref().map(|p| p.outcome.clone());
         let (done, outcome) = watch::channel(None);
         let planned = |tail: Tail| {
@@ -224,7 +228,7 @@ impl Store {
             *latest = None;
         }
         drop(latest);
-        (result, on_top)
+        result
     }
 }
 

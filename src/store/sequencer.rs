@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter, QuerySelect, Statement, TransactionTrait,
+    IntoActiveModel, QueryFilter, QueryResult, QuerySelect, Statement, TransactionTrait,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -432,6 +432,16 @@ pub(super) struct Head {
     pub tree_size: i64,
 }
 
+impl Head {
+    /// The head in a `SELECT head_seq, tree_size` row.
+    fn from_row(row: &QueryResult) -> Result<Self, DbErr> {
+        Ok(Self {
+            head_seq: row.try_get("", "head_seq")?,
+            tree_size: row.try_get("", "tree_size")?,
+        })
+    }
+}
+
 /// Locks the tenant's head row until the transaction ends and returns it.
 pub(super) async fn lock_head(txn: &DatabaseTransaction, tenant: &TenantId) -> Result<Head, DbErr> {
     let backend = txn.get_database_backend();
@@ -454,10 +464,7 @@ pub(super) async fn lock_head(txn: &DatabaseTransaction, tenant: &TenantId) -> R
                 .ok_or_else(|| DbErr::RecordNotFound(format!("sequence head of tenant {tenant}")))?
         }
     };
-    Ok(Head {
-        head_seq: row.try_get("", "head_seq")?,
-        tree_size: row.try_get("", "tree_size")?,
-    })
+    Head::from_row(&row)
 }
 
 /// Waits for the group this one is written on top of (if any) to commit;
@@ -491,10 +498,7 @@ async fn lock_head_now(txn: &DatabaseTransaction, tenant: &TenantId) -> Result<H
         ))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("sequence head of tenant {tenant}")))?;
-    Ok(Head {
-        head_seq: row.try_get("", "head_seq")?,
-        tree_size: row.try_get("", "tree_size")?,
-    })
+    Head::from_row(&row)
 }
 
 pub(super) async fn set_head(
