@@ -234,6 +234,7 @@ fn connect_options(config: &DatabaseConfig, backend: DbBackend) -> ConnectOption
         });
     }
     if backend == DbBackend::Sqlite {
+        sqlite_without_memory_statistics();
         options.map_sqlx_sqlite_opts(|opts| {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
             // WAL lets readers run beside the writer; FULL makes a commit
@@ -253,6 +254,32 @@ fn connect_options(config: &DatabaseConfig, backend: DbBackend) -> ConnectOption
         });
     }
     options
+}
+
+/// Turns off SQLite's memory statistics for the process, once, before the
+/// first connection initializes the library.
+///
+/// With them on (SQLite's default), every allocation and free inside SQLite
+/// takes one process-wide mutex to keep the counters; sqlx copies every value
+/// of every row it reads (`sqlite3_value_dup`) and frees it when the row is
+/// dropped, so a page of events meant ~2 500 trips through that mutex, from
+/// the connection's worker thread and the runtime's threads at once. Nothing
+/// here reads the counters (`sqlite3_memory_used` and friends).
+fn sqlite_without_memory_statistics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int. sqlite3_config is
+        // not thread-safe against other SQLite calls, but this runs before
+        // this process opens any SQLite connection; once the library is
+        // initialized (by someone else first) it returns SQLITE_MISUSE and
+        // changes nothing.
+        let rc = unsafe {
+            libsqlite3_sys::sqlite3_config(libsqlite3_sys::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int)
+        };
+        if rc != libsqlite3_sys::SQLITE_OK {
+            tracing::debug!(rc, "SQLite was initialized already; memory statistics stay on");
+        }
+    });
 }
 
 /// Turns on SQLite's query planner stability guarantee for a connection.

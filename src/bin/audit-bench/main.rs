@@ -32,6 +32,11 @@ use tonic::transport::Channel;
 use crate::baseline::{RawWriter, RpcFloor};
 use crate::client::{ACTORS, Caller, DAY_MICROS, DAY_START_MICROS, actor_id, connect};
 use crate::measure::{Phase, RssSampler, rss_kib};
+
+/// The service's allocator, so the direct SQL baseline runs the driver on
+/// the same allocator as the service does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use crate::report::{Row, Table, Target, grouped, mib, millis, rate};
 use crate::server::{Backend, BenchDatabase, ServiceProcess};
 
