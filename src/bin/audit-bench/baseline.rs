@@ -8,6 +8,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use audit_service::proto::audit_service_server::{AuditService, AuditServiceServer};
+use audit_service::proto::{
+    AppendRequest, AppendResponse, AuditEvent, DeleteRequest, DeleteResponse, GetFilterMetadataRequest,
+    GetFilterMetadataResponse, GetRequest, QueryRequest, QueryResponse, StatsRequest, StatsResponse,
+    WatchRequest, WatchResponse,
+};
 use audit_service::store::audit_event;
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IntoActiveModel,
@@ -15,8 +21,10 @@ use sea_orm::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::{Router, TcpIncoming};
+use tonic::{Request, Response, Status};
 
 /// Rows per INSERT statement, as the service's sequencer chunks them on
 /// SQLite (on PostgreSQL the service sends one `unnest` INSERT instead).
@@ -162,18 +170,8 @@ pub struct RpcFloor {
 impl RpcFloor {
     /// Serves on an ephemeral port.
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let (reporter, service) = tonic_health::server::health_reporter();
-        let stop = CancellationToken::new();
-        let serve = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.clone().cancelled_owned());
-        tokio::spawn(async move {
-            if let Err(error) = serve.await {
-                eprintln!("note: the RPC-floor server failed: {error}");
-            }
-        });
+        let (addr, stop) = serve(Server::builder().add_service(service), "RPC-floor").await?;
         Ok(Self {
             addr,
             stop,
@@ -185,6 +183,89 @@ impl RpcFloor {
 impl Drop for RpcFloor {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// An `AuditService` in the bench process whose `Query` answers every call
+/// with one page it holds in memory: what a page costs over gRPC without a
+/// database (building the response, encoding it, the round trip, decoding
+/// it in the client). A service that spent nothing besides its SELECT would
+/// still take about this much on top of it.
+pub struct PageFloor {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl PageFloor {
+    /// Serves `page` on an ephemeral port.
+    pub async fn start(page: QueryResponse) -> anyhow::Result<Self> {
+        let service = AuditServiceServer::new(MemoryPage(Arc::new(page)));
+        let (addr, stop) = serve(Server::builder().add_service(service), "page-floor").await?;
+        Ok(Self { addr, stop })
+    }
+}
+
+impl Drop for PageFloor {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Serves `router` on an ephemeral port of 127.0.0.1, with `TCP_NODELAY` on
+/// accepted sockets as the service has, until the returned token is cancelled.
+async fn serve(router: Router, what: &'static str) -> anyhow::Result<(SocketAddr, CancellationToken)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serve = router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+    tokio::spawn(async move {
+        if let Err(error) = serve.await {
+            eprintln!("note: the {what} server failed: {error}");
+        }
+    });
+    Ok((addr, stop))
+}
+
+struct MemoryPage(Arc<QueryResponse>);
+
+fn query_only() -> Status {
+    Status::unimplemented("the page floor serves Query only")
+}
+
+#[tonic::async_trait]
+impl AuditService for MemoryPage {
+    async fn query(&self, _: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
+        Ok(Response::new(QueryResponse::clone(&self.0)))
+    }
+
+    async fn append(&self, _: Request<AppendRequest>) -> Result<Response<AppendResponse>, Status> {
+        Err(query_only())
+    }
+
+    async fn get(&self, _: Request<GetRequest>) -> Result<Response<AuditEvent>, Status> {
+        Err(query_only())
+    }
+
+    async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        Err(query_only())
+    }
+
+    async fn get_filter_metadata(
+        &self,
+        _: Request<GetFilterMetadataRequest>,
+    ) -> Result<Response<GetFilterMetadataResponse>, Status> {
+        Err(query_only())
+    }
+
+    async fn delete(&self, _: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        Err(query_only())
+    }
+
+    type WatchStream = tokio_stream::Empty<Result<WatchResponse, Status>>;
+
+    async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        Err(query_only())
     }
 }
 

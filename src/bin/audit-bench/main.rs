@@ -29,7 +29,7 @@ use clap::{Parser, ValueEnum};
 use prost_types::Timestamp;
 use tonic::transport::Channel;
 
-use crate::baseline::{RawWriter, RpcFloor};
+use crate::baseline::{PageFloor, RawWriter, RpcFloor};
 use crate::client::{ACTORS, Caller, DAY_MICROS, DAY_START_MICROS, actor_id, connect};
 use crate::measure::{Phase, RssSampler, rss_kib};
 
@@ -384,6 +384,41 @@ async fn append_matrix(
     Ok(())
 }
 
+/// The page `request` returns, served again and again from memory by a
+/// tonic server in the bench process (see [`PageFloor`]), beside the SQL
+/// of that page (`sql_p99`).
+async fn page_floor_row(
+    settings: &Settings,
+    reader: &Caller,
+    request: QueryRequest,
+    sql_p99: Duration,
+    table: &mut Table,
+) -> anyhow::Result<()> {
+    let mut caller = reader.clone();
+    let page = caller
+        .client
+        .query(caller.request(request.clone()))
+        .await
+        .context("Query")?
+        .into_inner();
+    let floor = PageFloor::start(page).await?;
+    let floor_caller = Caller::new(connect(&format!("http://{}", floor.addr)).await?, QUERY_TENANT)?;
+    let phase = workloads::query(&floor_caller, request, settings.phase).await?;
+    let p = phase.percentiles();
+    table.push(Row {
+        workload: format!(
+            "Query first page served from memory (tonic in-process, no database), {} per page",
+            workloads::PAGE_SIZE
+        ),
+        rate: rate(phase.calls_per_sec(), "ops/s"),
+        latency: Some(p),
+        baseline: format!("direct SQL p99 {} ms", millis(sql_p99)),
+        ratio: Some(latency_ratio(p.p99, sql_p99)),
+        target: None,
+    });
+    Ok(())
+}
+
 /// Query: first page, a deep page reached through tokens, a selective
 /// filter and a broad time range, each beside its SQL run directly.
 async fn query_rows(
@@ -444,7 +479,7 @@ async fn query_rows(
             page_token,
             order_by: String::new(),
         };
-        let service = workloads::query(reader, request, settings.phase).await?;
+        let service = workloads::query(reader, request.clone(), settings.phase).await?;
         let statement = workloads::query_statement(db, QUERY_TENANT, &filter, before_seq)?;
         let direct = workloads::direct_sql(db, statement, settings.phase).await?;
         let (p, sql) = (service.percentiles(), direct.percentiles());
@@ -464,6 +499,7 @@ async fn query_rows(
         });
         if i == 0 {
             first_page_p50 = p.p50;
+            page_floor_row(settings, reader, request, sql.p99, table).await?;
         } else if i == 1 {
             let deep_ratio = latency_ratio(p.p50, first_page_p50);
             table.push(Row {
@@ -551,7 +587,10 @@ fn notes(settings: &Settings, backend: Backend) -> Vec<String> {
         "Query rows: one client; ratio = service p99 ÷ p99 of the same SELECT (built by the service's \
          tenant-scoped constructor and filter compiler) run directly on the pool. The deep page is \
          reached by following page tokens (in pages of up to 1000 events; tokens are bound to filter and \
-         order, not page size) and then re-requested with its token."
+         order, not page size) and then re-requested with its token. The page served from memory is \
+         the first page, answered by a tonic `AuditService` in the bench process that clones it into \
+         each response: the gRPC cost of a page with no database at all; its ratio is to the first \
+         page's SQL."
             .to_owned(),
         "Get: ratio = Get p99 ÷ p99 of a bare tonic unary call served in the bench process.".to_owned(),
         format!(
