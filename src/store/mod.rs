@@ -224,6 +224,15 @@ fn connect_options(config: &DatabaseConfig, backend: DbBackend) -> ConnectOption
         .test_before_acquire(false)
         .sqlx_logging(false);
     if backend == DbBackend::Postgres {
+        // A prepared statement switches to a generic plan, one for every
+        // value of its parameters, after five runs. Tenants differ in size
+        // by orders of magnitude, and a generic plan only knows the average:
+        // the Merkle frontier lookup (`tenant_id = $1 AND ((level, idx) = ...
+        // OR ...)`) went from an index probe per node to a walk over all of
+        // the tenant's nodes, one append in twenty took 8 ms longer, and
+        // `Append` 100 × 1 fell to 0.45× of raw INSERT. Every statement is
+        // planned for its own values instead (tens of microseconds each).
+        options.map_sqlx_postgres_opts(|opts| opts.options([("plan_cache_mode", "force_custom_plan")]));
         options.map_sqlx_postgres_pool_opts(|pool| {
             pool.after_connect(|_, _| {
                 Box::pin(async move {
