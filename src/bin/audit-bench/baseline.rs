@@ -158,11 +158,40 @@ pub async fn direct_query(db: &DatabaseConnection, statement: Statement) -> anyh
     Ok(rows.len() as u64)
 }
 
+/// A tonic server in the bench process on an ephemeral port of 127.0.0.1,
+/// with `TCP_NODELAY` on accepted sockets as the service has; it stops
+/// when dropped.
+pub struct InProcessServer {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl InProcessServer {
+    async fn start(router: Router, what: &'static str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let serve = router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+        tokio::spawn(async move {
+            if let Err(error) = serve.await {
+                eprintln!("note: the {what} server failed: {error}");
+            }
+        });
+        Ok(Self { addr, stop })
+    }
+}
+
+impl Drop for InProcessServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// A tonic server in the bench process answering `grpc.health.v1.Health`
 /// `Check` from memory: the cost of one unary call and nothing else.
 pub struct RpcFloor {
-    pub addr: SocketAddr,
-    stop: CancellationToken,
+    pub server: InProcessServer,
     // Serving status lives as long as the reporter.
     _reporter: tonic_health::server::HealthReporter,
 }
@@ -171,60 +200,22 @@ impl RpcFloor {
     /// Serves on an ephemeral port.
     pub async fn start() -> anyhow::Result<Self> {
         let (reporter, service) = tonic_health::server::health_reporter();
-        let (addr, stop) = serve(Server::builder().add_service(service), "RPC-floor").await?;
+        let server = InProcessServer::start(Server::builder().add_service(service), "RPC-floor").await?;
         Ok(Self {
-            addr,
-            stop,
+            server,
             _reporter: reporter,
         })
     }
 }
 
-impl Drop for RpcFloor {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 /// An `AuditService` in the bench process whose `Query` answers every call
-/// with one page it holds in memory: what a page costs over gRPC without a
+/// with `page`, held in memory: what a page costs over gRPC without a
 /// database (building the response, encoding it, the round trip, decoding
 /// it in the client). A service that spent nothing besides its SELECT would
 /// still take about this much on top of it.
-pub struct PageFloor {
-    pub addr: SocketAddr,
-    stop: CancellationToken,
-}
-
-impl PageFloor {
-    /// Serves `page` on an ephemeral port.
-    pub async fn start(page: QueryResponse) -> anyhow::Result<Self> {
-        let service = AuditServiceServer::new(MemoryPage(Arc::new(page)));
-        let (addr, stop) = serve(Server::builder().add_service(service), "page-floor").await?;
-        Ok(Self { addr, stop })
-    }
-}
-
-impl Drop for PageFloor {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// Serves `router` on an ephemeral port of 127.0.0.1, with `TCP_NODELAY` on
-/// accepted sockets as the service has, until the returned token is cancelled.
-async fn serve(router: Router, what: &'static str) -> anyhow::Result<(SocketAddr, CancellationToken)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let stop = CancellationToken::new();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serve = router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
-    tokio::spawn(async move {
-        if let Err(error) = serve.await {
-            eprintln!("note: the {what} server failed: {error}");
-        }
-    });
-    Ok((addr, stop))
+pub async fn page_floor(page: QueryResponse) -> anyhow::Result<InProcessServer> {
+    let service = AuditServiceServer::new(MemoryPage(Arc::new(page)));
+    InProcessServer::start(Server::builder().add_service(service), "page-floor").await
 }
 
 struct MemoryPage(Arc<QueryResponse>);

@@ -29,16 +29,16 @@ use clap::{Parser, ValueEnum};
 use prost_types::Timestamp;
 use tonic::transport::Channel;
 
-use crate::baseline::{PageFloor, RawWriter, RpcFloor};
+use crate::baseline::{RawWriter, RpcFloor, page_floor};
 use crate::client::{ACTORS, Caller, DAY_MICROS, DAY_START_MICROS, actor_id, connect};
 use crate::measure::{Phase, RssSampler, rss_kib};
+use crate::report::{Row, Table, Target, grouped, mib, millis, rate};
+use crate::server::{Backend, BenchDatabase, ServiceProcess};
 
 /// The service's allocator, so the direct SQL baseline runs the driver on
 /// the same allocator as the service does.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use crate::report::{Row, Table, Target, grouped, mib, millis, rate};
-use crate::server::{Backend, BenchDatabase, ServiceProcess};
 
 /// Load generator for audit-service: throughput and latency of every RPC,
 /// each beside its baseline (raw INSERT/COPY, direct SQL, bare tonic call).
@@ -229,7 +229,7 @@ async fn bench(settings: &Settings, database: &BenchDatabase) -> anyhow::Result<
     query_rows(settings, &db, &reader, &mut table).await?;
 
     let floor = RpcFloor::start().await?;
-    let floor_phase = workloads::rpc_floor(&format!("http://{}", floor.addr), settings.phase).await?;
+    let floor_phase = workloads::rpc_floor(&format!("http://{}", floor.server.addr), settings.phase).await?;
     let floor_p = floor_phase.percentiles();
     table.push(Row {
         workload: "RPC floor (tonic health Check, in-process)".into(),
@@ -385,7 +385,7 @@ async fn append_matrix(
 }
 
 /// The page `request` returns, served again and again from memory by a
-/// tonic server in the bench process (see [`PageFloor`]), beside the SQL
+/// tonic server in the bench process (see [`page_floor`]), beside the SQL
 /// of that page (`sql_p99`).
 async fn page_floor_row(
     settings: &Settings,
@@ -401,7 +401,7 @@ async fn page_floor_row(
         .await
         .context("Query")?
         .into_inner();
-    let floor = PageFloor::start(page).await?;
+    let floor = page_floor(page).await?;
     let floor_caller = Caller::new(connect(&format!("http://{}", floor.addr)).await?, QUERY_TENANT)?;
     let phase = workloads::query(&floor_caller, request, settings.phase).await?;
     let p = phase.percentiles();
