@@ -19,8 +19,8 @@ pub use validate::{
 use crate::auth::{Scope, caller};
 use crate::convert::{event_to_proto, micros_to_timestamp};
 use crate::error::Error;
+use crate::filter::EventMatcher;
 use crate::filter::expr::{Field, FieldKind, METADATA_FIELD};
-use crate::filter::{self, EventMatcher};
 use crate::proto::audit_service_server::AuditService;
 use crate::proto::{
     ActorType, AppendRequest, AppendResponse, AppendResult, AuditEvent, DeleteRequest, DeleteResponse,
@@ -101,7 +101,7 @@ impl AuditService for AuditApi {
             )
         })?;
         let filter = request.filter.unwrap_or_default();
-        let condition = filter::compile(&filter, "filter", self.store.backend())?;
+        let matcher = EventMatcher::new(&filter, "filter")?;
         let fingerprint =
             QueryFingerprint::of(caller.tenant.as_str(), order.as_str(), &filter.encode_to_vec());
         let after = match request.page_token.as_str() {
@@ -116,7 +116,7 @@ impl AuditService for AuditApi {
 
         let mut rows = self
             .store
-            .query_page(&caller.tenant, condition, order, after, page_size as u64 + 1)
+            .query_page(&caller.tenant, &matcher, order, after, page_size as u64 + 1)
             .await?;
         let mut next_page_token = String::new();
         if rows.len() > page_size {

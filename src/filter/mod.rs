@@ -27,6 +27,18 @@ pub fn compile(filter: &EventFilter, prefix: &str, backend: DbBackend) -> Result
     Ok(EventMatcher::new(filter, prefix)?.condition(backend))
 }
 
+/// How a condition's `start_time`/`end_time` bounds reach the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeBounds {
+    /// Plain comparisons on `occurred_at`: the planner may serve them from
+    /// the `(tenant_id, occurred_at, seq)` index.
+    Indexed,
+    /// Comparisons on `+occurred_at`, which SQLite will not serve from an
+    /// index: the rows are reached some other way (in `seq` order, or
+    /// through another filter's index) and the bounds only filter them.
+    Filtered,
+}
+
 /// A validated `EventFilter`: compiles to a database condition, and decides
 /// for one event in memory, with the same semantics both ways.
 #[derive(Debug, Clone, Default)]
@@ -173,6 +185,22 @@ impl EventMatcher {
 
     /// The condition selecting the matching events on `backend`.
     pub fn condition(&self, backend: DbBackend) -> Condition {
+        self.condition_with(backend, TimeBounds::Indexed)
+    }
+
+    /// `start_time` and `end_time` in unix microseconds (inclusive start,
+    /// exclusive end), as the filter set them.
+    pub fn time_range(&self) -> (Option<i64>, Option<i64>) {
+        (self.start, self.end)
+    }
+
+    /// The condition selecting the matching events on `backend`, with the
+    /// time bounds compiled as `bounds` says; the same events either way.
+    pub fn condition_with(&self, backend: DbBackend, bounds: TimeBounds) -> Condition {
+        let occurred_at = || match bounds {
+            TimeBounds::Indexed => Expr::col((audit_event::Entity, Column::OccurredAt)),
+            TimeBounds::Filtered => Expr::cust(r#"+"audit_events"."occurred_at""#),
+        };
         let mut condition = Condition::all();
         let any_of = |values: &[String], column: Column, prefixes: bool| {
             values.iter().fold(Condition::any(), |any, value| {
@@ -213,10 +241,10 @@ impl EventMatcher {
             condition = condition.add(Column::RequestClientIp.eq(client_ip.as_str()));
         }
         if let Some(start) = self.start {
-            condition = condition.add(Column::OccurredAt.gte(start));
+            condition = condition.add(occurred_at().gte(start));
         }
         if let Some(end) = self.end {
-            condition = condition.add(Column::OccurredAt.lt(end));
+            condition = condition.add(occurred_at().lt(end));
         }
         if let Some(node) = &self.expression {
             condition = condition.add(sql::condition(node, backend));

@@ -30,7 +30,7 @@ use tokio::sync::{Mutex, MutexGuard, broadcast};
 pub use api_keys::ApiKeyInfo;
 pub use entity::audit_event;
 pub use page_token::{PageCursor, PageTokenKey};
-pub use query::{EventOrder, exact_or_prefix, prefix_upper_bound};
+pub use query::{EventOrder, RANGE_PROBE_CAP, exact_or_prefix, page_select, prefix_upper_bound, time_bounds};
 pub use sequencer::{
     AppendOutcome, Committed, DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion, DeletionRequest,
     NOTIFY_CHANNEL, NewEvent,

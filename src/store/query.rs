@@ -2,12 +2,19 @@
 //! supported orders.
 
 use sea_orm::sea_query::ExprTrait;
-use sea_orm::{ColumnTrait, Condition, DbErr, Order, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, Order, QueryFilter, QueryOrder, QuerySelect,
+    Select, Statement, Value,
+};
 use uuid::Uuid;
 
 use super::{PageCursor, Store, audit_event, events_of, fetch_event, fetch_events, within_deadline};
 use crate::error::Error;
+use crate::filter::{EventMatcher, TimeBounds};
 use crate::tenant::TenantId;
+
+/// Most index entries a time-range probe counts (see [`time_bounds`]).
+pub const RANGE_PROBE_CAP: u64 = 1000;
 
 /// Order of a query's results; ties on `occurred_at` are broken by `seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +69,11 @@ impl EventOrder {
         }
     }
 
+    /// Whether this order is by `seq` alone.
+    fn by_seq(self) -> bool {
+        matches!(self, Self::SeqDesc | Self::SeqAsc)
+    }
+
     /// Rows strictly after `cursor` in this order.
     fn after(self, cursor: PageCursor) -> Condition {
         use audit_event::Column::{OccurredAt, Seq};
@@ -88,26 +100,31 @@ impl Store {
         .await
     }
 
-    /// Up to `limit` of the tenant's live events matching `condition`, in
+    /// Up to `limit` of the tenant's live events `matcher` matches, in
     /// `order`, strictly after `after`; within [`READ_DEADLINE`](super::READ_DEADLINE).
     pub async fn query_page(
         &self,
         tenant: &TenantId,
-        condition: Condition,
+        matcher: &EventMatcher,
         order: EventOrder,
         after: Option<PageCursor>,
         limit: u64,
     ) -> Result<Vec<audit_event::Model>, Error> {
-        let mut select = events_of(tenant).filter(condition);
-        if let Some(cursor) = after {
-            select = select.filter(order.after(cursor));
-        }
-        let direction = order.direction();
-        if matches!(order, EventOrder::OccurredAtDesc | EventOrder::OccurredAtAsc) {
-            select = select.order_by(audit_event::Column::OccurredAt, direction.clone());
-        }
-        let select = select.order_by(audit_event::Column::Seq, direction).limit(limit);
-        within_deadline(fetch_events(self.reader(), select)).await
+        let db = self.reader();
+        within_deadline(async {
+            let bounds = time_bounds(db, tenant, matcher, order).await?;
+            let select = page_select(
+                db.get_database_backend(),
+                tenant,
+                matcher,
+                bounds,
+                order,
+                after,
+                limit,
+            );
+            fetch_events(db, select).await
+        })
+        .await
     }
 
     /// Up to `limit` of the tenant's live events matching `condition` with
@@ -133,6 +150,105 @@ impl Store {
     pub async fn head_seq(&self, tenant: &TenantId) -> Result<i64, DbErr> {
         Ok(self.log_heads(tenant).await?.0)
     }
+}
+
+/// The SELECT of one page on `backend`: the tenant's live events `matcher`
+/// matches (its time bounds compiled as `bounds`), in `order`, strictly
+/// after `after`.
+pub fn page_select(
+    backend: DbBackend,
+    tenant: &TenantId,
+    matcher: &EventMatcher,
+    bounds: TimeBounds,
+    order: EventOrder,
+    after: Option<PageCursor>,
+    limit: u64,
+) -> Select<audit_event::Entity> {
+    let condition = matcher.condition_with(backend, bounds);
+    let mut select = events_of(tenant).filter(condition);
+    if let Some(cursor) = after {
+        select = select.filter(order.after(cursor));
+    }
+    let direction = order.direction();
+    if !order.by_seq() {
+        select = select.order_by(audit_event::Column::OccurredAt, direction.clone());
+    }
+    select.order_by(audit_event::Column::Seq, direction).limit(limit)
+}
+
+/// How a page with a time range should reach its rows.
+///
+/// Without statistics (and with stable plans, which ignore bound values)
+/// SQLite serves any `occurred_at` range from the `(tenant_id, occurred_at,
+/// seq)` index, reading every event in the range and sorting them by
+/// `seq`: for "the last day, newest first" on a busy tenant that is the
+/// whole tenant, seconds for a page the `seq` order would find in the first
+/// fifty rows. So, for a page in `seq` order with a time bound on SQLite,
+/// two counts through that index, each stopped at [`RANGE_PROBE_CAP`],
+/// weigh the two ways: the events in the range (what the range index
+/// reads) against the events beyond its far end in walking order, newer
+/// than `end_time` for newest first (what a walk in `seq` order passes
+/// before it reaches the range, when events arrive in about the order they
+/// occur). The walk wins when it passes fewer. PostgreSQL weighs the same
+/// with its own statistics and gets plain bounds.
+pub async fn time_bounds<C: ConnectionTrait>(
+    db: &C,
+    tenant: &TenantId,
+    matcher: &EventMatcher,
+    order: EventOrder,
+) -> Result<TimeBounds, DbErr> {
+    let (start, end) = matcher.time_range();
+    if db.get_database_backend() != DbBackend::Sqlite || !order.by_seq() || (start, end) == (None, None) {
+        return Ok(TimeBounds::Indexed);
+    }
+    let beyond = match order {
+        EventOrder::SeqAsc => start.map(|start| (None, Some(start))),
+        _ => end.map(|end| (Some(end), None)),
+    };
+    let mut sql = String::from("SELECT ");
+    let mut values = Vec::new();
+    capped_count(&mut sql, &mut values, tenant, (start, end));
+    if let Some(range) = beyond {
+        sql.push_str(", ");
+        capped_count(&mut sql, &mut values, tenant, range);
+    }
+    let counts = db
+        .query_one_raw(Statement::from_sql_and_values(DbBackend::Sqlite, sql, values))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("time-range probe".into()))?;
+    let within: i64 = counts.try_get_by_index(0)?;
+    let beyond: i64 = match beyond {
+        Some(_) => counts.try_get_by_index(1)?,
+        None => 0,
+    };
+    Ok(if beyond < within {
+        TimeBounds::Filtered
+    } else {
+        TimeBounds::Indexed
+    })
+}
+
+/// Appends to `sql` a subquery counting the tenant's events (erased ones
+/// too) with `from <= occurred_at < to`, stopped at [`RANGE_PROBE_CAP`]:
+/// a walk over at most that many entries of the `occurred_at` index.
+fn capped_count(
+    sql: &mut String,
+    values: &mut Vec<Value>,
+    tenant: &TenantId,
+    (from, to): (Option<i64>, Option<i64>),
+) {
+    sql.push_str("(SELECT COUNT(*) FROM (SELECT 1 FROM audit_events WHERE tenant_id = ?");
+    values.push(tenant.as_str().into());
+    if let Some(from) = from {
+        sql.push_str(" AND occurred_at >= ?");
+        values.push(from.into());
+    }
+    if let Some(to) = to {
+        sql.push_str(" AND occurred_at < ?");
+        values.push(to.into());
+    }
+    sql.push_str(" LIMIT ?))");
+    values.push((RANGE_PROBE_CAP as i64).into());
 }
 
 /// `column` matches `value` exactly, or starts with it when it ends in `*`.
@@ -168,7 +284,184 @@ pub fn prefix_upper_bound(prefix: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use sea_orm::QueryTrait;
+
     use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::proto::EventFilter;
+    use crate::store::NewEvent;
+
+    const BASE: i64 = 1_700_000_000_000_000;
+
+    /// A SQLite store whose tenant `acme` holds `events` events, event `i`
+    /// (seq `i + 1`) occurring at `BASE + i` and done by actor `i % 10`.
+    async fn store_with(events: i64) -> (tempfile::TempDir, Store, TenantId) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display());
+        let store = Store::connect(&DatabaseConfig::new(url)).await.unwrap();
+        let tenant = TenantId::parse("acme", "tenant").unwrap();
+        let all: Vec<i64> = (0..events).collect();
+        for chunk in all.chunks(1000) {
+            let batch = chunk
+                .iter()
+                .map(|i| NewEvent {
+                    occurred_at: Some(BASE + i),
+                    actor_id: format!("actor-{}", i % 10),
+                    action: "doc.read".into(),
+                    ..NewEvent::default()
+                })
+                .collect();
+            store.append(&tenant, batch).await.unwrap();
+        }
+        (dir, store, tenant)
+    }
+
+    fn matcher(start: Option<i64>, end: Option<i64>, actor: Option<&str>) -> EventMatcher {
+        let at = |micros: i64| prost_types::Timestamp {
+            seconds: micros.div_euclid(1_000_000),
+            nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+        };
+        let filter = EventFilter {
+            start_time: start.map(at),
+            end_time: end.map(at),
+            actor_ids: actor.into_iter().map(str::to_owned).collect(),
+            ..EventFilter::default()
+        };
+        EventMatcher::new(&filter, "filter").unwrap()
+    }
+
+    /// The indexes SQLite's plan for the page uses, and the page's seqs.
+    async fn page(
+        store: &Store,
+        tenant: &TenantId,
+        matcher: &EventMatcher,
+        bounds: TimeBounds,
+        order: EventOrder,
+    ) -> (String, Vec<i64>) {
+        let db = store.connection();
+        let statement =
+            page_select(DbBackend::Sqlite, tenant, matcher, bounds, order, None, 5).build(DbBackend::Sqlite);
+        let explain = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            format!("EXPLAIN QUERY PLAN {}", statement.sql),
+            statement.values.clone().unwrap().0,
+        );
+        let plan: Vec<String> = db
+            .query_all_raw(explain)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.try_get_by_index::<String>(3).unwrap())
+            .collect();
+        let seqs = fetch_events(
+            db,
+            page_select(DbBackend::Sqlite, tenant, matcher, bounds, order, None, 5),
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|event| event.seq)
+        .collect();
+        (plan.join("; "), seqs)
+    }
+
+    #[tokio::test]
+    async fn a_time_range_is_walked_in_seq_order_when_fewer_events_lie_beyond_it() {
+        let (_dir, store, tenant) = store_with(300).await;
+        let db = store.connection();
+        let cases = [
+            // (start, end, order, expected): the last 200 events, newest
+            // first: nothing lies beyond the range, the walk finds them first.
+            (Some(BASE + 100), None, EventOrder::SeqDesc, TimeBounds::Filtered),
+            (
+                Some(BASE + 100),
+                Some(BASE + 290),
+                EventOrder::SeqDesc,
+                TimeBounds::Filtered,
+            ),
+            // Five old events, newest first: a walk would pass 295 others.
+            (
+                Some(BASE),
+                Some(BASE + 5),
+                EventOrder::SeqDesc,
+                TimeBounds::Indexed,
+            ),
+            (None, Some(BASE + 5), EventOrder::SeqDesc, TimeBounds::Indexed),
+            // The same five oldest first: nothing lies before them.
+            (
+                Some(BASE),
+                Some(BASE + 5),
+                EventOrder::SeqAsc,
+                TimeBounds::Filtered,
+            ),
+            (Some(BASE + 250), None, EventOrder::SeqAsc, TimeBounds::Indexed),
+            // An empty range: the index finds nothing at once.
+            (Some(BASE + 1000), None, EventOrder::SeqDesc, TimeBounds::Indexed),
+            // Ordered by occurred_at, the range index is the order itself.
+            (
+                Some(BASE + 100),
+                None,
+                EventOrder::OccurredAtDesc,
+                TimeBounds::Indexed,
+            ),
+            (None, None, EventOrder::SeqDesc, TimeBounds::Indexed),
+        ];
+        for (start, end, order, expected) in cases {
+            let matcher = matcher(start, end, None);
+            let bounds = time_bounds(db, &tenant, &matcher, order).await.unwrap();
+            assert_eq!(bounds, expected, "{start:?}..{end:?} {order:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn filtered_bounds_keep_the_range_index_out_of_the_plan_and_return_the_same_page() {
+        let (_dir, store, tenant) = store_with(300).await;
+        for (start, end, actor) in [
+            (Some(BASE + 100), None, None),
+            (Some(BASE), Some(BASE + 290), None),
+            (Some(BASE), Some(BASE + 290), Some("actor-3")),
+            (Some(BASE + 7), Some(BASE + 9), None),
+        ] {
+            let matcher = matcher(start, end, actor);
+            for order in EventOrder::ALL.into_iter().filter(|o| o.by_seq()) {
+                let (indexed_plan, indexed) =
+                    page(&store, &tenant, &matcher, TimeBounds::Indexed, order).await;
+                let (filtered_plan, filtered) =
+                    page(&store, &tenant, &matcher, TimeBounds::Filtered, order).await;
+                assert!(
+                    indexed_plan.contains("ix_audit_events_occurred"),
+                    "{indexed_plan}"
+                );
+                assert!(
+                    !filtered_plan.contains("ix_audit_events_occurred"),
+                    "{filtered_plan}"
+                );
+                assert!(!filtered_plan.contains("TEMP B-TREE"), "no sort: {filtered_plan}");
+                assert_eq!(filtered, indexed, "{start:?}..{end:?} {actor:?} {order:?}");
+                assert!(!indexed.is_empty());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_probe_stops_counting_at_its_cap() {
+        let cap = RANGE_PROBE_CAP as i64;
+        let (_dir, store, tenant) = store_with(2 * cap + 500).await;
+        let db = store.connection();
+        // Both sides hold more than the cap: they tie and the range index,
+        // bounded by the range the caller asked for, is used.
+        let matcher = matcher(Some(BASE), Some(BASE + cap + 200), None);
+        let bounds = time_bounds(db, &tenant, &matcher, EventOrder::SeqDesc)
+            .await
+            .unwrap();
+        assert_eq!(bounds, TimeBounds::Indexed);
+        // One fewer event beyond than the (capped) range: the walk.
+        let matcher = self::matcher(Some(BASE), Some(BASE + 2 * cap + 500 - (cap - 1)), None);
+        let bounds = time_bounds(db, &tenant, &matcher, EventOrder::SeqDesc)
+            .await
+            .unwrap();
+        assert_eq!(bounds, TimeBounds::Filtered);
+    }
 
     #[test]
     fn order_by_accepts_the_four_orders_and_their_spellings() {

@@ -480,8 +480,8 @@ async fn query_rows(
             order_by: String::new(),
         };
         let service = workloads::query(reader, request.clone(), settings.phase).await?;
-        let statement = workloads::query_statement(db, QUERY_TENANT, &filter, before_seq)?;
-        let direct = workloads::direct_sql(db, statement, settings.phase).await?;
+        let page_sql = workloads::PageSql::new(QUERY_TENANT, &filter, before_seq)?;
+        let direct = workloads::direct_sql(db, page_sql, settings.phase).await?;
         let (p, sql) = (service.percentiles(), direct.percentiles());
         let ratio = latency_ratio(p.p99, sql.p99);
         let workload = flagged(
@@ -584,8 +584,9 @@ fn notes(settings: &Settings, backend: Backend) -> Vec<String> {
          same rows, 400 rows per statement, through the service's pool settings, into another tenant, \
          without gRPC, auth, validation, the tenant head lock, the idempotency lookup or the Merkle tree)."
             .to_owned(),
-        "Query rows: one client; ratio = service p99 ÷ p99 of the same SELECT (built by the service's \
-         tenant-scoped constructor and filter compiler) run directly on the pool. The deep page is \
+        "Query rows: one client; ratio = service p99 ÷ p99 of the same SQL (the SELECT built by the \
+         service's page constructor and filter compiler, preceded on SQLite for a time range by the \
+         service's range probe) run directly on the pool. The deep page is \
          reached by following page tokens (in pages of up to 1000 events; tokens are bound to filter and \
          order, not page size) and then re-requested with its token. The page served from memory is \
          the first page, answered by a tonic `AuditService` in the bench process that clones it into \

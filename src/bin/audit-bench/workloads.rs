@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use audit_service::filter::EventMatcher;
 use audit_service::proto::{self, EventFilter, QueryRequest, WatchRequest, watch_response};
-use audit_service::store::{audit_event, events_of, now_micros};
+use audit_service::store::{EventOrder, PageCursor, audit_event, now_micros, page_select, time_bounds};
 use audit_service::tenant::TenantId;
-use sea_orm::{ColumnTrait, DatabaseConnection, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement};
+use sea_orm::{DatabaseConnection, QueryTrait};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -158,42 +159,58 @@ pub async fn query(caller: &Caller, request: QueryRequest, duration: Duration) -
     .await
 }
 
-/// One client repeating `statement` directly on the database.
-pub async fn direct_sql(
-    db: &DatabaseConnection,
-    statement: Statement,
-    duration: Duration,
-) -> anyhow::Result<Phase> {
-    let db = db.clone();
-    closed_loop(1, duration, move |_, _| {
-        let (db, statement) = (db.clone(), statement.clone());
-        async move { baseline::direct_query(&db, statement).await }
-    })
-    .await
+/// The Query path's SQL for one page of `filter` (newest first), strictly
+/// below `before_seq` when paging: the service's own time-range probe,
+/// page constructor and filter compiler, limited to one page plus the row
+/// that tells whether another page follows.
+#[derive(Clone)]
+pub struct PageSql {
+    tenant: TenantId,
+    matcher: Arc<EventMatcher>,
+    after: Option<PageCursor>,
 }
 
-/// The SELECT the Query path runs for `filter` (newest first), strictly
-/// below `before_seq` when paging: the service's own query constructor and
-/// filter compiler, limited to one page plus the row that tells whether
-/// another page follows.
-pub fn query_statement(
-    db: &DatabaseConnection,
-    tenant: &str,
-    filter: &EventFilter,
-    before_seq: Option<i64>,
-) -> anyhow::Result<Statement> {
-    let backend = db.get_database_backend();
-    let tenant = TenantId::parse(tenant, "tenant").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let condition = audit_service::filter::compile(filter, "filter", backend)
-        .map_err(|e| anyhow::anyhow!("filter: {e}"))?;
-    let mut select = events_of(&tenant).filter(condition);
-    if let Some(seq) = before_seq {
-        select = select.filter(audit_event::Column::Seq.lt(seq));
+impl PageSql {
+    pub fn new(tenant: &str, filter: &EventFilter, before_seq: Option<i64>) -> anyhow::Result<Self> {
+        let tenant = TenantId::parse(tenant, "tenant").map_err(|e| anyhow::anyhow!("{e}"))?;
+        let matcher = EventMatcher::new(filter, "filter").map_err(|e| anyhow::anyhow!("filter: {e}"))?;
+        // Newest first compares seq alone; occurred_at is not read.
+        let after = before_seq.map(|seq| PageCursor { seq, occurred_at: 0 });
+        Ok(Self {
+            tenant,
+            matcher: Arc::new(matcher),
+            after,
+        })
     }
-    Ok(select
-        .order_by_desc(audit_event::Column::Seq)
-        .limit(PAGE_SIZE as u64 + 1)
-        .build(backend))
+
+    /// Runs the statements the service runs for the page (the probe where
+    /// the service runs one, then the SELECT) directly on `db`; returns the
+    /// rows read.
+    pub async fn run(&self, db: &DatabaseConnection) -> anyhow::Result<u64> {
+        let order = EventOrder::SeqDesc;
+        let bounds = time_bounds(db, &self.tenant, &self.matcher, order).await?;
+        let select = page_select(
+            db.get_database_backend(),
+            &self.tenant,
+            &self.matcher,
+            bounds,
+            order,
+            self.after,
+            PAGE_SIZE as u64 + 1,
+        );
+        baseline::direct_query(db, select.build(db.get_database_backend())).await
+    }
+}
+
+/// One client repeating the Query path's SQL for one page directly on the
+/// database.
+pub async fn direct_sql(db: &DatabaseConnection, page: PageSql, duration: Duration) -> anyhow::Result<Phase> {
+    let db = db.clone();
+    closed_loop(1, duration, move |_, _| {
+        let (db, page) = (db.clone(), page.clone());
+        async move { page.run(&db).await }
+    })
+    .await
 }
 
 /// Where page `page` of an unfiltered newest-first query starts.
