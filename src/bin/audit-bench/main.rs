@@ -31,7 +31,7 @@ use tonic::transport::Channel;
 
 use crate::baseline::{RawWriter, RpcFloor, page_floor};
 use crate::client::{ACTORS, Caller, DAY_MICROS, DAY_START_MICROS, actor_id, connect};
-use crate::measure::{Phase, RssSampler, rss_kib};
+use crate::measure::{Phase, RssSampler, by_turns, rss_kib};
 use crate::report::{Row, Table, Target, grouped, mib, millis, rate};
 use crate::server::{Backend, BenchDatabase, ServiceProcess};
 
@@ -97,6 +97,9 @@ const CLIENT_COUNTS: [usize; 3] = [1, 8, 64];
 const WATCH_SUBSCRIBERS: [usize; 3] = [1, 100, 1000];
 /// The deep page of the paging workload.
 const DEEP_PAGE: u32 = 1000;
+/// Turns each Query row's service and direct-SQL loops take (see
+/// [`by_turns`]); together they run one phase each.
+const QUERY_TURNS: u32 = 5;
 const QUERY_TENANT: &str = "bench-query";
 
 #[tokio::main]
@@ -479,9 +482,14 @@ async fn query_rows(
             page_token,
             order_by: String::new(),
         };
-        let service = workloads::query(reader, request.clone(), settings.phase).await?;
         let page_sql = workloads::PageSql::new(QUERY_TENANT, &filter, before_seq)?;
-        let direct = workloads::direct_sql(db, page_sql, settings.phase).await?;
+        let (service, direct) = by_turns(
+            QUERY_TURNS,
+            settings.phase,
+            |slice| workloads::query(reader, request.clone(), slice),
+            |slice| workloads::direct_sql(db, page_sql.clone(), slice),
+        )
+        .await?;
         let (p, sql) = (service.percentiles(), direct.percentiles());
         let ratio = latency_ratio(p.p99, sql.p99);
         let workload = flagged(
@@ -586,12 +594,13 @@ fn notes(settings: &Settings, backend: Backend) -> Vec<String> {
             .to_owned(),
         "Query rows: one client; ratio = service p99 ÷ p99 of the same SQL (the SELECT built by the \
          service's page constructor and filter compiler, preceded on SQLite for a time range by the \
-         service's range probe) run directly on the pool. The deep page is \
-         reached by following page tokens (in pages of up to 1000 events; tokens are bound to filter and \
-         order, not page size) and then re-requested with its token. The page served from memory is \
-         the first page, answered by a tonic `AuditService` in the bench process that clones it into \
-         each response: the gRPC cost of a page with no database at all; its ratio is to the first \
-         page's SQL."
+         service's range probe) run directly on the pool; the service and the direct SQL take turns, \
+         five slices each, so drift of the machine falls on both. The deep page is reached by \
+         following page tokens (in pages of up to 1000 events; tokens are bound to filter and order, \
+         not page size) and then re-requested with its token. The page served from memory is the \
+         first page, answered by a tonic `AuditService` in the bench process that clones it into each \
+         response: the gRPC cost of a page with no database at all; its ratio is to the first page's \
+         SQL."
             .to_owned(),
         "Get: ratio = Get p99 ÷ p99 of a bare tonic unary call served in the bench process.".to_owned(),
         format!(
