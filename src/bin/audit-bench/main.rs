@@ -97,7 +97,7 @@ const CLIENT_COUNTS: [usize; 3] = [1, 8, 64];
 const WATCH_SUBSCRIBERS: [usize; 3] = [1, 100, 1000];
 /// The deep page of the paging workload.
 const DEEP_PAGE: u32 = 1000;
-/// Turns each Query row's service and direct-SQL loops take (see
+/// Counted turns each Query row's service and direct-SQL loops take (see
 /// [`by_turns`]); together they run one phase each.
 const QUERY_TURNS: u32 = 5;
 const QUERY_TENANT: &str = "bench-query";
@@ -595,7 +595,8 @@ fn notes(settings: &Settings, backend: Backend) -> Vec<String> {
         "Query rows: one client; ratio = service p99 ÷ p99 of the same SQL (the SELECT built by the \
          service's page constructor and filter compiler, preceded on SQLite for a time range by the \
          service's range probe) run directly on the pool; the service and the direct SQL take turns, \
-         five slices each, so drift of the machine falls on both. The deep page is reached by \
+         five slices each after one uncounted warm-up slice each, so drift of the machine falls on \
+         both. The deep page is reached by \
          following page tokens (in pages of up to 1000 events; tokens are bound to filter and order, \
          not page size) and then re-requested with its token. The page served from memory is the \
          first page, answered by a tonic `AuditService` in the bench process that clones it into each \
