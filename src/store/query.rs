@@ -184,14 +184,26 @@ pub fn page_select(
 /// `seq`: for "the last day, newest first" on a busy tenant that is the
 /// whole tenant (840 ms at 1M events) for a page the `seq` order finds in
 /// its first fifty rows. So, for a page in `seq` order with a time bound on
-/// SQLite, two counts through that index, each stopped at
-/// [`RANGE_PROBE_CAP`], weigh the two ways: the events in the range (what
-/// the range index reads) against the events beyond its far end in walking
-/// order, newer than `end_time` for newest first and older than
-/// `start_time` for oldest first (what a walk in `seq` order passes before
-/// it reaches the range, when events are appended in about the order they
-/// occur). The walk wins when it passes fewer. PostgreSQL weighs the same
-/// with its own statistics and gets plain bounds.
+/// SQLite, one statement weighs the two ways, through that index and the
+/// primary key:
+/// - the events in the range, counted up to [`RANGE_PROBE_CAP`]: what the
+///   range index reads;
+/// - the events beyond the range's far end in walking order (newer than
+///   `end_time` for newest first, older than `start_time` for oldest
+///   first), counted up to the same cap: what a walk in `seq` order passes
+///   before it reaches the range when events are appended in about the
+///   order they occur;
+/// - whether at least half of the first [`HEAD_SAMPLE`] events in walking
+///   order lie on the walk's side of the range's near end (not older than
+///   `start_time` for newest first): if not, either the events were not
+///   appended in the order they occurred (a bulk import of old events sits
+///   at the head of a newest-first walk) and the count beyond says nothing
+///   of what the walk would pass, or the walk leaves the range within the
+///   sample and the index reads as few rows.
+///
+/// The walk wins when fewer events lie beyond the range than in it and the
+/// head agrees. PostgreSQL weighs the same with its own statistics and gets
+/// plain bounds.
 pub async fn time_bounds<C: ConnectionTrait>(
     db: &C,
     tenant: &TenantId,
@@ -202,44 +214,51 @@ pub async fn time_bounds<C: ConnectionTrait>(
     if db.get_database_backend() != DbBackend::Sqlite || !order.by_seq() || (start, end) == (None, None) {
         return Ok(TimeBounds::Indexed);
     }
-    let beyond = match order {
-        EventOrder::SeqAsc => start.map(|start| (None, Some(start))),
-        _ => end.map(|end| (Some(end), None)),
+    // The far end of the range in walking order, and its near end.
+    let (far, near) = match order {
+        EventOrder::SeqAsc => (
+            start.map(|start| (None, Some(start))),
+            end.map(|end| (false, end)),
+        ),
+        _ => (end.map(|end| (Some(end), None)), start.map(|start| (true, start))),
     };
-    let mut sql = String::from("SELECT ");
     let mut values = Vec::new();
-    capped_count(&mut sql, &mut values, tenant, (start, end));
-    if let Some(range) = beyond {
-        sql.push_str(", ");
-        capped_count(&mut sql, &mut values, tenant, range);
+    let mut sql = format!("SELECT {}", capped_count(&mut values, tenant, (start, end)));
+    if let Some(range) = far {
+        sql = format!("{sql}, {}", capped_count(&mut values, tenant, range));
     }
-    let counts = db
+    if let Some((newest_first, bound)) = near {
+        sql = format!("{sql}, {}", head_agrees(&mut values, tenant, newest_first, bound));
+    }
+    let row = db
         .query_one_raw(Statement::from_sql_and_values(DbBackend::Sqlite, sql, values))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("time-range probe".into()))?;
-    let within: i64 = counts.try_get_by_index(0)?;
-    let beyond: i64 = match beyond {
-        Some(_) => counts.try_get_by_index(1)?,
+    let within: i64 = row.try_get_by_index(0)?;
+    let beyond: i64 = match far {
+        Some(_) => row.try_get_by_index(1)?,
         None => 0,
     };
-    Ok(if beyond < within {
+    let head_agrees = match near {
+        Some(_) => {
+            let column = if far.is_some() { 2 } else { 1 };
+            row.try_get_by_index::<Option<bool>>(column)?.unwrap_or(false)
+        }
+        None => true,
+    };
+    Ok(if beyond < within && head_agrees {
         TimeBounds::Filtered
     } else {
         TimeBounds::Indexed
     })
 }
 
-/// Appends to `sql` a subquery counting the tenant's events (erased ones
-/// too) with `from <= occurred_at < to`, stopped at [`RANGE_PROBE_CAP`]:
-/// a walk over at most that many entries of the `occurred_at` index.
-fn capped_count(
-    sql: &mut String,
-    values: &mut Vec<Value>,
-    tenant: &TenantId,
-    (from, to): (Option<i64>, Option<i64>),
-) {
-    sql.push_str("(SELECT COUNT(*) FROM (SELECT 1 FROM audit_events WHERE tenant_id = ?");
-    values.push(tenant.as_str().into());
+/// Events at the head of a walk that the time-range probe looks at.
+pub const HEAD_SAMPLE: u64 = 64;
+
+/// ` AND occurred_at >= ? AND occurred_at < ?`, for the bounds set.
+fn time_terms(values: &mut Vec<Value>, (from, to): (Option<i64>, Option<i64>)) -> String {
+    let mut sql = String::new();
     if let Some(from) = from {
         sql.push_str(" AND occurred_at >= ?");
         values.push(from.into());
@@ -248,8 +267,36 @@ fn capped_count(
         sql.push_str(" AND occurred_at < ?");
         values.push(to.into());
     }
-    sql.push_str(" LIMIT ?))");
+    sql
+}
+
+/// A subquery counting the tenant's events (erased ones too) with `from <=
+/// occurred_at < to`, stopped at [`RANGE_PROBE_CAP`]: a walk over at most
+/// that many entries of the `occurred_at` index.
+fn capped_count(values: &mut Vec<Value>, tenant: &TenantId, range: (Option<i64>, Option<i64>)) -> String {
+    values.push(tenant.as_str().into());
+    let terms = time_terms(values, range);
     values.push((RANGE_PROBE_CAP as i64).into());
+    format!("(SELECT COUNT(*) FROM (SELECT 1 FROM audit_events WHERE tenant_id = ?{terms} LIMIT ?))")
+}
+
+/// A subquery: whether at least half of the tenant's first [`HEAD_SAMPLE`]
+/// events in `seq` order (newest or oldest first) occurred on the walk's
+/// side of `bound` (at or after it newest first, before it oldest first);
+/// NULL when the tenant has no events.
+fn head_agrees(values: &mut Vec<Value>, tenant: &TenantId, newest_first: bool, bound: i64) -> String {
+    let (side, direction) = if newest_first {
+        (">=", "DESC")
+    } else {
+        ("<", "ASC")
+    };
+    values.push(bound.into());
+    values.push(tenant.as_str().into());
+    values.push((HEAD_SAMPLE as i64).into());
+    format!(
+        "(SELECT SUM(occurred_at {side} ?) * 2 >= COUNT(*) FROM (SELECT occurred_at FROM audit_events \
+         WHERE tenant_id = ? ORDER BY seq {direction} LIMIT ?))"
+    )
 }
 
 /// `column` matches `value` exactly, or starts with it when it ends in `*`.
@@ -301,20 +348,25 @@ mod tests {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display());
         let store = Store::connect(&DatabaseConfig::new(url)).await.unwrap();
         let tenant = TenantId::parse("acme", "tenant").unwrap();
-        let all: Vec<i64> = (0..events).collect();
+        append_at(&store, &tenant, 0..events).await;
+        (dir, store, tenant)
+    }
+
+    /// Appends one event occurring at `BASE + i` for each `i`, in order.
+    async fn append_at(store: &Store, tenant: &TenantId, offsets: std::ops::Range<i64>) {
+        let all: Vec<i64> = offsets.collect();
         for chunk in all.chunks(1000) {
             let batch = chunk
                 .iter()
                 .map(|i| NewEvent {
                     occurred_at: Some(BASE + i),
-                    actor_id: format!("actor-{}", i % 10),
+                    actor_id: format!("actor-{}", i.rem_euclid(10)),
                     action: "doc.read".into(),
                     ..NewEvent::default()
                 })
                 .collect();
-            store.append(&tenant, batch).await.unwrap();
+            store.append(tenant, batch).await.unwrap();
         }
-        (dir, store, tenant)
     }
 
     fn matcher(start: Option<i64>, end: Option<i64>, actor: Option<&str>) -> EventMatcher {
@@ -380,6 +432,14 @@ mod tests {
                 EventOrder::SeqDesc,
                 TimeBounds::Filtered,
             ),
+            // More events beyond than the head sample holds, still fewer
+            // than in the range: the walk passes them, then the range.
+            (
+                Some(BASE),
+                Some(BASE + 200),
+                EventOrder::SeqDesc,
+                TimeBounds::Filtered,
+            ),
             // Five old events, newest first: a walk would pass 295 others.
             (
                 Some(BASE),
@@ -388,12 +448,20 @@ mod tests {
                 TimeBounds::Indexed,
             ),
             (None, Some(BASE + 5), EventOrder::SeqDesc, TimeBounds::Indexed),
-            // The same five oldest first: nothing lies before them.
+            // The first hundred oldest first: nothing lies before them.
+            (
+                Some(BASE),
+                Some(BASE + 100),
+                EventOrder::SeqAsc,
+                TimeBounds::Filtered,
+            ),
+            // The first five: the head sample is mostly past them, so the
+            // probe keeps the index, which reads just those five.
             (
                 Some(BASE),
                 Some(BASE + 5),
                 EventOrder::SeqAsc,
-                TimeBounds::Filtered,
+                TimeBounds::Indexed,
             ),
             (Some(BASE + 250), None, EventOrder::SeqAsc, TimeBounds::Indexed),
             // An empty range: the index finds nothing at once.
@@ -445,6 +513,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_bulk_import_of_old_events_at_the_head_keeps_the_range_index() {
+        // 300 events as they happen, then 300 that occurred long before,
+        // imported afterwards: the newest seqs hold the oldest times.
+        let (_dir, store, tenant) = store_with(300).await;
+        append_at(&store, &tenant, -100_000..-99_700).await;
+        let db = store.connection();
+        // The last 200 events as they happened, newest first: nothing lies
+        // beyond them, but a walk from the head passes the whole import.
+        let recent = matcher(Some(BASE + 100), None, None);
+        let bounds = time_bounds(db, &tenant, &recent, EventOrder::SeqDesc)
+            .await
+            .unwrap();
+        assert_eq!(bounds, TimeBounds::Indexed);
+        // Oldest first the walk starts among the events as they happened.
+        let bounds = time_bounds(db, &tenant, &recent, EventOrder::SeqAsc)
+            .await
+            .unwrap();
+        assert_eq!(
+            bounds,
+            TimeBounds::Indexed,
+            "nothing of the range among the oldest seqs either"
+        );
+        // The early events oldest first sit at the head of that walk, but
+        // the import counts as lying before them (by time): the range
+        // index, the safe side of the misjudgement.
+        let early = matcher(Some(BASE), Some(BASE + 250), None);
+        let bounds = time_bounds(db, &tenant, &early, EventOrder::SeqAsc)
+            .await
+            .unwrap();
+        assert_eq!(bounds, TimeBounds::Indexed, "300 before against 250 within");
+    }
+
+    #[tokio::test]
     async fn the_probe_stops_counting_at_its_cap() {
         let cap = RANGE_PROBE_CAP as i64;
         let (_dir, store, tenant) = store_with(2 * cap + 500).await;
@@ -456,8 +557,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(bounds, TimeBounds::Indexed);
-        // One fewer event beyond than the (capped) range: the walk.
-        let matcher = self::matcher(Some(BASE), Some(BASE + 2 * cap + 500 - (cap - 1)), None);
+        // A range holding more than the cap with 100 newer events beyond
+        // it, fewer than the head sample: the walk.
+        let matcher = self::matcher(Some(BASE), Some(BASE + 2 * cap + 400), None);
         let bounds = time_bounds(db, &tenant, &matcher, EventOrder::SeqDesc)
             .await
             .unwrap();
