@@ -21,12 +21,6 @@ const NUL_REFUSED: &str = "must not contain NUL characters";
 /// Most values one repeated filter field may list.
 pub const MAX_VALUES_PER_FIELD: usize = 100;
 
-/// The condition selecting the events `filter` describes on `backend`.
-/// `prefix` names the filter in errors (`filter`).
-pub fn compile(filter: &EventFilter, prefix: &str, backend: DbBackend) -> Result<Condition, Error> {
-    Ok(EventMatcher::new(filter, prefix)?.condition(backend))
-}
-
 /// How a condition's `start_time`/`end_time` bounds reach the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeBounds {
@@ -314,7 +308,11 @@ mod tests {
 
     fn sql(filter: &EventFilter) -> String {
         Entity::find()
-            .filter(compile(filter, "filter", DbBackend::Sqlite).unwrap())
+            .filter(
+                EventMatcher::new(filter, "filter")
+                    .unwrap()
+                    .condition(DbBackend::Sqlite),
+            )
             .build(DbBackend::Sqlite)
             .to_string()
     }
@@ -348,7 +346,7 @@ mod tests {
             end_time: Some(prost_types::Timestamp { seconds: 5, nanos: 0 }),
             ..Default::default()
         };
-        let Err(Error::InvalidArgument(violations)) = compile(&filter, "filter", DbBackend::Sqlite) else {
+        let Err(Error::InvalidArgument(violations)) = EventMatcher::new(&filter, "filter") else {
             panic!("accepted")
         };
         let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();

@@ -30,7 +30,7 @@ use tokio::sync::{Mutex, MutexGuard, broadcast};
 pub use api_keys::ApiKeyInfo;
 pub use entity::audit_event;
 pub use page_token::{PageCursor, PageTokenKey};
-pub use query::{EventOrder, RANGE_PROBE_CAP, exact_or_prefix, page_select, prefix_upper_bound, time_bounds};
+pub use query::{EventOrder, exact_or_prefix, page_query, prefix_upper_bound};
 pub use sequencer::{
     AppendOutcome, Committed, DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion, DeletionRequest,
     NOTIFY_CHANNEL, NewEvent,
@@ -243,7 +243,7 @@ fn connect_options(config: &DatabaseConfig, backend: DbBackend) -> ConnectOption
         });
     }
     if backend == DbBackend::Sqlite {
-        sqlite_without_memory_statistics();
+        sqlite_process_settings();
         options.map_sqlx_sqlite_opts(|opts| {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
             // WAL lets readers run beside the writer; FULL makes a commit
@@ -265,16 +265,17 @@ fn connect_options(config: &DatabaseConfig, backend: DbBackend) -> ConnectOption
     options
 }
 
-/// Turns off SQLite's memory statistics for the process, once, before the
-/// first connection initializes the library.
+/// SQLite's process-wide settings, once, before the first connection
+/// initializes the library: memory statistics off, and allocations from
+/// mimalloc ([`sqlite_on_mimalloc`]).
 ///
-/// With them on (SQLite's default), every allocation and free inside SQLite
+/// With memory statistics on (SQLite's default), every allocation and free inside SQLite
 /// takes one process-wide mutex to keep the counters; sqlx copies every value
 /// of every row it reads (`sqlite3_value_dup`) and frees it when the row is
 /// dropped, so a page of events meant ~2 500 trips through that mutex, from
 /// the connection's worker thread and the runtime's threads at once. Nothing
 /// here reads the counters (`sqlite3_memory_used` and friends).
-fn sqlite_without_memory_statistics() {
+fn sqlite_process_settings() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int. sqlite3_config is

@@ -112,16 +112,7 @@ impl Store {
     ) -> Result<Vec<audit_event::Model>, Error> {
         let db = self.reader();
         within_deadline(async {
-            let bounds = time_bounds(db, tenant, matcher, order).await?;
-            let select = page_select(
-                db.get_database_backend(),
-                tenant,
-                matcher,
-                bounds,
-                order,
-                after,
-                limit,
-            );
+            let select = page_query(db, tenant, matcher, order, after, limit).await?;
             fetch_events(db, select).await
         })
         .await
@@ -152,10 +143,34 @@ impl Store {
     }
 }
 
+/// The SELECT of one page as the Query path runs it: up to `limit` of the
+/// tenant's live events `matcher` matches, in `order`, strictly after
+/// `after`, its time bounds compiled as the probe on `db` decides
+/// ([`time_bounds`]; a statement of its own on SQLite, nothing elsewhere).
+pub async fn page_query<C: ConnectionTrait>(
+    db: &C,
+    tenant: &TenantId,
+    matcher: &EventMatcher,
+    order: EventOrder,
+    after: Option<PageCursor>,
+    limit: u64,
+) -> Result<Select<audit_event::Entity>, DbErr> {
+    let bounds = time_bounds(db, tenant, matcher, order).await?;
+    Ok(page_select(
+        db.get_database_backend(),
+        tenant,
+        matcher,
+        bounds,
+        order,
+        after,
+        limit,
+    ))
+}
+
 /// The SELECT of one page on `backend`: the tenant's live events `matcher`
 /// matches (its time bounds compiled as `bounds`), in `order`, strictly
 /// after `after`.
-pub fn page_select(
+fn page_select(
     backend: DbBackend,
     tenant: &TenantId,
     matcher: &EventMatcher,
@@ -204,7 +219,7 @@ pub fn page_select(
 /// The walk wins when fewer events lie beyond the range than in it and the
 /// head agrees. PostgreSQL weighs the same with its own statistics and gets
 /// plain bounds.
-pub async fn time_bounds<C: ConnectionTrait>(
+async fn time_bounds<C: ConnectionTrait>(
     db: &C,
     tenant: &TenantId,
     matcher: &EventMatcher,
@@ -222,30 +237,26 @@ pub async fn time_bounds<C: ConnectionTrait>(
         ),
         _ => (end.map(|end| (Some(end), None)), start.map(|start| (true, start))),
     };
+    // Three columns always: no far end leaves nothing beyond (0), no near
+    // end nothing the head could disagree with (1).
     let mut values = Vec::new();
-    let mut sql = format!("SELECT {}", capped_count(&mut values, tenant, (start, end)));
-    if let Some(range) = far {
-        sql = format!("{sql}, {}", capped_count(&mut values, tenant, range));
-    }
-    if let Some((newest_first, bound)) = near {
-        sql = format!("{sql}, {}", head_agrees(&mut values, tenant, newest_first, bound));
-    }
+    let within = capped_count(&mut values, tenant, (start, end));
+    let beyond = match far {
+        Some(range) => capped_count(&mut values, tenant, range),
+        None => "0".to_owned(),
+    };
+    let head = match near {
+        Some((newest_first, bound)) => head_agrees(&mut values, tenant, newest_first, bound),
+        None => "1".to_owned(),
+    };
+    let sql = format!("SELECT {within}, {beyond}, {head}");
     let row = db
         .query_one_raw(Statement::from_sql_and_values(DbBackend::Sqlite, sql, values))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("time-range probe".into()))?;
     let within: i64 = row.try_get_by_index(0)?;
-    let beyond: i64 = match far {
-        Some(_) => row.try_get_by_index(1)?,
-        None => 0,
-    };
-    let head_agrees = match near {
-        Some(_) => {
-            let column = if far.is_some() { 2 } else { 1 };
-            row.try_get_by_index::<Option<bool>>(column)?.unwrap_or(false)
-        }
-        None => true,
-    };
+    let beyond: i64 = row.try_get_by_index(1)?;
+    let head_agrees = row.try_get_by_index::<Option<bool>>(2)?.unwrap_or(false);
     Ok(if beyond < within && head_agrees {
         TimeBounds::Filtered
     } else {

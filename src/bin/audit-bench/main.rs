@@ -605,12 +605,11 @@ fn notes(settings: &Settings, backend: Backend) -> Vec<String> {
          service's page constructor and filter compiler, preceded on SQLite for a time range by the \
          service's range probe) run directly on the pool; the service and the direct SQL take turns, \
          five slices each after one uncounted warm-up slice each, so drift of the machine falls on \
-         both. The deep page is reached by \
-         following page tokens (in pages of up to 1000 events; tokens are bound to filter and order, \
-         not page size) and then re-requested with its token. The page served from memory is the \
-         first page, answered by a tonic `AuditService` in the bench process that clones it into each \
-         response: the gRPC cost of a page with no database at all; its ratio is to the first page's \
-         SQL."
+         both. The deep page is reached by following page tokens (in pages of up to 1000 events; \
+         tokens are bound to filter and order, not page size) and then re-requested with its token. \
+         The page served from memory is the first page, answered by a tonic `AuditService` in the \
+         bench process that clones it into each response: the gRPC cost of a page with no database \
+         at all; its ratio is to the first page's SQL."
             .to_owned(),
         "Get: ratio = Get p99 ÷ p99 of a bare tonic unary call served in the bench process.".to_owned(),
         format!(

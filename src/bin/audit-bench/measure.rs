@@ -157,13 +157,8 @@ where
     }
     let mut phase = Phase::default();
     for task in tasks {
-        let done = task.await.context("load task panicked")?;
-        phase.latencies.extend(done.latencies);
-        phase.items += done.items;
-        phase.failures += done.failures;
-        if phase.first_error.is_none() {
-            phase.first_error = done.first_error;
-        }
+        // The loops ran side by side: the phase's time is set below.
+        phase.absorb(task.await.context("load task panicked")?);
     }
     if phase.latencies.is_empty() {
         anyhow::bail!(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use audit_service::filter::EventMatcher;
 use audit_service::proto::{self, EventFilter, QueryRequest, WatchRequest, watch_response};
-use audit_service::store::{EventOrder, PageCursor, audit_event, now_micros, page_select, time_bounds};
+use audit_service::store::{EventOrder, PageCursor, audit_event, now_micros, page_query};
 use audit_service::tenant::TenantId;
 use sea_orm::{DatabaseConnection, QueryTrait};
 use tokio_util::sync::CancellationToken;
@@ -187,17 +187,15 @@ impl PageSql {
     /// the service runs one, then the SELECT) directly on `db`; returns the
     /// rows read.
     pub async fn run(&self, db: &DatabaseConnection) -> anyhow::Result<u64> {
-        let order = EventOrder::SeqDesc;
-        let bounds = time_bounds(db, &self.tenant, &self.matcher, order).await?;
-        let select = page_select(
-            db.get_database_backend(),
+        let select = page_query(
+            db,
             &self.tenant,
             &self.matcher,
-            bounds,
-            order,
+            EventOrder::SeqDesc,
             self.after,
             PAGE_SIZE as u64 + 1,
-        );
+        )
+        .await?;
         baseline::direct_query(db, select.build(db.get_database_backend())).await
     }
 }
