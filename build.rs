@@ -22,6 +22,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .compile_fds(fds.clone())?;
+
+    // The server the service runs: the same services and messages, except
+    // that `Query` answers with `wire::EncodedQueryResponse`, whose events
+    // are written straight from the rows (the same bytes on the wire).
+    let wire_dir = out_dir.join("wire");
+    std::fs::create_dir_all(&wire_dir)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(false)
+        .out_dir(wire_dir)
+        .extern_path(".audit.v1", "crate::proto")
+        .extern_path(".audit.v1.QueryResponse", "crate::wire::EncodedQueryResponse")
         .compile_fds(fds)?;
     Ok(())
 }

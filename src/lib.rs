@@ -14,6 +14,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tenant;
 pub mod watch;
+pub mod wire;
 
 /// Name of the binary and the `source` of the events the service writes.
 pub const SERVICE_NAME: &str = "audit-service";

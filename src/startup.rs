@@ -15,10 +15,10 @@ use crate::api::{AuditApi, IntegrityApi};
 use crate::auth::{AuthLayer, Authenticator, JwtVerifier};
 use crate::config::{ServeConfig, TreeMaintenance};
 use crate::integrity::Notary;
-use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::integrity_service_server::IntegrityServiceServer;
 use crate::store::Store;
 use crate::watch::{WatchHub, WatchLimits};
+use crate::wire::server::audit_service_server::AuditServiceServer;
 
 /// Name under which health reports the audit service.
 pub const AUDIT_SERVICE_NAME: &str = "audit.v1.AuditService";

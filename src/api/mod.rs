@@ -21,16 +21,17 @@ use crate::convert::{event_to_proto, micros_to_timestamp};
 use crate::error::Error;
 use crate::filter::EventMatcher;
 use crate::filter::expr::{Field, FieldKind, METADATA_FIELD};
-use crate::proto::audit_service_server::AuditService;
 use crate::proto::{
     ActorType, AppendRequest, AppendResponse, AppendResult, AuditEvent, DeleteRequest, DeleteResponse,
     FilterField, GetFilterMetadataRequest, GetFilterMetadataResponse, GetRequest, Outcome, QueryRequest,
-    QueryResponse, StatsBucket, StatsGroup, StatsRequest, StatsResponse, WatchRequest, WatchResponse,
+    StatsBucket, StatsGroup, StatsRequest, StatsResponse, WatchRequest, WatchResponse,
 };
 use crate::store::page_token::QueryFingerprint;
 use crate::store::stats::{GroupField, GroupValue};
-use crate::store::{DeletionRequest, EventOrder, PageCursor, Store};
+use crate::store::{DeletionRequest, EventOrder, Store};
 use crate::watch::WatchHub;
+use crate::wire::EncodedQueryResponse;
+use crate::wire::server::audit_service_server::AuditService;
 
 /// Page size when the request leaves it at 0.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -90,7 +91,7 @@ impl AuditService for AuditApi {
         Ok(Response::new(AppendResponse { results }))
     }
 
-    async fn query(&self, request: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
+    async fn query(&self, request: Request<QueryRequest>) -> Result<Response<EncodedQueryResponse>, Status> {
         let caller = caller(&request, Scope::Read)?;
         let request = request.into_inner();
         let page_size = page_size(request.page_size)?;
@@ -114,24 +115,16 @@ impl AuditService for AuditApi {
             ),
         };
 
-        let mut rows = self
+        let page = self
             .store
-            .query_page(&caller.tenant, &matcher, order, after, page_size as u64 + 1)
+            .query_page(&caller.tenant, &matcher, order, after, page_size)
             .await?;
-        let mut next_page_token = String::new();
-        if rows.len() > page_size {
-            rows.truncate(page_size);
-            if let Some(last) = rows.last() {
-                let cursor = PageCursor {
-                    seq: last.seq,
-                    occurred_at: last.occurred_at.unwrap_or_default(),
-                };
-                next_page_token = self.store.page_tokens().issue(fingerprint, cursor);
-            }
-        }
-        let events = rows.into_iter().map(event_to_proto).collect();
-        Ok(Response::new(QueryResponse {
-            events,
+        let next_page_token = page
+            .next
+            .map(|cursor| self.store.page_tokens().issue(fingerprint, cursor))
+            .unwrap_or_default();
+        Ok(Response::new(EncodedQueryResponse {
+            events: page.events,
             next_page_token,
         }))
     }

@@ -4,7 +4,11 @@
 /// Content columns are NULL once an event is erased by `Delete`.
 pub mod audit_event {
     use sea_orm::entity::prelude::*;
+    use std::borrow::Cow;
+
     use sea_orm::sqlx::{ColumnIndex, Decode, Row};
+
+    use crate::wire::EventFields;
 
     /// A stored event. Times are unix microseconds.
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
@@ -65,10 +69,25 @@ pub mod audit_event {
             if let Some(row) = row.try_as_pg_row() {
                 return decode(row);
             }
-            Err(DbErr::Type(
-                "audit_events row from an unsupported backend".to_owned(),
-            ))
+            Err(unsupported_backend())
         }
+    }
+
+    /// The fields of a row of `Entity::find()` as [`Model::from_row`]
+    /// reads them, text borrowed from the row instead of copied: what a
+    /// page is written from ([`crate::wire`]).
+    pub fn fields_of_row(row: &QueryResult) -> Result<EventFields<'_>, DbErr> {
+        if let Some(row) = row.try_as_sqlite_row() {
+            return fields(row);
+        }
+        if let Some(row) = row.try_as_pg_row() {
+            return fields(row);
+        }
+        Err(unsupported_backend())
+    }
+
+    fn unsupported_backend() -> DbErr {
+        DbErr::Type("audit_events row from an unsupported backend".to_owned())
     }
 
     /// Column `column` of `row`.
@@ -122,6 +141,44 @@ pub mod audit_event {
             metadata: get(row, Column::Metadata)?,
             idempotency_key: get(row, Column::IdempotencyKey)?,
             deleted_at: get(row, Column::DeletedAt)?,
+        })
+    }
+
+    fn fields<'r, R>(row: &'r R) -> Result<EventFields<'r>, DbErr>
+    where
+        R: Row,
+        usize: ColumnIndex<R>,
+        &'r str: Decode<'r, R::Database>,
+        i64: Decode<'r, R::Database>,
+        i32: Decode<'r, R::Database>,
+        Uuid: Decode<'r, R::Database>,
+        Json: Decode<'r, R::Database>,
+    {
+        let text = |column| get::<R, Option<&str>>(row, column).map(Option::unwrap_or_default);
+        Ok(EventFields {
+            tenant_id: get(row, Column::TenantId)?,
+            seq: get(row, Column::Seq)?,
+            id: get(row, Column::Id)?,
+            occurred_at: get(row, Column::OccurredAt)?,
+            recorded_at: get(row, Column::RecordedAt)?,
+            actor_id: text(Column::ActorId)?,
+            actor_type: get::<R, Option<i32>>(row, Column::ActorType)?.unwrap_or_default(),
+            actor_name: text(Column::ActorName)?,
+            actor_email: text(Column::ActorEmail)?,
+            action: text(Column::Action)?,
+            resource_type: text(Column::ResourceType)?,
+            resource_id: text(Column::ResourceId)?,
+            resource_name: text(Column::ResourceName)?,
+            outcome: get::<R, Option<i32>>(row, Column::Outcome)?.unwrap_or_default(),
+            request_method: text(Column::RequestMethod)?,
+            request_path: text(Column::RequestPath)?,
+            request_status_code: get::<R, Option<i32>>(row, Column::RequestStatusCode)?.unwrap_or_default(),
+            request_client_ip: text(Column::RequestClientIp)?,
+            request_user_agent: text(Column::RequestUserAgent)?,
+            request_id: text(Column::RequestId)?,
+            source: text(Column::Source)?,
+            reasoning: text(Column::Reasoning)?,
+            metadata: get::<R, Option<Json>>(row, Column::Metadata)?.map(Cow::Owned),
         })
     }
 }

@@ -4,7 +4,7 @@
 use sea_orm::sea_query::ExprTrait;
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, Order, QueryFilter, QueryOrder, QuerySelect,
-    Select, Statement, Value,
+    QueryTrait, Select, Statement, Value,
 };
 use uuid::Uuid;
 
@@ -15,6 +15,21 @@ use crate::tenant::TenantId;
 
 /// Most index entries a time-range probe counts (see [`time_bounds`]).
 pub const RANGE_PROBE_CAP: u64 = 1000;
+
+/// Bytes reserved per event of a page before writing it (an event with a
+/// few metadata keys takes 300-500).
+const EVENT_BYTES_GUESS: usize = 384;
+
+/// One page of `Query`, as it goes on the wire.
+#[derive(Debug, Default)]
+pub struct EventPage {
+    /// The events in order, each written as field 1 of
+    /// `audit.v1.QueryResponse` ([`crate::wire::EventFields::encode_as_field`]).
+    pub events: Vec<u8>,
+    /// Where the next page starts: the last event's position, when more
+    /// events match.
+    pub next: Option<PageCursor>,
+}
 
 /// Order of a query's results; ties on `occurred_at` are broken by `seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,20 +115,39 @@ impl Store {
         .await
     }
 
-    /// Up to `limit` of the tenant's live events `matcher` matches, in
-    /// `order`, strictly after `after`; within [`READ_DEADLINE`](super::READ_DEADLINE).
+    /// A page of up to `page_size` of the tenant's live events `matcher`
+    /// matches, in `order`, strictly after `after`, written as `Query`
+    /// serves it; within [`READ_DEADLINE`](super::READ_DEADLINE).
     pub async fn query_page(
         &self,
         tenant: &TenantId,
         matcher: &EventMatcher,
         order: EventOrder,
         after: Option<PageCursor>,
-        limit: u64,
-    ) -> Result<Vec<audit_event::Model>, Error> {
+        page_size: usize,
+    ) -> Result<EventPage, Error> {
         let db = self.reader();
         within_deadline(async {
-            let select = page_query(db, tenant, matcher, order, after, limit).await?;
-            fetch_events(db, select).await
+            // One row more than the page tells whether another page follows.
+            let select = page_query(db, tenant, matcher, order, after, page_size as u64 + 1).await?;
+            let rows = db.query_all_raw(select.build(db.get_database_backend())).await?;
+            let mut page = EventPage {
+                events: Vec::with_capacity(rows.len().min(page_size) * EVENT_BYTES_GUESS),
+                next: None,
+            };
+            let mut last = None;
+            for row in rows.iter().take(page_size) {
+                let fields = audit_event::fields_of_row(row)?;
+                fields.encode_as_field(1, &mut page.events);
+                last = Some(PageCursor {
+                    seq: fields.seq,
+                    occurred_at: fields.occurred_at.unwrap_or_default(),
+                });
+            }
+            if rows.len() > page_size {
+                page.next = last;
+            }
+            Ok(page)
         })
         .await
     }

@@ -1,6 +1,6 @@
-//! What the server offers around the core RPCs: the RPCs not served yet
-//! (Stats, GetFilterMetadata), health, reflection v1 and v1alpha, graceful
-//! stop, and Get's full event.
+//! What the server offers around the core RPCs: health, reflection v1 and
+//! v1alpha, graceful stop, Get's full event, and Query's pages carrying
+//! each event exactly as Get returns it.
 
 use audit_service::proto::{
     Actor, ActorType, AuditEvent, EventFilter, EventInput, Outcome, RequestContext, Resource,
@@ -28,6 +28,7 @@ on_both_backends!(
     get_returns_every_field_that_was_sent,
     occurred_at_defaults_to_recorded_at,
     occurred_at_round_trips_across_the_whole_timestamp_range,
+    query_pages_carry_each_event_exactly_as_get_returns_it,
 );
 
 const AUDIT_SERVICE: &str = "audit.v1.AuditService";
@@ -288,6 +289,90 @@ async fn get_returns_every_field_that_was_sent(backend: Backend) {
     // Query returns the very same event.
     let listed = caller.query_all(EventFilter::default(), "", 10).await;
     assert_eq!(listed, [stored]);
+}
+
+/// Query writes its pages straight from the rows (`audit_service::wire`);
+/// Get converts a decoded row. Both must say the same thing, field by field
+/// and byte by byte, for full events, bare ones and odd metadata.
+async fn query_pages_carry_each_event_exactly_as_get_returns_it(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut caller = server.caller().await;
+    let value = |kind| Value { kind: Some(kind) };
+    let odd = Struct {
+        fields: [
+            ("".to_owned(), value(Kind::StringValue(String::new()))),
+            ("zero".to_owned(), value(Kind::NumberValue(0.0))),
+            ("huge".to_owned(), value(Kind::NumberValue(1e300))),
+            ("negative".to_owned(), value(Kind::NumberValue(-123_456_789.25))),
+            ("empty".to_owned(), value(Kind::StructValue(Struct::default()))),
+            (
+                "deep".to_owned(),
+                value(Kind::ListValue(ListValue {
+                    values: vec![value(Kind::StructValue(metadata()))],
+                })),
+            ),
+        ]
+        .into(),
+    };
+    let full = EventInput {
+        occurred_at: Some(ts(BASE_SECS + 1, 999_999_000)),
+        actor: Some(Actor {
+            id: "agent-7".into(),
+            r#type: ActorType::Agent as i32,
+            name: "Release Bot ✓".into(),
+            email: "bot@example.com".into(),
+        }),
+        action: "deployment.approve".into(),
+        resource: Some(Resource {
+            r#type: "deployment".into(),
+            id: "dep-99".into(),
+            name: "prod".into(),
+        }),
+        outcome: Outcome::Success as i32,
+        request: Some(RequestContext {
+            method: "POST".into(),
+            path: "/v1/x".into(),
+            status_code: 403,
+            client_ip: "203.0.113.9".into(),
+            user_agent: "bot/1".into(),
+            request_id: "req-1".into(),
+        }),
+        source: "deployer".into(),
+        reasoning: "why".into(),
+        metadata: Some(metadata()),
+        idempotency_key: String::new(),
+    };
+    let mut inputs = vec![
+        full.clone(),
+        event("user.login", "alice"),
+        EventInput {
+            metadata: Some(odd),
+            ..full.clone()
+        },
+        EventInput {
+            metadata: Some(Struct::default()),
+            occurred_at: Some(ts(-62_135_596_800, 0)),
+            ..event("user.logout", "bob")
+        },
+    ];
+    inputs.push(EventInput {
+        occurred_at: Some(ts(253_402_300_799, 999_999_000)),
+        ..full
+    });
+    let appended = caller.append(inputs.clone()).await;
+
+    for order_by in ["", "seq asc", "occurred_at desc"] {
+        let listed = caller.query_all(EventFilter::default(), order_by, 2).await;
+        assert_eq!(listed.len(), inputs.len(), "{order_by:?}");
+        for event in listed {
+            let got = get(&mut caller, &event.id).await;
+            assert_eq!(event.encode_to_vec(), got.encode_to_vec(), "{order_by:?}");
+            assert_eq!(event, got, "{order_by:?}");
+        }
+    }
+    // The appended metadata comes back as sent.
+    let first = get(&mut caller, &appended[2].id).await;
+    assert_eq!(first.metadata, inputs[2].metadata);
 }
 
 async fn occurred_at_defaults_to_recorded_at(backend: Backend) {
