@@ -462,30 +462,7 @@ mod tests {
 
     /// An erased event: every content column NULL.
     fn erased(seq: i64) -> audit_event::Model {
-        audit_event::Model {
-            occurred_at: None,
-            actor_id: None,
-            actor_type: None,
-            actor_name: None,
-            actor_email: None,
-            action: None,
-            resource_type: None,
-            resource_id: None,
-            resource_name: None,
-            outcome: None,
-            request_method: None,
-            request_path: None,
-            request_status_code: None,
-            request_client_ip: None,
-            request_user_agent: None,
-            request_id: None,
-            source: None,
-            reasoning: None,
-            metadata: None,
-            idempotency_key: None,
-            deleted_at: Some(1_700_000_002_000_000),
-            ..event(seq, None)
-        }
+        event(seq, None).erased(1_700_000_002_000_000)
     }
 
     fn assert_encodes_as_prost(model: &audit_event::Model) {

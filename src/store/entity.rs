@@ -71,6 +71,38 @@ pub mod audit_event {
             }
             Err(unsupported_backend())
         }
+
+        /// What is left of an event after `Delete`: its place in the log, nothing
+        /// of its content.
+        pub fn erased(self, deleted_at: i64) -> Self {
+            Self {
+                tenant_id: self.tenant_id,
+                seq: self.seq,
+                id: self.id,
+                recorded_at: self.recorded_at,
+                idempotency_key: self.idempotency_key,
+                deleted_at: Some(deleted_at),
+                occurred_at: None,
+                actor_id: None,
+                actor_type: None,
+                actor_name: None,
+                actor_email: None,
+                action: None,
+                resource_type: None,
+                resource_id: None,
+                resource_name: None,
+                outcome: None,
+                request_method: None,
+                request_path: None,
+                request_status_code: None,
+                request_client_ip: None,
+                request_user_agent: None,
+                request_id: None,
+                source: None,
+                reasoning: None,
+                metadata: None,
+            }
+        }
     }
 
     /// The fields of a row of `Entity::find()` as [`Model::from_row`]

@@ -330,7 +330,7 @@ impl Store {
         // AUDIT_INTEGRITY setting.
         let tree_size = extend_tree(&txn, tenant, tree_size, head, &[]).await?;
         let recorded_at = now_micros();
-        let erased = erased(target.clone(), recorded_at);
+        let erased = target.clone().erased(recorded_at);
         erased.into_active_model().reset_all().update(&txn).await?;
 
         let deletion = NewEvent {
@@ -389,38 +389,6 @@ async fn announce(txn: &DatabaseTransaction, tenant: &TenantId, first: i64, last
     ))
     .await?;
     Ok(())
-}
-
-/// What is left of an event after `Delete`: its place in the log, nothing
-/// of its content.
-fn erased(event: audit_event::Model, deleted_at: i64) -> audit_event::Model {
-    audit_event::Model {
-        tenant_id: event.tenant_id,
-        seq: event.seq,
-        id: event.id,
-        recorded_at: event.recorded_at,
-        idempotency_key: event.idempotency_key,
-        deleted_at: Some(deleted_at),
-        occurred_at: None,
-        actor_id: None,
-        actor_type: None,
-        actor_name: None,
-        actor_email: None,
-        action: None,
-        resource_type: None,
-        resource_id: None,
-        resource_name: None,
-        outcome: None,
-        request_method: None,
-        request_path: None,
-        request_status_code: None,
-        request_client_ip: None,
-        request_user_agent: None,
-        request_id: None,
-        source: None,
-        reasoning: None,
-        metadata: None,
-    }
 }
 
 /// A tenant's sequence head and tree size, read under its row lock.
