@@ -22,7 +22,6 @@ use serde_json::Value as Json;
 use uuid::Uuid;
 
 use crate::convert::micros_to_timestamp;
-use crate::store::audit_event;
 
 /// The tonic server of `audit.v1` the service runs: the generated one,
 /// with `Query` answering [`EncodedQueryResponse`].
@@ -34,7 +33,7 @@ pub mod server {
 /// `audit.v1.QueryResponse` with its events already encoded.
 #[derive(Clone, PartialEq, Eq, Default, Debug)]
 pub struct EncodedQueryResponse {
-    /// Field 1, `events`: each event as written by [`EventFields::encode_as_event`].
+    /// Field 1, `events`: each event as written by [`EventFields::encode_as_field`].
     pub events: Vec<u8>,
     /// Field 2.
     pub next_page_token: String,
@@ -43,9 +42,7 @@ pub struct EncodedQueryResponse {
 impl Message for EncodedQueryResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         buf.put_slice(&self.events);
-        if !self.next_page_token.is_empty() {
-            encoding::string::encode(2, &self.next_page_token, buf);
-        }
+        put_str(2, &self.next_page_token, buf);
     }
 
     fn merge_field(
@@ -68,12 +65,7 @@ impl Message for EncodedQueryResponse {
     }
 
     fn encoded_len(&self) -> usize {
-        self.events.len()
-            + if self.next_page_token.is_empty() {
-                0
-            } else {
-                encoding::string::encoded_len(2, &self.next_page_token)
-            }
+        self.events.len() + str_len(2, &self.next_page_token)
     }
 
     fn clear(&mut self) {
@@ -112,58 +104,16 @@ pub struct EventFields<'a> {
     pub metadata: Option<Cow<'a, Json>>,
 }
 
-impl<'a> EventFields<'a> {
-    /// The fields of a decoded row.
-    pub fn of(event: &'a audit_event::Model) -> Self {
-        let text = |value: &'a Option<String>| value.as_deref().unwrap_or_default();
-        Self {
-            id: event.id,
-            tenant_id: &event.tenant_id,
-            seq: event.seq,
-            occurred_at: event.occurred_at,
-            recorded_at: event.recorded_at,
-            actor_id: text(&event.actor_id),
-            actor_type: event.actor_type.unwrap_or_default(),
-            actor_name: text(&event.actor_name),
-            actor_email: text(&event.actor_email),
-            action: text(&event.action),
-            resource_type: text(&event.resource_type),
-            resource_id: text(&event.resource_id),
-            resource_name: text(&event.resource_name),
-            outcome: event.outcome.unwrap_or_default(),
-            request_method: text(&event.request_method),
-            request_path: text(&event.request_path),
-            request_status_code: event.request_status_code.unwrap_or_default(),
-            request_client_ip: text(&event.request_client_ip),
-            request_user_agent: text(&event.request_user_agent),
-            request_id: text(&event.request_id),
-            source: text(&event.source),
-            reasoning: text(&event.reasoning),
-            metadata: event.metadata.as_ref().map(Cow::Borrowed),
-        }
-    }
-
+impl EventFields<'_> {
     /// Appends the event as field `tag` (length-delimited) of the message
     /// `buf` holds: as one element of `QueryResponse.events` for tag 1.
     pub fn encode_as_field(&self, tag: u32, buf: &mut impl BufMut) {
         let lens = self.lens();
-        encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(lens.event as u64, buf);
+        put_message_key(tag, lens.event, buf);
         self.encode_with(&lens, buf);
     }
 
-    /// The `AuditEvent` message alone.
-    pub fn encode(&self, buf: &mut impl BufMut) {
-        self.encode_with(&self.lens(), buf);
-    }
-
-    /// Length of the `AuditEvent` message alone.
-    pub fn encoded_len(&self) -> usize {
-        self.lens().event
-    }
-
     fn lens(&self) -> Lens {
-        let id = 36; // hyphenated UUID
         let occurred_at = self.occurred_at.map(timestamp_len);
         let recorded_at = timestamp_len(self.recorded_at);
         let actor = str_len(1, self.actor_id)
@@ -179,9 +129,7 @@ impl<'a> EventFields<'a> {
             + str_len(5, self.request_user_agent)
             + str_len(6, self.request_id);
         let metadata = self.metadata.as_deref().map(|json| StructView::of(json).len());
-        let event = key_len(1)
-            + encoded_len_varint(id as u64)
-            + id
+        let event = message_len(1, uuid::fmt::Hyphenated::LENGTH)
             + str_len(2, self.tenant_id)
             + uint64_len(3, self.seq as u64)
             + occurred_at.map_or(0, |len| message_len(4, len))
@@ -309,7 +257,7 @@ fn value_len(value: &Json) -> usize {
     match value {
         Json::Null | Json::Bool(_) => key_len(1) + 1,
         Json::Number(_) => key_len(2) + 8,
-        Json::String(s) => key_len(3) + encoded_len_varint(s.len() as u64) + s.len(),
+        Json::String(s) => message_len(3, s.len()),
         Json::Array(items) => message_len(6, list_len(items)),
         Json::Object(map) => message_len(5, StructView::Object(map).len()),
     }
@@ -353,7 +301,7 @@ fn put_value(value: &Json, buf: &mut impl BufMut) {
 /// each omitted when zero.
 fn timestamp_len(micros: i64) -> usize {
     let ts = micros_to_timestamp(micros);
-    int64_len(1, ts.seconds) + int32_len(2, ts.nanos)
+    uint64_len(1, ts.seconds as u64) + int32_len(2, ts.nanos)
 }
 
 fn put_timestamp(tag: u32, micros: i64, len: usize, buf: &mut impl BufMut) {
@@ -401,10 +349,6 @@ fn uint64_len(tag: u32, value: u64) -> usize {
     }
 }
 
-fn int64_len(tag: u32, value: i64) -> usize {
-    uint64_len(tag, value as u64)
-}
-
 /// int32 and enums: negative values are sign-extended to ten bytes.
 fn int32_len(tag: u32, value: i32) -> usize {
     uint64_len(tag, i64::from(value) as u64)
@@ -429,6 +373,51 @@ mod tests {
     use super::*;
     use crate::convert::event_to_proto;
     use crate::proto;
+    use crate::store::audit_event;
+
+    /// What the tests compare with prost: an event as the service decodes
+    /// it for `Get`, and the `AuditEvent` message alone.
+    impl<'a> EventFields<'a> {
+        /// The fields of a decoded row.
+        fn of(event: &'a audit_event::Model) -> Self {
+            let text = |value: &'a Option<String>| value.as_deref().unwrap_or_default();
+            Self {
+                id: event.id,
+                tenant_id: &event.tenant_id,
+                seq: event.seq,
+                occurred_at: event.occurred_at,
+                recorded_at: event.recorded_at,
+                actor_id: text(&event.actor_id),
+                actor_type: event.actor_type.unwrap_or_default(),
+                actor_name: text(&event.actor_name),
+                actor_email: text(&event.actor_email),
+                action: text(&event.action),
+                resource_type: text(&event.resource_type),
+                resource_id: text(&event.resource_id),
+                resource_name: text(&event.resource_name),
+                outcome: event.outcome.unwrap_or_default(),
+                request_method: text(&event.request_method),
+                request_path: text(&event.request_path),
+                request_status_code: event.request_status_code.unwrap_or_default(),
+                request_client_ip: text(&event.request_client_ip),
+                request_user_agent: text(&event.request_user_agent),
+                request_id: text(&event.request_id),
+                source: text(&event.source),
+                reasoning: text(&event.reasoning),
+                metadata: event.metadata.as_ref().map(Cow::Borrowed),
+            }
+        }
+
+        /// The `AuditEvent` message alone.
+        fn encode(&self, buf: &mut impl BufMut) {
+            self.encode_with(&self.lens(), buf);
+        }
+
+        /// Length of the `AuditEvent` message alone.
+        fn encoded_len(&self) -> usize {
+            self.lens().event
+        }
+    }
 
     fn event(seq: i64, metadata: Option<Json>) -> audit_event::Model {
         audit_event::Model {
