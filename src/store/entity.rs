@@ -3,9 +3,9 @@
 /// One row per event of a tenant's log; `(tenant_id, seq)` is the key.
 /// Content columns are NULL once an event is erased by `Delete`.
 pub mod audit_event {
-    use sea_orm::entity::prelude::*;
     use std::borrow::Cow;
 
+    use sea_orm::entity::prelude::*;
     use sea_orm::sqlx::{ColumnIndex, Decode, Row};
 
     use crate::wire::EventFields;

@@ -381,6 +381,7 @@ mod tests {
 
     use super::*;
     use crate::config::DatabaseConfig;
+    use crate::convert::micros_to_timestamp;
     use crate::proto::EventFilter;
     use crate::store::NewEvent;
 
@@ -415,13 +416,9 @@ mod tests {
     }
 
     fn matcher(start: Option<i64>, end: Option<i64>, actor: Option<&str>) -> EventMatcher {
-        let at = |micros: i64| prost_types::Timestamp {
-            seconds: micros.div_euclid(1_000_000),
-            nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-        };
         let filter = EventFilter {
-            start_time: start.map(at),
-            end_time: end.map(at),
+            start_time: start.map(micros_to_timestamp),
+            end_time: end.map(micros_to_timestamp),
             actor_ids: actor.into_iter().map(str::to_owned).collect(),
             ..EventFilter::default()
         };
@@ -437,12 +434,12 @@ mod tests {
         order: EventOrder,
     ) -> (String, Vec<i64>) {
         let db = store.connection();
-        let statement =
-            page_select(DbBackend::Sqlite, tenant, matcher, bounds, order, None, 5).build(DbBackend::Sqlite);
+        let select = page_select(DbBackend::Sqlite, tenant, matcher, bounds, order, None, 5);
+        let statement = select.build(DbBackend::Sqlite);
         let explain = Statement::from_sql_and_values(
             DbBackend::Sqlite,
             format!("EXPLAIN QUERY PLAN {}", statement.sql),
-            statement.values.clone().unwrap().0,
+            statement.values.unwrap().0,
         );
         let plan: Vec<String> = db
             .query_all_raw(explain)
@@ -451,15 +448,12 @@ mod tests {
             .iter()
             .map(|row| row.try_get_by_index::<String>(3).unwrap())
             .collect();
-        let seqs = fetch_events(
-            db,
-            page_select(DbBackend::Sqlite, tenant, matcher, bounds, order, None, 5),
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|event| event.seq)
-        .collect();
+        let seqs = fetch_events(db, select)
+            .await
+            .unwrap()
+            .iter()
+            .map(|event| event.seq)
+            .collect();
         (plan.join("; "), seqs)
     }
 
