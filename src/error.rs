@@ -47,9 +47,25 @@ pub enum Error {
     /// The credential lacks the scope the RPC needs.
     #[error("the credential lacks the scope {0}")]
     MissingScope(&'static str),
-    /// No such event in the caller's tenant (or it was deleted).
-    #[error("{0} not found")]
-    NotFound(String),
+    /// No such thing in the caller's tenant (an event: or it was erased).
+    #[error("{kind} {id} not found")]
+    NotFound {
+        /// What was looked for, for example `event`.
+        kind: &'static str,
+        /// Its id as the caller gave it.
+        id: String,
+    },
+    /// The request is well formed, but the log's state forbids it; `reason`
+    /// is the `ErrorInfo` reason a client switches on.
+    #[error("{message}")]
+    FailedPrecondition {
+        /// Machine-readable reason, for example `PROTECTED_EVENT`.
+        reason: &'static str,
+        /// What is in the way, in a sentence.
+        message: String,
+        /// `ErrorInfo` metadata naming what is in the way.
+        metadata: Vec<(&'static str, String)>,
+    },
     /// The capability is part of the contract but not served by this build.
     #[error("{0}")]
     Unimplemented(&'static str),
@@ -68,6 +84,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// An [`Error::NotFound`] of the event `id`.
+    pub fn event_not_found(id: impl std::fmt::Display) -> Self {
+        Self::NotFound {
+            kind: "event",
+            id: id.to_string(),
+        }
+    }
+
+    /// `Delete` of an event the service wrote itself (`action`), which is
+    /// the log's own record and cannot be erased.
+    pub fn protected_event(id: impl std::fmt::Display, action: &str) -> Self {
+        Self::FailedPrecondition {
+            reason: "PROTECTED_EVENT",
+            message: format!(
+                "event {id} ({action}) was written by the audit service itself and cannot be deleted"
+            ),
+            metadata: vec![("action", action.to_owned())],
+        }
+    }
+
     /// A single-field [`Error::InvalidArgument`].
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
@@ -80,7 +116,8 @@ impl Error {
             Self::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
             Self::TenantMismatch => (Code::PermissionDenied, "TENANT_MISMATCH"),
             Self::MissingScope(_) => (Code::PermissionDenied, "MISSING_SCOPE"),
-            Self::NotFound(_) => (Code::NotFound, "NOT_FOUND"),
+            Self::NotFound { .. } => (Code::NotFound, "NOT_FOUND"),
+            Self::FailedPrecondition { reason, .. } => (Code::FailedPrecondition, reason),
             Self::Unimplemented(_) => (Code::Unimplemented, "UNIMPLEMENTED"),
             Self::ResourceExhausted(_) => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
             Self::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
@@ -102,8 +139,14 @@ impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let (code, reason) = error.code_and_reason();
         let mut metadata = HashMap::new();
-        if let Error::MissingScope(scope) = &error {
-            metadata.insert("scope".to_owned(), (*scope).to_owned());
+        match &error {
+            Error::MissingScope(scope) => {
+                metadata.insert("scope".to_owned(), (*scope).to_owned());
+            }
+            Error::FailedPrecondition { metadata: named, .. } => {
+                metadata.extend(named.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+            }
+            _ => {}
         }
         let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
         if let Error::InvalidArgument(violations) = &error {
@@ -118,14 +161,24 @@ impl From<Error> for Status {
     }
 }
 
+/// A database error as the client sees it: its class, never its text
+/// (which can quote values, table names and the database's internals).
+/// The text goes to the server log; an internal failure's message carries a
+/// reference to find it there.
 impl From<DbErr> for Error {
     fn from(error: DbErr) -> Self {
         if is_unavailable(&error) {
-            Error::Unavailable(error.to_string())
+            tracing::warn!(%error, "database unavailable");
+            Error::Unavailable("the database cannot be reached right now; retry".into())
         } else if is_statement_timeout(&error) {
-            Error::DeadlineExceeded(error.to_string())
+            tracing::warn!(%error, "database statement timed out");
+            Error::DeadlineExceeded("the database did not finish in time; narrow the request".into())
         } else {
-            Error::Internal(error.to_string())
+            let reference = uuid::Uuid::now_v7();
+            tracing::error!(%error, %reference, "storage failed");
+            Error::Internal(format!(
+                "storage failed; the server log has the details under {reference}"
+            ))
         }
     }
 }
@@ -200,6 +253,24 @@ mod tests {
             .map(|v| v.field.as_str())
             .collect();
         assert_eq!(fields, ["events[0].action", "events[1].actor.id"]);
+    }
+
+    #[test]
+    fn database_error_text_never_reaches_the_client() {
+        let secret = "relation \"audit_events\" violates check constraint near 'hunter2'";
+        for error in [
+            DbErr::Custom(secret.into()),
+            DbErr::Query(RuntimeErr::Internal(secret.into())),
+            DbErr::Conn(RuntimeErr::Internal(secret.into())),
+        ] {
+            let status = Status::from(Error::from(error));
+            assert!(!status.message().contains("hunter2"), "{status:?}");
+            assert!(!status.message().contains("audit_events"), "{status:?}");
+            assert!(
+                matches!(status.code(), Code::Internal | Code::Unavailable),
+                "{status:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,12 +8,12 @@ use crate::auth::{Scope, caller};
 use crate::convert::micros_to_timestamp;
 use crate::error::Error;
 use crate::integrity::{Notary, SignedCheckpoint};
-use crate::proto::integrity_service_server::IntegrityService;
 use crate::proto::{
     Checkpoint, ConsistencyProof, GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest,
     InclusionProof, get_inclusion_proof_request::Target,
 };
 use crate::store::Store;
+use crate::wire::server::integrity_service_server::IntegrityService;
 
 /// The IntegrityService implementation.
 #[derive(Clone)]
@@ -85,7 +85,7 @@ impl IntegrityService for IntegrityApi {
             Some(Target::EventId(id)) => {
                 let id = event_id(&id, "event_id")?;
                 let event = self.store.get(&caller.tenant, id).await.map_err(Error::from)?;
-                let event = event.ok_or_else(|| Error::NotFound(format!("event {id} not found")))?;
+                let event = event.ok_or_else(|| Error::event_not_found(id))?;
                 u64::try_from(event.seq).unwrap_or_default()
             }
             None => return Err(Error::invalid("target", "set event_id or seq").into()),

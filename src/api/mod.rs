@@ -28,7 +28,7 @@ use crate::proto::{
 };
 use crate::store::page_token::QueryFingerprint;
 use crate::store::stats::{GroupField, GroupValue};
-use crate::store::{DeletionRequest, EventOrder, Store};
+use crate::store::{DeleteOutcome, DeletionRequest, EventOrder, Store};
 use crate::watch::WatchHub;
 use crate::wire::EncodedQueryResponse;
 use crate::wire::server::audit_service_server::AuditService;
@@ -133,7 +133,7 @@ impl AuditService for AuditApi {
         let caller = caller(&request, Scope::Read)?;
         let id = event_id(&request.get_ref().id, "id")?;
         let event = self.store.get(&caller.tenant, id).await.map_err(Error::from)?;
-        let event = event.ok_or_else(|| Error::NotFound(format!("event {id}")))?;
+        let event = event.ok_or_else(|| Error::event_not_found(id))?;
         Ok(Response::new(event_to_proto(event)))
     }
 
@@ -208,12 +208,16 @@ impl AuditService for AuditApi {
             actor_type: caller.actor_type() as i32,
             reason: request.reason,
         };
-        let deletion = self
+        let deletion = match self
             .store
             .delete(&caller.tenant, id, deletion)
             .await
-            .map_err(Error::from)?;
-        let deletion = deletion.ok_or_else(|| Error::NotFound(format!("event {id}")))?;
+            .map_err(Error::from)?
+        {
+            DeleteOutcome::Erased(deletion) => deletion,
+            DeleteOutcome::NotFound => return Err(Error::event_not_found(id).into()),
+            DeleteOutcome::Protected { action } => return Err(Error::protected_event(id, &action).into()),
+        };
         Ok(Response::new(DeleteResponse {
             id: deletion.erased_id.to_string(),
             seq: deletion.erased_seq as u64,

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use crate::convert::{struct_to_json, timestamp_to_micros};
 use crate::error::{Error, FieldViolation};
 use crate::proto::{ActorType, EventInput, Outcome, StatsRequest};
-use crate::store::NewEvent;
 use crate::store::stats::{BucketSpec, GroupField, StatsQuery};
+use crate::store::{NewEvent, SERVICE_ACTION_PREFIX};
 
 /// Most events one Append may carry.
 pub const MAX_BATCH: usize = 1000;
@@ -21,8 +21,6 @@ pub const MAX_SHORT_TEXT: usize = 512;
 pub const MAX_LONG_TEXT: usize = 4096;
 /// Longest reasoning.
 pub const MAX_REASONING: usize = 32 * 1024;
-/// Namespace of the events the service writes itself.
-pub const RESERVED_ACTION_PREFIX: &str = "audit.";
 
 /// Collects the violations of one request.
 #[derive(Default)]
@@ -227,7 +225,7 @@ fn event(i: usize, input: EventInput, violations: &mut Violations) -> NewEvent {
                 "must be a dotted lowercase verb such as user.login (segments of a-z, 0-9 and _, each starting with a letter, at most {MAX_ACTION_LEN} bytes)"
             ),
         );
-    } else if input.action.starts_with(RESERVED_ACTION_PREFIX) {
+    } else if input.action.starts_with(SERVICE_ACTION_PREFIX) {
         violations.add(
             field("action"),
             "the audit. namespace is reserved for events the service records itself",
@@ -480,7 +478,7 @@ mod fuzz {
                     prop_assert_eq!(parsed.len(), events.len());
                     for event in parsed {
                         prop_assert!(is_valid_action(&event.action));
-                        prop_assert!(!event.action.starts_with(RESERVED_ACTION_PREFIX));
+                        prop_assert!(!event.action.starts_with(SERVICE_ACTION_PREFIX));
                         prop_assert!(!event.actor_id.is_empty() && event.actor_id.len() <= MAX_SHORT_TEXT);
                         prop_assert!(ActorType::try_from(event.actor_type).is_ok());
                         prop_assert!(Outcome::try_from(event.outcome).is_ok());

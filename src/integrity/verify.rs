@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::checkpoint::VerifierKey;
 use super::event_leaf;
 use super::merkle::{CompactTree, Hash};
-use crate::store::{DELETION_ACTION, DELETION_RESOURCE_TYPE, Store};
+use crate::store::{DELETION_ACTION, DELETION_RESOURCE_TYPE, LogRow, Store};
 use crate::tenant::TenantId;
 
 /// Rows read per statement.
@@ -150,8 +150,8 @@ pub async fn verify(
     loop {
         let rows = store.log_rows(tenant, after, PAGE).await?;
         let Some(last) = rows.last() else { break };
-        after = last.seq;
-        let last_seq = u64::try_from(last.seq).unwrap_or_default();
+        after = last.seq();
+        let last_seq = u64::try_from(after).unwrap_or_default();
         // From the next expected seq, so leaves of missing rows are at hand.
         let stored_leaves: HashMap<u64, Vec<u8>> = store
             .stored_leaves(tenant, expected_seq - 1, last_seq + 1 - expected_seq)
@@ -159,7 +159,7 @@ pub async fn verify(
             .into_iter()
             .collect();
         for row in rows {
-            let seq = u64::try_from(row.seq).unwrap_or_default();
+            let seq = u64::try_from(row.seq()).unwrap_or_default();
             report.events += 1;
             while expected_seq < seq {
                 report.problem(
@@ -174,6 +174,24 @@ pub async fn verify(
                 check_roots(&tree, &expected, &mut report);
             }
             let stored = stored_leaf(&stored_leaves, seq);
+            let row = match row {
+                LogRow::Event(row) => row,
+                LogRow::Unreadable { why, .. } => {
+                    report.problem(
+                        Some(seq),
+                        format!(
+                            "the row cannot be read as an event, so it was written outside the service: {why}"
+                        ),
+                    );
+                    // Keep positions aligned so later rows are still checked.
+                    if let Some(leaf) = stored {
+                        tree.push(leaf);
+                    }
+                    expected_seq = seq + 1;
+                    check_roots(&tree, &expected, &mut report);
+                    continue;
+                }
+            };
             let in_tree = seq <= u64::try_from(tree_size).unwrap_or_default();
             let leaf = if row.deleted_at.is_some() {
                 erased.push((seq, row.id.to_string()));

@@ -32,10 +32,10 @@ pub use entity::audit_event;
 pub use page_token::{PageCursor, PageTokenKey};
 pub use query::{EventOrder, EventPage, exact_or_prefix, page_query, prefix_upper_bound};
 pub use sequencer::{
-    AppendOutcome, Committed, DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion, DeletionRequest,
-    NOTIFY_CHANNEL, NewEvent,
+    AppendOutcome, Committed, DELETION_ACTION, DELETION_RESOURCE_TYPE, DeleteOutcome, Deletion,
+    DeletionRequest, NOTIFY_CHANNEL, NewEvent, SERVICE_ACTION_PREFIX,
 };
-pub use tree::{ConsistencyProof, InclusionProof};
+pub use tree::{ConsistencyProof, InclusionProof, LogRow};
 
 use crate::config::DatabaseConfig;
 use crate::error::Error;
@@ -544,11 +544,8 @@ mod tests {
             actor_type: 1,
             reason: "test".into(),
         };
-        store
-            .delete(&tenant, outcomes[0].id, request)
-            .await
-            .unwrap()
-            .unwrap();
+        let erased = store.delete(&tenant, outcomes[0].id, request).await.unwrap();
+        assert!(matches!(erased, DeleteOutcome::Erased(_)));
 
         let all = || audit_event::Entity::find().order_by_asc(audit_event::Column::Seq);
         let by_name = all().all(store.connection()).await.unwrap();

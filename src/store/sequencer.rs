@@ -26,6 +26,10 @@ const INSERT_CHUNK: usize = 400;
 /// Rows per `unnest` INSERT on PostgreSQL (bounds one statement's size).
 const UNNEST_CHUNK: usize = 5000;
 
+/// Namespace of the actions of the events the service writes itself
+/// (deletions, and later retention and policy changes): producers cannot
+/// append them and `Delete` cannot erase them.
+pub const SERVICE_ACTION_PREFIX: &str = "audit.";
 /// Action of the event that records a deletion.
 pub const DELETION_ACTION: &str = "audit.event.deleted";
 /// Resource type the deletion event names the erased event with.
@@ -115,6 +119,21 @@ pub struct AppendOutcome {
     pub seq: i64,
     /// True when the idempotency key was already recorded.
     pub duplicate: bool,
+}
+
+/// What `delete` did.
+#[derive(Debug, Clone)]
+pub enum DeleteOutcome {
+    /// The event was erased and the deletion recorded.
+    Erased(Box<Deletion>),
+    /// The tenant has no live event with that id.
+    NotFound,
+    /// The event is one the service wrote itself (its action is in
+    /// [`SERVICE_ACTION_PREFIX`]); it is the log's own record and stays.
+    Protected {
+        /// The protected event's action, for example `audit.event.deleted`.
+        action: String,
+    },
 }
 
 /// The result of erasing an event.
@@ -306,14 +325,14 @@ impl Store {
     }
 
     /// Erases one live event's content, keeping its id and seq, and appends
-    /// the `audit.event.deleted` event, in one transaction. `None` when the
-    /// tenant has no such live event.
+    /// the `audit.event.deleted` event, in one transaction. Events the
+    /// service wrote itself are never erased.
     pub async fn delete(
         &self,
         tenant: &TenantId,
         id: Uuid,
         request: DeletionRequest,
-    ) -> Result<Option<Deletion>, DbErr> {
+    ) -> Result<DeleteOutcome, DbErr> {
         let (_writer, txn) = self.begin_write().await?;
         let Head {
             head_seq: head,
@@ -323,8 +342,17 @@ impl Store {
             fetch_event(&txn, events_of(tenant).filter(audit_event::Column::Id.eq(id))).await?
         else {
             txn.rollback().await?;
-            return Ok(None);
+            return Ok(DeleteOutcome::NotFound);
         };
+        if let Some(action) = target
+            .action
+            .as_ref()
+            .filter(|a| a.starts_with(SERVICE_ACTION_PREFIX))
+        {
+            let action = action.clone();
+            txn.rollback().await?;
+            return Ok(DeleteOutcome::Protected { action });
+        }
         // The erased event's leaf must be in the tree before its content
         // goes: the tree is brought up to the head first, whatever the
         // AUDIT_INTEGRITY setting.
@@ -357,11 +385,11 @@ impl Store {
             last_seq: head + 1,
             events: vec![event.clone()],
         });
-        Ok(Some(Deletion {
+        Ok(DeleteOutcome::Erased(Box::new(Deletion {
             erased_id: id,
             erased_seq: target.seq,
             event,
-        }))
+        })))
     }
 }
 

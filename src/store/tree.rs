@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, Statement,
+    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set, Statement,
 };
 
 use super::entity::{merkle_checkpoint, merkle_node, tenant_head};
@@ -441,19 +441,49 @@ impl Store {
 
     /// Up to `limit` of the tenant's stored rows, erased ones included,
     /// with `seq > after`, in seq order: what `verify` rehashes.
-    pub async fn log_rows(
-        &self,
-        tenant: &TenantId,
-        after: i64,
-        limit: u64,
-    ) -> Result<Vec<audit_event::Model>, DbErr> {
+    pub async fn log_rows(&self, tenant: &TenantId, after: i64, limit: u64) -> Result<Vec<LogRow>, DbErr> {
         let select = audit_event::Entity::find()
             .filter(audit_event::Column::TenantId.eq(tenant.as_str()))
             .filter(audit_event::Column::Seq.gt(after))
             .order_by_asc(audit_event::Column::Seq)
             .limit(limit);
-        fetch_events(&self.db, select).await
+        let rows = self.db.query_all_raw(select.build(self.backend())).await?;
+        rows.iter()
+            .map(|row| match audit_event::Model::from_row(row) {
+                Ok(event) => Ok(LogRow::Event(Box::new(event))),
+                // The seq alone still places the row in the log.
+                Err(error) => Ok(LogRow::Unreadable {
+                    seq: row.try_get("", "seq")?,
+                    why: error.to_string(),
+                }),
+            })
+            .collect()
     }
+}
+
+impl LogRow {
+    /// The row's seq.
+    pub fn seq(&self) -> i64 {
+        match self {
+            LogRow::Event(event) => event.seq,
+            LogRow::Unreadable { seq, .. } => *seq,
+        }
+    }
+}
+
+/// One stored row of a tenant's log, as `verify` reads it.
+#[derive(Debug)]
+pub enum LogRow {
+    /// The row read as an event.
+    Event(Box<audit_event::Model>),
+    /// A row at `seq` whose columns do not decode as an event's (a value of
+    /// the wrong type: the service never writes one, so someone else did).
+    Unreadable {
+        /// Its seq.
+        seq: i64,
+        /// What did not decode.
+        why: String,
+    },
 }
 
 fn open_stored(verifier: &VerifierKey, stored: &merkle_checkpoint::Model) -> Result<SignedCheckpoint, Error> {

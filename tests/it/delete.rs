@@ -25,6 +25,7 @@ on_both_backends!(
     deleting_twice_is_not_found,
     delete_with_malformed_id_is_invalid_argument,
     delete_of_unknown_id_is_not_found,
+    deletion_event_cannot_be_deleted,
 );
 
 const REASON: &str = "GDPR erasure request #4711";
@@ -295,4 +296,20 @@ async fn delete_of_unknown_id_is_not_found(backend: Backend) {
     }
     let events = caller.query_all(EventFilter::default(), "seq asc", 100).await;
     assert_eq!(seqs(&events), [1, 2, 3]);
+}
+
+async fn deletion_event_cannot_be_deleted(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (mut caller, ids) = three_events(&server).await;
+    let deletion = delete(&mut caller, &ids[1], REASON).await;
+    let record = deletion.deletion_event.expect("deletion event");
+    let status = delete_status(&mut caller, &record.id).await;
+    assert_status(&status, Code::FailedPrecondition, "PROTECTED_EVENT", None);
+    assert!(status.message().contains(&record.id), "{status:?}");
+    // The record of the deletion is still there, whole, and nothing else
+    // was recorded.
+    let kept = get(&mut caller, &record.id).await;
+    assert_eq!(kept, record);
+    let events = caller.query_all(EventFilter::default(), "seq asc", 100).await;
+    assert_eq!(seqs(&events), [1, 3, 4]);
 }

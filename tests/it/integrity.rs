@@ -36,6 +36,7 @@ on_both_backends!(
     swapped_rows_are_detected_by_verify_and_by_proofs,
     removed_row_is_detected_by_verify_and_by_proofs,
     truncated_log_is_detected_by_verify_and_by_proofs,
+    row_whose_id_was_rewritten_is_tampered_not_unreadable,
     truncation_that_rewrites_the_tree_is_caught_by_a_saved_checkpoint,
     concurrent_appends_with_shared_keys_and_deletes_keep_log_and_tree_exact,
 );
@@ -825,6 +826,22 @@ async fn truncated_log_is_detected_by_verify_and_by_proofs(backend: Backend) {
     };
     let output = tamper(backend, truncate, 8, "expected").await;
     assert!(output.contains("log truncated"), "{output}");
+}
+
+async fn row_whose_id_was_rewritten_is_tampered_not_unreadable(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (auditor, _) = signed_log(&server).await;
+    let tenant = auditor.tenant().to_owned();
+    // On SQLite the id column then holds text where the service writes a
+    // 16-byte blob; on PostgreSQL the literal is cast to another uuid.
+    let rewrite = format!(
+        "UPDATE audit_events SET id = '{}' WHERE tenant_id = '{tenant}' AND seq = 6",
+        uuid::Uuid::now_v7()
+    );
+    auditor.sql(&server, &[rewrite]).await;
+    let (code, output) = run_verify(&server, &tenant, &[]);
+    assert_tampered_at((code, output.clone()), 6);
+    assert!(output.contains("events read"), "every row was read: {output}");
 }
 
 async fn truncation_that_rewrites_the_tree_is_caught_by_a_saved_checkpoint(backend: Backend) {
