@@ -14,6 +14,11 @@ use crate::error::Error;
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
 
+/// Longest accepted `sub`: a token's subject becomes the actor id of the
+/// events the service writes for its caller, and actor ids are capped at
+/// 512 bytes.
+pub const MAX_SUBJECT_BYTES: usize = 512;
+
 /// The claims the service reads.
 #[derive(Debug, Deserialize)]
 struct Claims {
@@ -122,6 +127,15 @@ impl JwtVerifier {
         validation.set_required_spec_claims(&required);
         let claims = decode::<Claims>(token, key, &validation)
             .map_err(|error| {
+                if let ErrorKind::MissingRequiredClaim(claim) = error.kind()
+                    && has_claim(token, claim)
+                {
+                    // jsonwebtoken reads a NumericDate it cannot hold in
+                    // whole seconds (1e20, 1.5e300) as a missing claim.
+                    return refuse(&format!(
+                        "{claim} is not a NumericDate in range (whole seconds since 1970)"
+                    ));
+                }
                 refuse(match error.kind() {
                     ErrorKind::ExpiredSignature => "expired",
                     ErrorKind::ImmatureSignature => "not valid yet (nbf)",
@@ -136,12 +150,47 @@ impl JwtVerifier {
                 })
             })?
             .claims;
+        check_subject(&claims.sub).map_err(|why| refuse(&format!("sub {why}")))?;
         Ok(VerifiedToken {
             subject: claims.sub,
             tenant: claims.tenant_id,
             scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
         })
     }
+}
+
+/// Whether the (signature-checked) `token`'s payload has `claim` at all.
+fn has_claim(token: &str, claim: &str) -> bool {
+    use base64::Engine as _;
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .ok()
+        })
+        .and_then(|json| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json).ok())
+        .is_some_and(|claims| claims.contains_key(claim))
+}
+
+/// Ok when `sub` can stand as an actor id: not empty, at most
+/// [`MAX_SUBJECT_BYTES`], no control characters (a NUL cannot even be
+/// stored on PostgreSQL).
+fn check_subject(sub: &str) -> Result<(), String> {
+    if sub.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if sub.len() > MAX_SUBJECT_BYTES {
+        return Err(format!(
+            "must be at most {MAX_SUBJECT_BYTES} bytes, got {}",
+            sub.len()
+        ));
+    }
+    if sub.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
 }
 
 /// An RS256 (RSA) or ES256 (EC P-256) verification key from PEM.
