@@ -886,7 +886,7 @@ impl Parser<'_> {
                     && !prefix
                     && let Ok(value) = text.parse::<f64>()
                 {
-                    if !value.is_finite() {
+                    if !represents(text, value) {
                         return Err(ExprError {
                             position: token.start,
                             message: format!("the number {text} is out of range"),
@@ -913,7 +913,7 @@ impl Parser<'_> {
                     _ => None,
                 };
                 match value {
-                    Some((text, value)) if value.is_finite() => Ok(Literal::Number {
+                    Some((text, value)) if represents(text, value) => Ok(Literal::Number {
                         text: format!("-{text}"),
                         value: -value,
                     }),
@@ -927,6 +927,14 @@ impl Parser<'_> {
             _ => Err(self.unexpected(token.clone(), &expected())),
         }
     }
+}
+
+/// Whether `value`, parsed from the literal `text`, is the number the
+/// literal says: finite, and not a nonzero literal such as `1e-400` that
+/// underflowed to 0 (which would silently compare as 0).
+fn represents(text: &str, value: f64) -> bool {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
+    value.is_finite() && (value != 0.0 || mantissa.chars().all(|c| c == '0' || c == '.'))
 }
 
 /// What a field name refers to.
@@ -1235,6 +1243,17 @@ mod tests {
         assert!(error(&nots).message.contains("levels deep"));
         let many = vec!["seq = 1"; MAX_TERMS + 1].join(" OR ");
         assert!(error(&many).message.contains("more than 200 comparisons"));
+    }
+
+    #[test]
+    fn numbers_that_cannot_be_represented_are_refused_not_rounded() {
+        for text in ["1e999", "-1e999", "1e-400", "-1e-400", "0.5e-330"] {
+            let message = error(&format!("metadata.n = {text}")).message;
+            assert!(message.contains("out of range"), "{text}: {message}");
+        }
+        for text in ["0", "0.0", "0e-400", "-0", "1e-300", "2.5", "-7"] {
+            assert!(parse(&format!("metadata.n = {text}")).is_ok(), "{text} refused");
+        }
     }
 
     fn valid_expression() -> impl Strategy<Value = String> {
