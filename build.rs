@@ -15,18 +15,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("audit_descriptor.bin"), fds.encode_to_vec())?;
 
-    // Error-detail messages: described to reflection, not generated.
-    let rpc = protox::compile(["proto/google/rpc/error_details.proto"], ["proto"])?;
-    std::fs::write(out_dir.join("rpc_descriptor.bin"), rpc.encode_to_vec())?;
-
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .compile_fds(fds.clone())?;
 
-    // The server the service runs: the same services and messages, except
+    // The servers the service runs: the same services and messages, except
     // that `Query` answers with `wire::EncodedQueryResponse`, whose events
-    // are written straight from the rows (the same bytes on the wire).
+    // are written straight from the rows (the same bytes on the wire), and
+    // that a request that does not decode is INVALID_ARGUMENT
+    // (`codec::RequestCodec`), not INTERNAL.
     let wire_dir = out_dir.join("wire");
     std::fs::create_dir_all(&wire_dir)?;
     tonic_prost_build::configure()
@@ -35,6 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(wire_dir)
         .extern_path(".audit.v1", "crate::proto")
         .extern_path(".audit.v1.QueryResponse", "crate::wire::EncodedQueryResponse")
+        .codec_path("crate::codec::RequestCodec")
         .compile_fds(fds)?;
     Ok(())
 }

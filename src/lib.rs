@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod tenant;
+pub mod transport;
 pub mod watch;
 pub mod wire;
 

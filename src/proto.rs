@@ -8,6 +8,8 @@ tonic::include_proto!("audit.v1");
 /// Encoded `FileDescriptorSet` of `proto/audit/v1/*.proto`, with comments.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("audit_descriptor");
 
-/// Encoded `FileDescriptorSet` of the `google.rpc` error details the service
-/// returns, so reflection clients can decode error statuses.
-pub const ERROR_DETAILS_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("rpc_descriptor");
+/// Encoded `FileDescriptorSet` of googleapis' `google/rpc/status.proto` and
+/// `google/rpc/error_details.proto`, whole and under their own names, as
+/// the maintained `tonic-types` crate ships them: reflection serves them so
+/// clients can decode error statuses and their details.
+pub const ERROR_DETAILS_DESCRIPTOR_SET: &[u8] = tonic_types::pb::FILE_DESCRIPTOR_SET;

@@ -15,10 +15,11 @@ use crate::api::{AuditApi, IntegrityApi};
 use crate::auth::{AuthLayer, Authenticator, JwtVerifier};
 use crate::config::{ServeConfig, TreeMaintenance};
 use crate::integrity::Notary;
-use crate::proto::integrity_service_server::IntegrityServiceServer;
 use crate::store::Store;
+use crate::transport::{MAX_HEADER_BLOCK_BYTES, MetadataLimitLayer};
 use crate::watch::{WatchHub, WatchLimits};
 use crate::wire::server::audit_service_server::AuditServiceServer;
+use crate::wire::server::integrity_service_server::IntegrityServiceServer;
 
 /// Name under which health reports the audit service.
 pub const AUDIT_SERVICE_NAME: &str = "audit.v1.AuditService";
@@ -26,8 +27,6 @@ pub const AUDIT_SERVICE_NAME: &str = "audit.v1.AuditService";
 pub const INTEGRITY_SERVICE_NAME: &str = "audit.v1.IntegrityService";
 /// Largest request or response message.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
-/// Largest total size of a call's metadata (headers).
-pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Concurrent calls (HTTP/2 streams) one connection may have open.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 2048;
 /// Longest a call may take to answer when the client set no deadline.
@@ -85,11 +84,12 @@ pub async fn run(
         // A call without its own deadline still ends; Watch streams are not
         // cut by this (it bounds the wait for response headers only).
         .timeout(MAX_CALL_DURATION)
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_max_header_list_size(MAX_HEADER_BLOCK_BYTES)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         // Finds clients that vanished without closing their streams.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(MetadataLimitLayer)
         .layer(AuthLayer::new(authenticator))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -51,6 +51,12 @@ check "list shows the services" "$out" "'audit.v1.AuditService' in out and 'grpc
 out=$(grpcurl -plaintext "$addr" describe audit.v1.AuditService 2>&1)
 check "describe shows RPCs with their doc comments" "$out" "'rpc Append' in out and 'rpc Watch' in out and 'all or nothing' in out"
 
+out=$(grpcurl -plaintext "$addr" describe google.rpc.Status 2>&1)
+check "reflection serves google.rpc.Status" "$out" "'repeated .google.protobuf.Any details' in out"
+
+out=$(grpcurl -plaintext "$addr" describe google.rpc.RetryInfo 2>&1)
+check "reflection serves Google's whole error_details.proto" "$out" "'retry_delay' in out"
+
 out=$(grpcurl -plaintext "$addr" describe audit.v1.EventFilter 2>&1)
 check "describe shows message fields" "$out" "'repeated string actions' in out and 'start_time' in out"
 
