@@ -9,19 +9,32 @@ use std::time::Duration;
 /// working directory, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://audit.db?mode=rwc";
 
-/// Where the audit log is stored.
+/// Where the audit log is stored. Global options of the command line:
+/// they apply to every command, wherever they stand on the line.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DatabaseConfig {
     /// `sqlite://PATH?mode=rwc` or `postgres://...`.
-    #[arg(long = "database-url", env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = DEFAULT_DATABASE_URL,
+        global = true
+    )]
     pub url: String,
     /// Largest number of pooled database connections.
     #[arg(
         long = "db-max-connections",
         env = "AUDIT_DB_MAX_CONNECTIONS",
-        default_value_t = 16
+        default_value_t = 16,
+        global = true
     )]
     pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self::new(DEFAULT_DATABASE_URL)
+    }
 }
 
 impl DatabaseConfig {
@@ -56,7 +69,8 @@ pub struct JwtConfig {
     pub audience: Option<String>,
 }
 
-/// Who signs checkpoints, and the name of the logs they sign.
+/// Who signs checkpoints, and the name of the logs they sign. Global
+/// options of the command line, like [`DatabaseConfig`].
 #[derive(clap::Args, Debug, Clone)]
 pub struct IntegrityConfig {
     /// Prefix of each log's name in checkpoints (tenant T's log is
@@ -65,14 +79,15 @@ pub struct IntegrityConfig {
     #[arg(
         long = "log-origin",
         env = "AUDIT_LOG_ORIGIN",
-        default_value = "audit-service"
+        default_value = "audit-service",
+        global = true
     )]
     pub origin: String,
     /// File with the Ed25519 checkpoint signing key in signed-note form
     /// (`PRIVATE+KEY+<name>+<hash>+<key>`), created with mode 0600 on first
     /// start when absent. Unset: the key is created once and kept in the
     /// database, shared by every replica.
-    #[arg(long = "signing-key-file", env = "AUDIT_SIGNING_KEY_FILE")]
+    #[arg(long = "signing-key-file", env = "AUDIT_SIGNING_KEY_FILE", global = true)]
     pub signing_key_file: Option<PathBuf>,
 }
 
@@ -102,14 +117,14 @@ pub struct ServeConfig {
     /// gRPC listen address.
     #[arg(long = "listen", env = "AUDIT_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Storage.
-    #[command(flatten)]
+    /// Storage (global options of the command line, filled in by `main`).
+    #[arg(skip)]
     pub database: DatabaseConfig,
     /// Bearer-token verification.
     #[command(flatten)]
     pub jwt: JwtConfig,
-    /// Checkpoint signing.
-    #[command(flatten)]
+    /// Checkpoint signing (global options, as `database`).
+    #[arg(skip)]
     pub integrity: IntegrityConfig,
     /// Whether appends extend the Merkle tree at once (`on`) or leave it to
     /// the next checkpoint (`off`, for benchmarks).

@@ -26,6 +26,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// The database every command works on.
+    #[command(flatten)]
+    database: DatabaseConfig,
+    /// Checkpoint signing, for `serve` and `verify`.
+    #[command(flatten)]
+    integrity: IntegrityConfig,
     /// Settings of `serve`, which runs when no command is given.
     #[command(flatten)]
     serve: ServeConfig,
@@ -37,8 +43,6 @@ enum Command {
     Serve(Box<ServeConfig>),
     /// Mint, list and revoke API keys in the configured database.
     Keys {
-        #[command(flatten)]
-        database: DatabaseConfig,
         #[command(subcommand)]
         command: KeysCommand,
     },
@@ -62,10 +66,6 @@ struct VerifyArgs {
     /// to catch a signer replaced in the database.
     #[arg(long = "verifier-key")]
     verifier_key: Option<String>,
-    #[command(flatten)]
-    database: DatabaseConfig,
-    #[command(flatten)]
-    integrity: IntegrityConfig,
 }
 
 #[derive(Subcommand)]
@@ -95,12 +95,21 @@ enum KeysCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     telemetry::init();
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    let (database, integrity) = (cli.database, cli.integrity);
+    let serve_with = |mut config: ServeConfig| {
+        config.database = database.clone();
+        config.integrity = integrity.clone();
+        config
+    };
     let result = match cli.command {
-        None => serve(cli.serve).await,
-        Some(Command::Serve(config)) => serve(*config).await,
-        Some(Command::Keys { database, command }) => keys(database, command).await,
-        Some(Command::Verify(args)) => run_verify(*args).await,
+        None => serve(serve_with(cli.serve)).await,
+        Some(Command::Serve(config)) => serve(serve_with(*config)).await,
+        Some(Command::Keys { command }) => keys(database, command).await,
+        Some(Command::Verify(args)) => run_verify(*args, database, integrity).await,
     };
     match result {
         Ok(code) => code,
@@ -109,6 +118,33 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line, refusing `serve`'s own settings given before another
+/// command (`audit-service --listen X keys list`), which that command would
+/// otherwise ignore without a word. The database and signing options are
+/// global: they apply to every command, before or after its name.
+fn parse_command_line() -> Result<Cli, clap::Error> {
+    use clap::{Args as _, CommandFactory as _, FromArgMatches as _};
+    let mut command = Cli::command();
+    let matches = command.try_get_matches_from_mut(std::env::args_os())?;
+    if let Some((name, _)) = matches.subcommand()
+        && name != "serve"
+    {
+        let serve_only = ServeConfig::augment_args(clap::Command::new("serve"));
+        for arg in serve_only.get_arguments() {
+            if matches.value_source(arg.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine) {
+                let flag = arg
+                    .get_long()
+                    .map_or_else(|| arg.get_id().to_string(), |l| format!("--{l}"));
+                return Err(command.error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!("{flag} is a setting of `serve`; `{name}` does not use it"),
+                ));
+            }
+        }
+    }
+    Cli::from_arg_matches(&matches)
 }
 
 async fn keys(database: DatabaseConfig, command: KeysCommand) -> anyhow::Result<ExitCode> {
@@ -121,7 +157,11 @@ async fn keys(database: DatabaseConfig, command: KeysCommand) -> anyhow::Result<
 /// Exit status of `verify` when it finds evidence of tampering.
 const TAMPERED: u8 = 2;
 
-async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+async fn run_verify(
+    args: VerifyArgs,
+    database: DatabaseConfig,
+    integrity: IntegrityConfig,
+) -> anyhow::Result<ExitCode> {
     let tenant = TenantId::parse(&args.tenant, "--tenant")?;
     let saved = match &args.checkpoint {
         Some(path) => Some(
@@ -129,8 +169,8 @@ async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let store = Store::connect(&args.database).await?;
-    let notary = Notary::load(&args.integrity, &store).await?;
+    let store = Store::connect(&database).await?;
+    let notary = Notary::load(&integrity, &store).await?;
     let verifier = match &args.verifier_key {
         Some(text) => VerifierKey::parse(text)?,
         None => notary.verifier(),
