@@ -11,6 +11,7 @@ mod expression_property;
 mod expressions;
 mod filter_metadata;
 mod fixtures;
+mod hostile;
 mod integrity;
 mod paging;
 mod reliability;
