@@ -16,7 +16,7 @@ use audit_service::{startup, telemetry};
 
 /// mimalloc instead of the C library's allocator: a page of events is
 /// ~1 300 short-lived strings, allocated on one thread and often freed on
-/// another (see README, Performance).
+/// another (see docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
