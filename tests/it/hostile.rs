@@ -14,7 +14,7 @@ use tonic::Code;
 use crate::fixtures::{append_status, get, query, query_status, seqs, status_of};
 use crate::on_both_backends;
 use crate::support::{
-    ALL_SCOPES, Backend, Caller, Credential, TestServer, assert_status, event, hs256_token, now_secs,
+    ALL_SCOPES, Backend, Caller, Credential, TestServer, assert_status, claims, event, hs256_token,
 };
 
 on_both_backends!(
@@ -27,10 +27,9 @@ on_both_backends!(
     global_database_option_applies_to_every_command,
 );
 
-/// A caller of `caller`'s tenant whose token claims `sub` (every scope).
+/// A caller of `tenant` whose token claims `sub` (every scope).
 async fn caller_with_subject(server: &TestServer, tenant: &str, sub: &str) -> Caller {
-    let token =
-        hs256_token(&json!({"sub": sub, "tenant_id": tenant, "scope": ALL_SCOPES, "exp": now_secs() + 3600}));
+    let token = hs256_token(&claims(sub, tenant, ALL_SCOPES));
     server.caller_with(tenant, Credential::Bearer(token)).await
 }
 
