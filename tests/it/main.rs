@@ -12,6 +12,7 @@ mod expressions;
 mod filter_metadata;
 mod fixtures;
 mod integrity;
+mod page_bytes;
 mod paging;
 mod reliability;
 mod replicas;
