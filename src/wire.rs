@@ -33,7 +33,7 @@ pub mod server {
 /// `audit.v1.QueryResponse` with its events already encoded.
 #[derive(Clone, PartialEq, Eq, Default, Debug)]
 pub struct EncodedQueryResponse {
-    /// Field 1, `events`: each event as written by [`EventFields::encode_as_field`].
+    /// Field 1, `events`: each event as written by [`PageEvents::push`].
     pub events: Vec<u8>,
     /// Field 2.
     pub next_page_token: String,
@@ -74,6 +74,66 @@ impl Message for EncodedQueryResponse {
     }
 }
 
+/// The `events` field of a `QueryResponse` being written, within a byte
+/// budget: an event goes in only if the field stays within the budget with
+/// it, except the first, so every page carries at least one event.
+#[derive(Debug)]
+pub struct PageEvents {
+    bytes: Vec<u8>,
+    count: usize,
+    budget: usize,
+}
+
+impl PageEvents {
+    /// An empty field that may grow to `budget` bytes, with room for
+    /// `capacity` bytes reserved up front.
+    pub fn new(budget: usize, capacity: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(capacity.min(budget)),
+            count: 0,
+            budget,
+        }
+    }
+
+    /// Appends `event` as one element of `QueryResponse.events` unless that
+    /// would take the field past its budget (never for the first event);
+    /// whether it was written.
+    pub fn push(&mut self, event: &EventFields<'_>) -> bool {
+        let lens = event.lens();
+        let len = message_len(1, lens.event);
+        let needed = self.bytes.len() + len;
+        if self.count > 0 && needed > self.budget {
+            return false;
+        }
+        if needed > self.bytes.capacity() {
+            // Doubling as `Vec` does, but never past the budget (or the one
+            // event that may exceed it), so a page's buffer is at most what
+            // it may hold.
+            let target = (self.bytes.capacity() * 2).clamp(needed, self.budget.max(needed));
+            self.bytes.reserve_exact(target - self.bytes.len());
+        }
+        put_message_key(1, lens.event, &mut self.bytes);
+        event.encode_with(&lens, &mut self.bytes);
+        self.count += 1;
+        true
+    }
+
+    /// Events written so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Bytes written so far.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The bytes of the field, as [`EncodedQueryResponse::events`] takes them.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
 /// One event's stored values, text borrowed from the row that holds them;
 /// NULL text (an erased event's content) reads as empty, as in
 /// [`event_to_proto`](crate::convert::event_to_proto).
@@ -105,14 +165,6 @@ pub struct EventFields<'a> {
 }
 
 impl EventFields<'_> {
-    /// Appends the event as field `tag` (length-delimited) of the message
-    /// `buf` holds: as one element of `QueryResponse.events` for tag 1.
-    pub fn encode_as_field(&self, tag: u32, buf: &mut impl BufMut) {
-        let lens = self.lens();
-        put_message_key(tag, lens.event, buf);
-        self.encode_with(&lens, buf);
-    }
-
     fn lens(&self) -> Lens {
         let occurred_at = self.occurred_at.map(timestamp_len);
         let recorded_at = timestamp_len(self.recorded_at);
@@ -568,13 +620,14 @@ mod tests {
     #[test]
     fn an_encoded_response_is_a_query_response() {
         let models = [event(3, Some(json!({"k": [1, 2]}))), erased(2), event(1, None)];
-        let mut response = EncodedQueryResponse {
-            events: Vec::new(),
+        let mut events = PageEvents::new(usize::MAX, 0);
+        for model in &models {
+            assert!(events.push(&EventFields::of(model)));
+        }
+        let response = EncodedQueryResponse {
+            events: events.into_bytes(),
             next_page_token: "next".into(),
         };
-        for model in &models {
-            EventFields::of(model).encode_as_field(1, &mut response.events);
-        }
         let expected = proto::QueryResponse {
             events: models.iter().cloned().map(event_to_proto).collect(),
             next_page_token: "next".into(),
@@ -592,5 +645,64 @@ mod tests {
             proto::QueryResponse::decode(&empty.encode_to_vec()[..]).unwrap(),
             proto::QueryResponse::default()
         );
+    }
+
+    /// The events `bytes` (a written `events` field) holds.
+    fn decoded(bytes: Vec<u8>) -> Vec<proto::AuditEvent> {
+        let response = EncodedQueryResponse {
+            events: bytes,
+            next_page_token: String::new(),
+        };
+        proto::QueryResponse::decode(&response.encode_to_vec()[..])
+            .unwrap()
+            .events
+    }
+
+    #[test]
+    fn a_page_takes_events_while_they_fit_its_budget() {
+        let models: Vec<_> = (1..=10)
+            .map(|seq| event(seq, Some(json!({"pad": "x".repeat(100 * seq as usize)}))))
+            .collect();
+        let sizes: Vec<usize> = models
+            .iter()
+            .map(|model| proto::QueryResponse {
+                events: vec![event_to_proto(model.clone())],
+                next_page_token: String::new(),
+            })
+            .map(|one| one.encoded_len())
+            .collect();
+        // A budget that ends inside the fourth event.
+        let budget = sizes[..3].iter().sum::<usize>() + sizes[3] - 1;
+        let mut page = PageEvents::new(budget, 16);
+        let written: Vec<bool> = models.iter().map(|m| page.push(&EventFields::of(m))).collect();
+        // The fourth does not fit; the fifth and later, larger still, neither.
+        assert_eq!(
+            written,
+            [true, true, true, false, false, false, false, false, false, false]
+        );
+        assert_eq!(page.count(), 3);
+        let bytes = page.into_bytes();
+        assert!(
+            bytes.len() <= budget && bytes.capacity() <= budget,
+            "{}",
+            bytes.capacity()
+        );
+        let expected: Vec<_> = models[..3].iter().cloned().map(event_to_proto).collect();
+        assert_eq!(decoded(bytes), expected);
+
+        // Exactly full: the fourth fits to the byte.
+        let mut page = PageEvents::new(budget + 1, 0);
+        assert!(models[..4].iter().all(|m| page.push(&EventFields::of(m))));
+        assert!(!page.push(&EventFields::of(&erased(11))), "not even the smallest");
+        assert_eq!(page.into_bytes().len(), budget + 1);
+    }
+
+    #[test]
+    fn the_first_event_of_a_page_goes_in_whatever_its_size() {
+        let big = event(1, Some(json!({"pad": "x".repeat(10_000)})));
+        let mut page = PageEvents::new(100, 100);
+        assert!(page.push(&EventFields::of(&big)), "a page always progresses");
+        assert!(!page.push(&EventFields::of(&erased(2))));
+        assert_eq!(decoded(page.into_bytes()), [event_to_proto(big)]);
     }
 }
