@@ -28,7 +28,7 @@ use crate::proto::{
 };
 use crate::store::page_token::QueryFingerprint;
 use crate::store::stats::{GroupField, GroupValue};
-use crate::store::{DeleteOutcome, DeletionRequest, EventOrder, Store};
+use crate::store::{DeleteOutcome, DeletionRequest, EventOrder, PageLimits, Store};
 use crate::watch::WatchHub;
 use crate::wire::EncodedQueryResponse;
 use crate::wire::server::audit_service_server::AuditService;
@@ -37,6 +37,15 @@ use crate::wire::server::audit_service_server::AuditService;
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 /// Largest page; larger requests are served this many.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// Most bytes of one encoded `QueryResponse`: 4 MiB, the largest message
+/// gRPC clients accept unless told otherwise (tonic, grpc-go, grpc-java,
+/// the C core, grpcurl), so every page reaches every client. A page ends
+/// before `page_size` events when the next one would not fit, and its
+/// token continues there; the largest valid event is far smaller.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes of [`MAX_PAGE_BYTES`] kept for the `next_page_token` field (a
+/// token is 66 characters).
+const NEXT_PAGE_TOKEN_BYTES: usize = 128;
 /// Most distinct values `GetFilterMetadata` lists per field.
 pub const MAX_FILTER_VALUES: u64 = 1000;
 
@@ -115,9 +124,13 @@ impl AuditService for AuditApi {
             ),
         };
 
+        let limits = PageLimits {
+            events: page_size,
+            bytes: MAX_PAGE_BYTES - NEXT_PAGE_TOKEN_BYTES,
+        };
         let page = self
             .store
-            .query_page(&caller.tenant, &matcher, order, after, page_size)
+            .query_page(&caller.tenant, &matcher, order, after, limits)
             .await?;
         let next_page_token = page
             .next
@@ -276,6 +289,23 @@ mod tests {
         assert_eq!(page_size(7).unwrap(), 7);
         assert_eq!(page_size(5000).unwrap(), MAX_PAGE_SIZE);
         assert!(page_size(-1).is_err());
+    }
+
+    #[test]
+    fn the_page_budget_leaves_room_for_any_page_token() {
+        use crate::store::{PageCursor, PageTokenKey};
+
+        let key = PageTokenKey::new(vec![7; 32]);
+        let fingerprint = QueryFingerprint::of("a-tenant", "seq desc", &[1, 2, 3]);
+        let cursor = PageCursor {
+            seq: i64::MAX,
+            occurred_at: i64::MIN,
+        };
+        let token_only = EncodedQueryResponse {
+            events: Vec::new(),
+            next_page_token: key.issue(fingerprint, cursor),
+        };
+        assert!(token_only.encoded_len() <= NEXT_PAGE_TOKEN_BYTES);
     }
 
     #[test]

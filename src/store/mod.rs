@@ -30,7 +30,7 @@ use tokio::sync::{Mutex, MutexGuard, broadcast};
 pub use api_keys::ApiKeyInfo;
 pub use entity::audit_event;
 pub use page_token::{PageCursor, PageTokenKey};
-pub use query::{EventOrder, EventPage, exact_or_prefix, page_query, prefix_upper_bound};
+pub use query::{EventOrder, EventPage, PageLimits, exact_or_prefix, page_query, prefix_upper_bound};
 pub use sequencer::{
     AppendOutcome, Committed, DELETION_ACTION, DELETION_RESOURCE_TYPE, DeleteOutcome, Deletion,
     DeletionRequest, NOTIFY_CHANNEL, NewEvent, SERVICE_ACTION_PREFIX,

@@ -1,10 +1,11 @@
 //! The read path: one event by id, and keyset-paged queries in the four
 //! supported orders.
 
+use futures::TryStreamExt;
 use sea_orm::sea_query::ExprTrait;
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, Order, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, Select, Statement, Value,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Order, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, Select, Statement, StreamTrait, Value,
 };
 use uuid::Uuid;
 
@@ -12,6 +13,7 @@ use super::{PageCursor, Store, audit_event, events_of, fetch_event, fetch_events
 use crate::error::Error;
 use crate::filter::{EventMatcher, TimeBounds};
 use crate::tenant::TenantId;
+use crate::wire::PageEvents;
 
 /// Most index entries a time-range probe counts (see [`time_bounds`]).
 pub const RANGE_PROBE_CAP: u64 = 1000;
@@ -20,11 +22,21 @@ pub const RANGE_PROBE_CAP: u64 = 1000;
 /// few metadata keys takes 300-500).
 const EVENT_BYTES_GUESS: usize = 384;
 
+/// How much one page of `Query` may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimits {
+    /// Most events.
+    pub events: usize,
+    /// Most bytes of [`EventPage::events`]; the first event goes in
+    /// whatever its size, so paging always progresses.
+    pub bytes: usize,
+}
+
 /// One page of `Query`, as it goes on the wire.
 #[derive(Debug, Default)]
 pub struct EventPage {
     /// The events in order, each written as field 1 of
-    /// `audit.v1.QueryResponse` ([`crate::wire::EventFields::encode_as_field`]).
+    /// `audit.v1.QueryResponse` ([`PageEvents`]).
     pub events: Vec<u8>,
     /// Where the next page starts: the last event's position, when more
     /// events match.
@@ -115,41 +127,37 @@ impl Store {
         .await
     }
 
-    /// A page of up to `page_size` of the tenant's live events `matcher`
-    /// matches, in `order`, strictly after `after`, written as `Query`
-    /// serves it; within [`READ_DEADLINE`](super::READ_DEADLINE).
+    /// A page of the tenant's live events `matcher` matches, in `order`,
+    /// strictly after `after`, within `limits`, written as `Query` serves
+    /// it; within [`READ_DEADLINE`](super::READ_DEADLINE).
+    ///
+    /// Rows are read one at a time and the read stops where the page ends,
+    /// so a page of large events holds its byte budget in memory, not
+    /// `limits.events` rows.
     pub async fn query_page(
         &self,
         tenant: &TenantId,
         matcher: &EventMatcher,
         order: EventOrder,
         after: Option<PageCursor>,
-        page_size: usize,
+        limits: PageLimits,
     ) -> Result<EventPage, Error> {
         let db = self.reader();
-        within_deadline(async {
-            // One row more than the page tells whether another page follows.
-            let select = page_query(db, tenant, matcher, order, after, page_size as u64 + 1).await?;
-            let rows = db.query_all_raw(select.build(db.get_database_backend())).await?;
-            let mut page = EventPage {
-                events: Vec::with_capacity(rows.len().min(page_size) * EVENT_BYTES_GUESS),
-                next: None,
-            };
-            let mut last = None;
-            for row in rows.iter().take(page_size) {
-                let fields = audit_event::fields_of_row(row)?;
-                fields.encode_as_field(1, &mut page.events);
-                last = Some(PageCursor {
-                    seq: fields.seq,
-                    occurred_at: fields.occurred_at.unwrap_or_default(),
-                });
-            }
-            if rows.len() > page_size {
-                page.next = last;
-            }
-            Ok(page)
-        })
-        .await
+        // SQLite's driver steps the statement on its own thread at most 50
+        // rows (its row channel) ahead of the reader and stops when the
+        // reader lets go, so one statement asks for the whole page.
+        // PostgreSQL sends every row a statement asks for, and a result let
+        // go half-read is read to its end before the connection serves
+        // again: a page of 60 KB events cut after 68 of 1001 rows had the
+        // other 933 (56 MB) produced, sent and discarded, which doubled
+        // the time to page through them. There the first statement asks
+        // for as many rows as the budget holds at 64 KiB each (64 of 4 MiB)
+        // and the next ones for what is left at the size just seen.
+        let first_rows = match db.get_database_backend() {
+            DbBackend::Postgres => (limits.bytes / LARGE_EVENT_BYTES).max(1) as u64,
+            _ => u64::MAX,
+        };
+        within_deadline(read_page(db, tenant, matcher, order, after, limits, first_rows)).await
     }
 
     /// Up to `limit` of the tenant's live events matching `condition` with
@@ -177,10 +185,75 @@ impl Store {
     }
 }
 
+/// An event at the metadata limit (64 KiB), by which PostgreSQL's first
+/// statement of a page is sized ([`Store::query_page`]).
+const LARGE_EVENT_BYTES: usize = 64 * 1024;
+
+/// Reads one page on `db` with statements of at most `first_rows` rows at
+/// first, then of as many as the rest of the budget holds at the size of
+/// the events just read (and a quarter more), each continuing after the
+/// last event of the one before.
+async fn read_page(
+    db: &DatabaseConnection,
+    tenant: &TenantId,
+    matcher: &EventMatcher,
+    order: EventOrder,
+    after: Option<PageCursor>,
+    limits: PageLimits,
+    first_rows: u64,
+) -> Result<EventPage, DbErr> {
+    let backend = ConnectionTrait::get_database_backend(db);
+    let bounds = time_bounds(db, tenant, matcher, order).await?;
+    let mut events = PageEvents::new(limits.bytes, limits.events.saturating_mul(EVENT_BYTES_GUESS));
+    let mut last = None;
+    // The page's events and one more, which tells whether another page
+    // follows.
+    let mut wanted = limits.events as u64 + 1;
+    let mut rows = first_rows.clamp(1, wanted);
+    loop {
+        let select = page_select(backend, tenant, matcher, bounds, order, last.or(after), rows);
+        let mut stream = db.stream_raw(select.build(backend)).await?;
+        let (mut read, bytes_before) = (0, events.byte_len());
+        while let Some(row) = stream.try_next().await? {
+            read += 1;
+            let included = events.count() < limits.events && {
+                let fields = audit_event::fields_of_row(&row)?;
+                let written = events.push(&fields);
+                if written {
+                    last = Some(PageCursor {
+                        seq: fields.seq,
+                        occurred_at: fields.occurred_at.unwrap_or_default(),
+                    });
+                }
+                written
+            };
+            if !included {
+                // A matching event is left for the next page.
+                return Ok(EventPage {
+                    events: events.into_bytes(),
+                    next: last,
+                });
+            }
+        }
+        if read < rows {
+            return Ok(EventPage {
+                events: events.into_bytes(),
+                next: None,
+            });
+        }
+        wanted -= read;
+        let size = ((events.byte_len() - bytes_before) / read as usize).max(1);
+        let fit = (limits.bytes.saturating_sub(events.byte_len()) / size) as u64;
+        rows = Ord::min(fit + fit / 4 + 1, wanted);
+    }
+}
+
 /// The SELECT of one page as the Query path runs it: up to `limit` of the
 /// tenant's live events `matcher` matches, in `order`, strictly after
 /// `after`, its time bounds compiled as the probe on `db` decides
 /// ([`time_bounds`]; a statement of its own on SQLite, nothing elsewhere).
+/// The Query path reads a page with this one statement on SQLite, and on
+/// PostgreSQL when it holds fewer than 64 events ([`Store::query_page`]).
 pub async fn page_query<C: ConnectionTrait>(
     db: &C,
     tenant: &TenantId,
@@ -603,6 +676,167 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(bounds, TimeBounds::Filtered);
+    }
+
+    /// The events of a written page.
+    fn events_of_page(page: &EventPage) -> Vec<crate::proto::AuditEvent> {
+        use prost::Message as _;
+        let response = crate::wire::EncodedQueryResponse {
+            events: page.events.clone(),
+            next_page_token: String::new(),
+        };
+        crate::proto::QueryResponse::decode(&response.encode_to_vec()[..])
+            .unwrap()
+            .events
+    }
+
+    /// A store whose tenant `acme` holds 20 events of about 1 KB, event `i`
+    /// (seq `i + 1`) occurring at `BASE + i`; and the bytes one of them
+    /// takes on a page.
+    async fn store_with_kilobyte_events() -> (tempfile::TempDir, Store, TenantId, usize) {
+        let (dir, store, tenant) = store_with(0).await;
+        let batch = (0..20)
+            .map(|i| NewEvent {
+                occurred_at: Some(BASE + i),
+                actor_id: "writer".into(),
+                action: "doc.write".into(),
+                metadata: Some(serde_json::json!({"i": i, "pad": "x".repeat(1000)})),
+                ..NewEvent::default()
+            })
+            .collect();
+        store.append(&tenant, batch).await.unwrap();
+        let one_event = PageLimits {
+            events: 1,
+            bytes: usize::MAX,
+        };
+        let first = store
+            .query_page(
+                &tenant,
+                &matcher(None, None, None),
+                EventOrder::SeqAsc,
+                None,
+                one_event,
+            )
+            .await
+            .unwrap();
+        let size = first.events.len();
+        (dir, store, tenant, size)
+    }
+
+    #[tokio::test]
+    async fn a_page_cut_by_its_byte_budget_continues_right_after_its_last_event() {
+        let (_dir, store, tenant, size) = store_with_kilobyte_events().await;
+        let all = matcher(None, None, None);
+        let ascending: Vec<u64> = (1..=20).collect();
+        let descending: Vec<u64> = (1..=20).rev().collect();
+        // Events differ in size by the digits of their seq and index: the
+        // first budget ends in the middle of a page's fourth event, the
+        // second in the middle of its first.
+        for (budget, per_page) in [(3 * size + size / 2, 3), (size / 2, 1)] {
+            let limits = PageLimits {
+                events: 10,
+                bytes: budget,
+            };
+            // One statement for the page (SQLite), or statements of one,
+            // two or seven rows at first (as PostgreSQL reads a page).
+            for first_rows in [u64::MAX, 1, 2, 7] {
+                for order in EventOrder::ALL {
+                    let context = format!("{order:?}, budget {budget}, statements of {first_rows}");
+                    let mut after = None;
+                    let mut seen = Vec::new();
+                    for _ in 0..=20 {
+                        let page = read_page(store.reader(), &tenant, &all, order, after, limits, first_rows)
+                            .await
+                            .unwrap();
+                        let events = events_of_page(&page);
+                        let left = 20 - seen.len();
+                        assert_eq!(events.len(), left.min(per_page), "{context}");
+                        assert!(page.events.len() <= budget.max(size + 8), "{context}");
+                        seen.extend(events.iter().map(|e| e.seq));
+                        let Some(cursor) = page.next else { break };
+                        // The token continues exactly after the page's last event.
+                        let last = events.last().unwrap();
+                        assert_eq!(cursor.seq, last.seq as i64, "{context}");
+                        assert_eq!(
+                            Some(micros_to_timestamp(cursor.occurred_at)),
+                            last.occurred_at,
+                            "{context}"
+                        );
+                        after = Some(cursor);
+                    }
+                    let expected = match order {
+                        EventOrder::SeqAsc | EventOrder::OccurredAtAsc => &ascending,
+                        EventOrder::SeqDesc | EventOrder::OccurredAtDesc => &descending,
+                    };
+                    assert_eq!(&seen, expected, "{context}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_read_in_several_statements_is_the_page_read_in_one() {
+        let (_dir, store, tenant, size) = store_with_kilobyte_events().await;
+        let filters = [
+            matcher(None, None, None),
+            // A time range SQLite's probe walks in seq order, and one it
+            // reads through the range index.
+            matcher(Some(BASE + 2), None, None),
+            matcher(Some(BASE + 3), Some(BASE + 6), None),
+        ];
+        for (budget, events) in [
+            (usize::MAX, 10),
+            (usize::MAX, 20),
+            (5 * size, 10),
+            (12 * size, 19),
+        ] {
+            let limits = PageLimits {
+                events,
+                bytes: budget,
+            };
+            for matcher in &filters {
+                for order in EventOrder::ALL {
+                    for after in [
+                        None,
+                        Some(PageCursor {
+                            seq: 15,
+                            occurred_at: BASE + 14,
+                        }),
+                    ] {
+                        let whole =
+                            read_page(store.reader(), &tenant, matcher, order, after, limits, u64::MAX)
+                                .await
+                                .unwrap();
+                        for first_rows in [1, 3, 8] {
+                            let split =
+                                read_page(store.reader(), &tenant, matcher, order, after, limits, first_rows)
+                                    .await
+                                    .unwrap();
+                            assert_eq!(split.events, whole.events, "{order:?} {limits:?} {first_rows}");
+                            assert_eq!(split.next, whole.next, "{order:?} {limits:?} {first_rows}");
+                        }
+                    }
+                }
+            }
+        }
+        // A budget that holds every event leaves the count to end the page.
+        let roomy = PageLimits {
+            events: 10,
+            bytes: 100 * size,
+        };
+        let all = matcher(None, None, None);
+        let page = store
+            .query_page(&tenant, &all, EventOrder::SeqDesc, None, roomy)
+            .await
+            .unwrap();
+        assert_eq!(events_of_page(&page).len(), 10);
+        assert_eq!(page.next.map(|c| c.seq), Some(11));
+        let page = store
+            .query_page(&tenant, &all, EventOrder::SeqDesc, page.next, roomy)
+            .await
+            .unwrap();
+        assert_eq!(events_of_page(&page).len(), 10);
+        assert_eq!(page.next, None, "the last page ends the query");
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod filter_metadata;
 mod fixtures;
 mod hostile;
 mod integrity;
+mod page_bytes;
 mod paging;
 mod reliability;
 mod replicas;
