@@ -56,8 +56,10 @@ pub enum Error {
     /// A limit was reached; retry later or ask for less.
     #[error("{0}")]
     ResourceExhausted(String),
-    /// The database cannot be reached right now; safe to retry.
-    #[error("storage unavailable: {0}")]
+    /// The service cannot answer right now (the database cannot be
+    /// reached, or the server is shutting down); safe to retry. The message
+    /// says which, in full: it is shown as given.
+    #[error("{0}")]
     Unavailable(String),
     /// The call ran out of time.
     #[error("deadline exceeded: {0}")]
@@ -121,7 +123,10 @@ impl From<Error> for Status {
 impl From<DbErr> for Error {
     fn from(error: DbErr) -> Self {
         if is_unavailable(&error) {
-            Error::Unavailable(error.to_string())
+            // The database's own words stay in the log: they name its
+            // internals, and the caller can only retry.
+            tracing::warn!(%error, "storage unavailable");
+            Error::Unavailable("storage unavailable: the database cannot answer right now; retry".to_owned())
         } else if is_statement_timeout(&error) {
             Error::DeadlineExceeded(error.to_string())
         } else {
@@ -147,7 +152,7 @@ pub fn is_unavailable(error: &DbErr) -> bool {
                     | sea_orm::sqlx::Error::PoolClosed
                     | sea_orm::sqlx::Error::WorkerCrashed
                     | sea_orm::sqlx::Error::Tls(_)
-            ) || is_admin_shutdown(sqlx_error.as_ref())
+            ) || is_transient_state(sqlx_error.as_ref())
         }
         _ => false,
     }
@@ -164,13 +169,16 @@ fn is_statement_timeout(error: &DbErr) -> bool {
     }
 }
 
-/// PostgreSQL reports a restart as SQLSTATE class 57P (operator
-/// intervention) or 08 (connection exception).
-fn is_admin_shutdown(error: &sea_orm::sqlx::Error) -> bool {
+/// Whether PostgreSQL ended the statement for a reason that passes:
+/// SQLSTATE class 57P (operator intervention: a restart), 08 (connection
+/// exception), `idle_in_transaction_session_timeout` (25P03), or
+/// `lock_not_available` (55P03: a lock wait reached the service's
+/// `lock_timeout`, its transaction rolled back).
+fn is_transient_state(error: &sea_orm::sqlx::Error) -> bool {
     match error {
-        sea_orm::sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+        sea_orm::sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("57P") || code.starts_with("08") || code == "25P03" || code == "55P03"
+        }),
         _ => false,
     }
 }

@@ -6,6 +6,7 @@ mod support;
 
 mod append;
 mod auth;
+mod contention;
 mod delete;
 mod expression_property;
 mod expressions;
