@@ -211,6 +211,34 @@ mod tests {
     }
 
     #[test]
+    fn unavailable_storage_is_retryable_and_keeps_the_databases_words_out() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "FATAL: terminating connection due to administrator command",
+        );
+        let error = DbErr::Conn(RuntimeErr::SqlxError(std::sync::Arc::new(
+            sea_orm::sqlx::Error::Io(io),
+        )));
+        let status = Status::from(Error::from(error));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().starts_with("storage unavailable"), "{status:?}");
+        assert!(!status.message().contains("FATAL"), "{status:?}");
+        assert!(!status.message().contains("administrator"), "{status:?}");
+    }
+
+    #[test]
+    fn unavailable_shows_its_message_as_given() {
+        let status = Status::from(Error::Unavailable(
+            "the server is shutting down; resume with after_seq=7".to_owned(),
+        ));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.message(),
+            "the server is shutting down; resume with after_seq=7"
+        );
+    }
+
+    #[test]
     fn missing_scope_names_the_scope() {
         let status = Status::from(Error::MissingScope("audit:write"));
         assert_eq!(status.code(), Code::PermissionDenied);

@@ -6,6 +6,7 @@ mod support;
 
 mod append;
 mod auth;
+mod backends;
 mod contention;
 mod delete;
 mod expression_property;
@@ -14,6 +15,7 @@ mod filter_metadata;
 mod fixtures;
 mod integrity;
 mod paging;
+mod reconnect;
 mod reliability;
 mod replicas;
 mod serving;
