@@ -19,6 +19,7 @@ mod reconnect;
 mod reliability;
 mod replicas;
 mod serving;
+mod shutdown;
 mod stats;
 mod tenancy;
 mod validation;
