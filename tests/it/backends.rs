@@ -30,25 +30,22 @@ impl Admin {
 
     /// Backend pids of the sessions named `name`.
     pub async fn backends(&self, name: &str) -> Vec<i32> {
-        self.db
-            .query_all_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
-                [name.into()],
-            ))
-            .await
-            .expect("pg_stat_activity")
-            .iter()
-            .map(|row| row.try_get::<i32>("", "pid").expect("pid"))
-            .collect()
+        self.pids("application_name = $1", name).await
     }
 
     /// Backend pids of the sessions named `name` waiting on a lock.
     pub async fn waiting_on_a_lock(&self, name: &str) -> Vec<i32> {
+        self.pids("application_name = $1 AND wait_event_type = 'Lock'", name)
+            .await
+    }
+
+    /// Pids of the sessions in `pg_stat_activity` matching `condition`
+    /// (with `name` as `$1`).
+    async fn pids(&self, condition: &str, name: &str) -> Vec<i32> {
         self.db
             .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                format!("SELECT pid FROM pg_stat_activity WHERE {condition}"),
                 [name.into()],
             ))
             .await
