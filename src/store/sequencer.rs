@@ -41,9 +41,10 @@ pub const DELETION_RESOURCE_TYPE: &str = "audit.event";
 /// waits on B's group H1, which wrote the same seqs under the head lock;
 /// H1 waits on A's G3, written ahead on G2's rows; G3 waits in A for G2 to
 /// commit. So a group written ahead never waits on a lock for long: the
-/// limit ends the cycle, G2 and then G3 roll back, H1 commits. A single
+/// limit ends the cycle, G2 and then G3 roll back, H1 commits. One
 /// replica's groups write disjoint rows and never wait on each other, so
-/// there this limit is never reached.
+/// there the limit is reached only when a `Delete` takes the seq a group
+/// written ahead took (that group could not have committed anyway).
 const AHEAD_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// PostgreSQL channel on which every commit is announced (payload
