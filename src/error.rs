@@ -72,8 +72,10 @@ pub enum Error {
     /// A limit was reached; retry later or ask for less.
     #[error("{0}")]
     ResourceExhausted(String),
-    /// The database cannot be reached right now; safe to retry.
-    #[error("storage unavailable: {0}")]
+    /// The service cannot answer right now (the database cannot be
+    /// reached, or the server is shutting down); safe to retry. The message
+    /// says which, in full: it is shown as given.
+    #[error("{0}")]
     Unavailable(String),
     /// The call ran out of time.
     #[error("deadline exceeded: {0}")]
@@ -168,8 +170,8 @@ impl From<Error> for Status {
 impl From<DbErr> for Error {
     fn from(error: DbErr) -> Self {
         if is_unavailable(&error) {
-            tracing::warn!(%error, "database unavailable");
-            Error::Unavailable("the database cannot be reached right now; retry".into())
+            tracing::warn!(%error, "storage unavailable");
+            Error::Unavailable("storage unavailable: the database cannot answer right now; retry".to_owned())
         } else if is_statement_timeout(&error) {
             tracing::warn!(%error, "database statement timed out");
             Error::DeadlineExceeded("the database did not finish in time; narrow the request".into())
@@ -200,7 +202,7 @@ pub fn is_unavailable(error: &DbErr) -> bool {
                     | sea_orm::sqlx::Error::PoolClosed
                     | sea_orm::sqlx::Error::WorkerCrashed
                     | sea_orm::sqlx::Error::Tls(_)
-            ) || is_admin_shutdown(sqlx_error.as_ref())
+            ) || is_transient_state(sqlx_error.as_ref())
         }
         _ => false,
     }
@@ -217,13 +219,16 @@ fn is_statement_timeout(error: &DbErr) -> bool {
     }
 }
 
-/// PostgreSQL reports a restart as SQLSTATE class 57P (operator
-/// intervention) or 08 (connection exception).
-fn is_admin_shutdown(error: &sea_orm::sqlx::Error) -> bool {
+/// Whether PostgreSQL ended the statement for a reason that passes:
+/// SQLSTATE class 57P (operator intervention: a restart), 08 (connection
+/// exception), `idle_in_transaction_session_timeout` (25P03), or
+/// `lock_not_available` (55P03: a lock wait reached the service's
+/// `lock_timeout`, its transaction rolled back).
+fn is_transient_state(error: &sea_orm::sqlx::Error) -> bool {
     match error {
-        sea_orm::sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+        sea_orm::sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("57P") || code.starts_with("08") || code == "25P03" || code == "55P03"
+        }),
         _ => false,
     }
 }
@@ -271,6 +276,34 @@ mod tests {
                 "{status:?}"
             );
         }
+    }
+
+    #[test]
+    fn unavailable_storage_is_retryable_and_keeps_the_databases_words_out() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "FATAL: terminating connection due to administrator command",
+        );
+        let error = DbErr::Conn(RuntimeErr::SqlxError(std::sync::Arc::new(
+            sea_orm::sqlx::Error::Io(io),
+        )));
+        let status = Status::from(Error::from(error));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().starts_with("storage unavailable"), "{status:?}");
+        assert!(!status.message().contains("FATAL"), "{status:?}");
+        assert!(!status.message().contains("administrator"), "{status:?}");
+    }
+
+    #[test]
+    fn unavailable_shows_its_message_as_given() {
+        let status = Status::from(Error::Unavailable(
+            "the server is shutting down; resume with after_seq=7".to_owned(),
+        ));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.message(),
+            "the server is shutting down; resume with after_seq=7"
+        );
     }
 
     #[test]

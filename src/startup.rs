@@ -33,9 +33,14 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 2048;
 pub const MAX_CALL_DURATION: Duration = Duration::from_secs(60);
 /// How often health checks that the database answers.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest the pools may take to close once calls have drained or their
+/// grace has expired.
+const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Serves on `listener` until `shutdown` is cancelled, then stops accepting,
-/// lets in-flight calls finish (up to the configured grace) and returns.
+/// lets in-flight calls finish (up to the configured grace) and returns, at
+/// most [`CLOSE_LIMIT`] after the grace; calls still running then are
+/// abandoned, and their transactions roll back.
 pub async fn run(
     config: ServeConfig,
     listener: TcpListener,
@@ -105,7 +110,19 @@ pub async fn run(
             tracing::warn!(?grace, "drain grace expired; closing remaining calls");
         }
     }
-    store.close().await?;
+    // Closing the pools waits for every connection in use, and a call past
+    // its grace may be waiting on a lock that nothing will release: it is
+    // abandoned instead: unless its COMMIT was already sent, the database
+    // rolls its transaction back once this process has gone (at once when
+    // it is idle, within `store::CLIENT_CHECK_INTERVAL` or at worst
+    // `store::LOCK_WAIT_LIMIT` when it waits on a lock).
+    match tokio::time::timeout(CLOSE_LIMIT, store.close()).await {
+        Ok(closed) => closed?,
+        Err(_) => tracing::warn!(
+            limit = ?CLOSE_LIMIT,
+            "database connections still in use; leaving their transactions to roll back"
+        ),
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -125,7 +125,7 @@ impl Store {
         let Some((id, secret)) = parse_key(presented) else {
             return Ok(None);
         };
-        let Some(key) = api_key::Entity::find_by_id(id).one(&self.db).await? else {
+        let Some(key) = api_key::Entity::find_by_id(id).one(self.reader()).await? else {
             return Ok(None);
         };
         let matches: bool = secret_hash(secret).ct_eq(&key.secret_hash).into();

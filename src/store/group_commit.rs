@@ -10,6 +10,21 @@
 //! and commits after it, or rolls back and is recorded again (see
 //! [`Store::append_batches`]). At most two groups of a tenant are in
 //! flight in this process.
+//!
+//! No wait in here can close a cycle with a database lock (a cycle
+//! PostgreSQL's deadlock detector cannot see):
+//! - A caller waiting for the turn, or for its answer, holds no connection
+//!   and no lock; a group takes its connection before it is planned and
+//!   never a second one, so no group that others wait on needs the pool.
+//! - The one wait that holds locks is a group written ahead waiting here
+//!   for the group before it (holding its uncommitted rows). A cycle through
+//!   it must come back through a lock wait of that earlier group. Written
+//!   ahead too, that group's lock waits end after `AHEAD_LOCK_WAIT` (and it
+//!   takes the head lock with `NOWAIT`). Otherwise it holds the tenant's
+//!   head lock, so what it can wait on are rows of groups written ahead
+//!   (here or at another replica) whose own predecessors cannot hold that
+//!   lock, so were written ahead as well: every wait on the way ends within
+//!   `AHEAD_LOCK_WAIT`, the groups written ahead fail and are recorded again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -11,6 +11,7 @@ pub mod page_token;
 mod pg_array;
 mod query;
 mod sequencer;
+mod sessions;
 pub mod stats;
 mod tree;
 
@@ -34,6 +35,9 @@ pub use query::{EventOrder, EventPage, PageLimits, exact_or_prefix, page_query, 
 pub use sequencer::{
     AppendOutcome, Committed, DELETION_ACTION, DELETION_RESOURCE_TYPE, DeleteOutcome, Deletion,
     DeletionRequest, NOTIFY_CHANNEL, NewEvent, SERVICE_ACTION_PREFIX,
+};
+pub use sessions::{
+    APPLICATION_NAME, CLIENT_CHECK_INTERVAL, IDLE_IN_TRANSACTION_LIMIT, LOCK_WAIT_LIMIT, connection_died,
 };
 pub use tree::{ConsistencyProof, InclusionProof, LogRow};
 
@@ -61,6 +65,11 @@ pub struct Store {
     /// one round trip and the database itself stops a runaway one; on
     /// SQLite the same pool as `db`.
     reads: DatabaseConnection,
+    /// Single-statement reads on `reads`, each run once more on a fresh
+    /// connection when the one it got had died.
+    reader: sessions::RetryingReads,
+    /// When a pooled connection was last found dead (both pools).
+    loss: Arc<sessions::ConnectionLoss>,
     /// SQLite has one writer at a time; queueing writers here, instead of in
     /// SQLite's busy handler, keeps commit order fair and never times out.
     sqlite_writer: Option<Arc<Mutex<()>>>,
@@ -80,13 +89,14 @@ impl Store {
         if backend == DbBackend::Postgres {
             migrate_postgres(&config.url).await?;
         }
-        let db = Database::connect(connect_options(config, backend)).await?;
+        let loss = Arc::new(sessions::ConnectionLoss::default());
+        let db = Database::connect(connect_options(config, backend, &loss)).await?;
         if backend == DbBackend::Sqlite {
             Migrator::up(&db, None).await?;
         }
         let reads = match backend {
             DbBackend::Postgres => {
-                let mut options = connect_options(config, backend);
+                let mut options = connect_options(config, backend, &loss);
                 options.map_sqlx_postgres_opts(|opts| {
                     opts.options([
                         ("statement_timeout", READ_DEADLINE.as_millis().to_string()),
@@ -102,7 +112,9 @@ impl Store {
         let (commits, _) = broadcast::channel(COMMIT_FEED_CAPACITY);
         Ok(Self {
             db,
+            reader: sessions::RetryingReads::new(reads.clone(), loss.clone()),
             reads,
+            loss,
             sqlite_writer,
             page_tokens,
             commits,
@@ -148,9 +160,10 @@ impl Store {
         &self.page_tokens
     }
 
-    /// Whether the database answers.
+    /// Whether the database answers (on a fresh connection if the pooled
+    /// one it got had died).
     pub async fn ping(&self) -> Result<(), DbErr> {
-        self.db.ping().await
+        self.loss.once_more_if_connection_died(|| self.db.ping()).await
     }
 
     /// Closes the pools.
@@ -170,8 +183,17 @@ impl Store {
             sqlite_transaction_mode: guard.as_ref().map(|_| SqliteTransactionMode::Immediate),
             ..Default::default()
         };
-        let txn = self.db.begin_with_options(options).await?;
+        let txn = self
+            .loss
+            .once_more_if_connection_died(|| self.db.begin_with_options(options))
+            .await?;
         Ok((guard, txn))
+    }
+
+    /// Starts a transaction on the write pool without the SQLite writer
+    /// lock (PostgreSQL groups written ahead).
+    async fn begin_unguarded(&self) -> Result<DatabaseTransaction, DbErr> {
+        self.loss.once_more_if_connection_died(|| self.db.begin()).await
     }
 
     /// Starts a read-only snapshot for the statements of one read: on
@@ -180,17 +202,24 @@ impl Store {
     /// a deferred transaction (one WAL snapshot).
     async fn begin_read(&self) -> Result<DatabaseTransaction, DbErr> {
         if self.backend() != DbBackend::Postgres {
-            return self.reads.begin().await;
+            return self
+                .loss
+                .once_more_if_connection_died(|| self.reads.begin())
+                .await;
         }
-        self.reads
-            .begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly))
+        self.loss
+            .once_more_if_connection_died(|| {
+                self.reads
+                    .begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly))
+            })
             .await
     }
 
-    /// The pool single-statement reads run on (a statement is its own
-    /// snapshot).
-    fn reader(&self) -> &DatabaseConnection {
-        &self.reads
+    /// Where single-statement reads run (a statement is its own snapshot):
+    /// the read pool, each statement run once more on a fresh connection
+    /// when the one it got had died.
+    fn reader(&self) -> &sessions::RetryingReads {
+        &self.reader
     }
 
     async fn write_guard(&self) -> Option<MutexGuard<'_, ()>> {
@@ -213,7 +242,11 @@ fn backend_of(url: &str) -> Result<DbBackend, DbErr> {
     }
 }
 
-fn connect_options(config: &DatabaseConfig, backend: DbBackend) -> ConnectOptions {
+fn connect_options(
+    config: &DatabaseConfig,
+    backend: DbBackend,
+    loss: &Arc<sessions::ConnectionLoss>,
+) -> ConnectOptions {
     let mut options = ConnectOptions::new(config.url.clone());
     options
         .max_connections(config.max_connections.max(2))
@@ -232,12 +265,15 @@ fn connect_options(config: &DatabaseConfig, backend: DbBackend) -> ConnectOption
         // the tenant's nodes, one append in twenty took 8 ms longer, and
         // `Append` 100 × 1 fell to 0.45× of raw INSERT. Every statement is
         // planned for its own values instead (tens of microseconds each).
-        options.map_sqlx_postgres_opts(|opts| opts.options([("plan_cache_mode", "force_custom_plan")]));
-        options.map_sqlx_postgres_pool_opts(|pool| {
-            pool.after_connect(|_, _| {
+        options.map_sqlx_postgres_opts(|opts| {
+            sessions::postgres_session(opts).options([("plan_cache_mode", "force_custom_plan")])
+        });
+        let loss = loss.clone();
+        options.map_sqlx_postgres_pool_opts(move |pool| {
+            loss.guard_postgres(pool).after_connect(|connection, _| {
                 Box::pin(async move {
                     nodelay::disable_nagle_everywhere()?;
-                    Ok(())
+                    sessions::after_postgres_connect(connection).await
                 })
             })
         });

@@ -4,11 +4,12 @@
 use futures::TryStreamExt;
 use sea_orm::sea_query::ExprTrait;
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Order, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, Select, Statement, StreamTrait, Value,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, Order, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Select, Statement, Value,
 };
 use uuid::Uuid;
 
+use super::sessions::RetryingReads;
 use super::{PageCursor, Store, audit_event, events_of, fetch_event, fetch_events, within_deadline};
 use crate::error::Error;
 use crate::filter::{EventMatcher, TimeBounds};
@@ -194,7 +195,7 @@ const LARGE_EVENT_BYTES: usize = 64 * 1024;
 /// the events just read (and a quarter more), each continuing after the
 /// last event of the one before.
 async fn read_page(
-    db: &DatabaseConnection,
+    db: &RetryingReads,
     tenant: &TenantId,
     matcher: &EventMatcher,
     order: EventOrder,
@@ -212,7 +213,7 @@ async fn read_page(
     let mut rows = first_rows.clamp(1, wanted);
     loop {
         let select = page_select(backend, tenant, matcher, bounds, order, last.or(after), rows);
-        let mut stream = db.stream_raw(select.build(backend)).await?;
+        let mut stream = db.stream_rows(select.build(backend)).await?;
         let (mut read, bytes_before) = (0, events.byte_len());
         while let Some(row) = stream.try_next().await? {
             read += 1;

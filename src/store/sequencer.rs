@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryResult, QuerySelect, Statement, TransactionTrait,
+    IntoActiveModel, QueryFilter, QueryResult, QuerySelect, Statement,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -34,6 +34,22 @@ pub const SERVICE_ACTION_PREFIX: &str = "audit.";
 pub const DELETION_ACTION: &str = "audit.event.deleted";
 /// Resource type the deletion event names the erased event with.
 pub const DELETION_RESOURCE_TYPE: &str = "audit.event";
+
+/// Longest a group written ahead waits for a row lock before it fails
+/// (and its batches are recorded again, after the group before it).
+///
+/// Such a group holds its uncommitted rows while it waits, in the service,
+/// for the group before it to commit. A wait in the database that it
+/// entered itself can close a cycle through that wait, which PostgreSQL
+/// cannot see: with two replicas, replica A's group G2 (written ahead)
+/// waits on B's group H1, which wrote the same seqs under the head lock;
+/// H1 waits on A's G3, written ahead on G2's rows; G3 waits in A for G2 to
+/// commit. So a group written ahead never waits on a lock for long: the
+/// limit ends the cycle, G2 and then G3 roll back, H1 commits. One
+/// replica's groups write disjoint rows and never wait on each other, so
+/// there the limit is reached only when a `Delete` takes the seq a group
+/// written ahead took (that group could not have committed anyway).
+const AHEAD_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// PostgreSQL channel on which every commit is announced (payload
 /// `tenant\tfirst_seq\tlast_seq`), so replicas can feed their Watch streams.
@@ -207,7 +223,7 @@ impl Store {
                 let Head { head_seq, tree_size } = lock_head(&txn, tenant).await?;
                 (writer, txn, head_seq, tree_size)
             }
-            Some(p) => (None, self.db.begin().await?, p.tail.head, p.tail.tree_size),
+            Some(p) => (None, self.begin_ahead().await?, p.tail.head, p.tail.tree_size),
         };
         let base_tree = predecessor.as_ref().and_then(|p| p.tail.tree.clone());
         // Only PostgreSQL overlaps groups; elsewhere `planned` is dropped
@@ -394,6 +410,16 @@ impl Store {
 }
 
 impl Store {
+    /// Starts the transaction of a group written ahead (PostgreSQL), whose
+    /// lock waits end after [`AHEAD_LOCK_WAIT`].
+    async fn begin_ahead(&self) -> Result<DatabaseTransaction, DbErr> {
+        let txn = self.begin_unguarded().await?;
+        let limit = super::sessions::millis_setting(AHEAD_LOCK_WAIT);
+        txn.execute_unprepared(&format!("SET LOCAL lock_timeout = '{limit}'"))
+            .await?;
+        Ok(txn)
+    }
+
     fn wants_commits(&self) -> bool {
         self.commits.receiver_count() > 0
     }
@@ -484,13 +510,19 @@ async fn await_predecessor(predecessor: Option<Predecessor>) -> Result<(), DbErr
 
 /// Locks the tenant's head row without waiting (PostgreSQL): fails at once
 /// if another transaction holds it, so a group written ahead never waits
-/// on a writer that may be waiting on its rows.
+/// on a writer that may be waiting on its rows. Holding the lock, the
+/// group is an ordinary writer from then on: its lock waits get the
+/// session's limit back (its COMMIT waits its turn to queue its NOTIFY).
 async fn lock_head_now(txn: &DatabaseTransaction, tenant: &TenantId) -> Result<Head, DbErr> {
     let row = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT head_seq, tree_size FROM tenant_heads WHERE tenant_id = $1 FOR UPDATE NOWAIT",
-            [tenant.as_str().into()],
+            "SELECT head_seq, tree_size, set_config('lock_timeout', $2, true) \
+             FROM tenant_heads WHERE tenant_id = $1 FOR UPDATE NOWAIT",
+            [
+                tenant.as_str().into(),
+                super::sessions::millis_setting(super::LOCK_WAIT_LIMIT).into(),
+            ],
         ))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("sequence head of tenant {tenant}")))?;

@@ -467,6 +467,21 @@ impl ServerProcess {
         let status = self.child.wait().expect("wait");
         status.success()
     }
+
+    /// Sends SIGTERM and waits up to `limit` for the process to exit: its
+    /// exit status, or `None` if it is still running (then it is killed).
+    pub fn terminate_within(mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
 }
 
 impl Drop for ServerProcess {
