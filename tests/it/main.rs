@@ -20,3 +20,5 @@ mod stats;
 mod tenancy;
 mod validation;
 mod watch;
+mod watch_auth;
+mod watch_memory;
