@@ -10,6 +10,7 @@ mod nodelay;
 pub mod page_token;
 mod pg_array;
 mod query;
+mod scan;
 mod sequencer;
 pub mod stats;
 mod tree;
