@@ -51,13 +51,14 @@ use crate::filter::EventMatcher;
 use crate::proto::{self, EventFilter};
 use crate::store::{Committed, NOTIFY_CHANNEL, Store, audit_event};
 use crate::tenant::TenantId;
+use outbox::event_bytes;
 use subscription::Subscription;
 
 /// Batches a tenant's feed keeps for its slowest stream before that stream
 /// lags (and reads storage instead).
 pub const FEED_CAPACITY: usize = 256;
 /// Bytes of live batches all tenants' feeds may hold together (a batch
-/// counts its rows and their messages, twice its encoded size); a batch
+/// counts its rows and their messages, twice the messages' bytes); a batch
 /// that does not fit is announced without its events.
 pub const FEED_BUFFER_BYTES: usize = 32 * 1024 * 1024;
 /// Largest live batch carried with its events; larger ones are announced
@@ -87,7 +88,8 @@ pub struct WatchLimits {
 pub struct LiveBatch {
     first_seq: i64,
     last_seq: i64,
-    events: Vec<(audit_event::Model, proto::AuditEvent)>,
+    /// Each event as a row, as a message, and the message's bytes.
+    events: Vec<(audit_event::Model, proto::AuditEvent, usize)>,
     /// Its share of [`FEED_BUFFER_BYTES`], returned when the last feed
     /// drops it.
     _bytes: Option<OwnedSemaphorePermit>,
@@ -109,7 +111,7 @@ impl LiveBatch {
 /// Builds live batches within [`FEED_BUFFER_BYTES`].
 struct BatchBuilder {
     bytes: Arc<Semaphore>,
-    events: Vec<(audit_event::Model, proto::AuditEvent)>,
+    events: Vec<(audit_event::Model, proto::AuditEvent, usize)>,
     size: usize,
 }
 
@@ -124,15 +126,15 @@ impl BatchBuilder {
 
     /// Adds an event; breaks once the batch is too large to carry.
     fn add(&mut self, model: audit_event::Model) -> ControlFlow<()> {
-        use prost::Message as _;
         let event = event_to_proto(model.clone());
-        // The row and its message are both held.
-        self.size += 2 * event.encoded_len();
+        let bytes = event_bytes(&event);
+        // The row and its message are both held, about alike.
+        self.size += 2 * bytes;
         if self.size > FEED_BATCH_BYTES {
             self.events.clear();
             return ControlFlow::Break(());
         }
-        self.events.push((model, event));
+        self.events.push((model, event, bytes));
         ControlFlow::Continue(())
     }
 

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::proto::WatchResponse;
+use crate::proto::{AuditEvent, WatchResponse, watch_response};
 
 /// Bytes of messages one stream may hold for its client. A single message
 /// larger than this is still sent, alone.
@@ -117,9 +117,47 @@ impl Reservation {
     }
 }
 
-/// Bytes a message takes on the wire, which is what the outbox counts.
+/// Bytes counted for each metadata value beyond its encoding: the
+/// generated `Value` (32 bytes) in a `BTreeMap` node or a `Vec`, with the
+/// node's slack and a small allocation's rounding.
+const METADATA_VALUE_BYTES: usize = 96;
+/// Bytes counted for the text fields' allocations beyond their encoding.
+const TEXT_FIELD_BYTES: usize = 256;
+
+/// Bytes a message is counted for: what it takes in memory, estimated as
+/// its encoded length, the generated structs' own size, and the
+/// allocations behind its text fields and metadata values (a small event
+/// takes several times its encoded length; a large one about its
+/// encoded length).
 pub fn message_bytes(message: &WatchResponse) -> usize {
-    message.encoded_len()
+    match &message.kind {
+        Some(watch_response::Kind::Event(event)) => event_bytes(event),
+        _ => std::mem::size_of::<WatchResponse>() + message.encoded_len(),
+    }
+}
+
+/// [`message_bytes`] of the message carrying `event`, without building it.
+pub fn event_bytes(event: &AuditEvent) -> usize {
+    let encoded = event.encoded_len();
+    let values = event.metadata.as_ref().map_or(0, metadata_values);
+    std::mem::size_of::<WatchResponse>()
+        + TEXT_FIELD_BYTES
+        + 1
+        + prost::length_delimiter_len(encoded)
+        + encoded
+        + values * METADATA_VALUE_BYTES
+}
+
+/// Values in `metadata`, nested ones included.
+fn metadata_values(metadata: &prost_types::Struct) -> usize {
+    fn count(value: &prost_types::Value) -> usize {
+        1 + match &value.kind {
+            Some(prost_types::value::Kind::StructValue(inner)) => metadata_values(inner),
+            Some(prost_types::value::Kind::ListValue(list)) => list.values.iter().map(count).sum(),
+            _ => 0,
+        }
+    }
+    metadata.fields.values().map(count).sum()
 }
 
 struct Queued {
@@ -272,10 +310,15 @@ impl Outbox {
         }
     }
 
-    /// Queues `message` (the event with `seq`, if it carries one), paid
-    /// for from `reservation`.
-    pub fn push(&self, message: WatchResponse, seq: Option<i64>, reservation: &mut Reservation) {
-        let bytes = message_bytes(&message);
+    /// Queues `message` of [`message_bytes`] `bytes` (the event with
+    /// `seq`, if it carries one), paid for from `reservation`.
+    pub fn push(
+        &self,
+        message: WatchResponse,
+        seq: Option<i64>,
+        bytes: usize,
+        reservation: &mut Reservation,
+    ) {
         let permit = reservation.split(bytes);
         self.enqueue(Queued {
             message: Ok(message),
@@ -395,7 +438,7 @@ mod tests {
     use futures::StreamExt as _;
 
     use super::*;
-    use crate::proto::{Heartbeat, watch_response};
+    use crate::proto::Heartbeat;
 
     fn message(bytes: usize) -> WatchResponse {
         // Only its size matters here.
@@ -421,7 +464,7 @@ mod tests {
         let size = message_bytes(&message(100_000));
         let mut queued = 0;
         while let Some(mut reservation) = outbox.try_reserve(size) {
-            outbox.push(message(100_000), Some(queued + 1), &mut reservation);
+            outbox.push(message(100_000), Some(queued + 1), size, &mut reservation);
             queued += 1;
         }
         assert_eq!(queued as usize, STREAM_BUFFER_BYTES / size);
@@ -442,8 +485,9 @@ mod tests {
     async fn a_message_larger_than_the_stream_budget_goes_alone() {
         let (outbox, _stream) = outbox(WatchBudget::new(8 * STREAM_BUFFER_BYTES));
         let big = message(STREAM_BUFFER_BYTES + 1);
-        let mut reservation = outbox.try_reserve(message_bytes(&big)).expect("alone");
-        outbox.push(big, Some(1), &mut reservation);
+        let bytes = message_bytes(&big);
+        let mut reservation = outbox.try_reserve(bytes).expect("alone");
+        outbox.push(big, Some(1), bytes, &mut reservation);
         assert!(outbox.try_reserve(message_bytes(&heartbeat())).is_none());
     }
 
@@ -453,10 +497,13 @@ mod tests {
         let (first, _a) = outbox(budget.clone());
         let (second, _b) = outbox(budget.clone());
         let size = STREAM_BUFFER_BYTES / 2;
+        let half = message(size - 2048);
+        let bytes = message_bytes(&half);
+        assert!(bytes <= size);
         let mut one = first.try_reserve(size).expect("first half");
-        first.push(message(size - 16), Some(1), &mut one);
+        first.push(half.clone(), Some(1), bytes, &mut one);
         let mut two = second.try_reserve(size).expect("second half");
-        second.push(message(size - 16), Some(1), &mut two);
+        second.push(half, Some(1), bytes, &mut two);
         // What a reservation did not spend goes back when it is dropped.
         drop((one, two));
         assert!(second.try_reserve(size).is_none(), "the budget is spent");
@@ -470,8 +517,8 @@ mod tests {
     async fn a_client_that_goes_away_frees_the_buffer_and_wakes_the_producer() {
         let budget = WatchBudget::new(STREAM_BUFFER_BYTES);
         let (outbox, stream) = outbox(budget.clone());
-        let mut reservation = outbox.try_reserve(1000).expect("room");
-        outbox.push(message(900), Some(7), &mut reservation);
+        let mut reservation = outbox.try_reserve(2000).expect("room");
+        outbox.push(message(900), Some(7), 1000, &mut reservation);
         drop(reservation);
         drop(stream);
         outbox.changed().await;
@@ -482,8 +529,8 @@ mod tests {
     #[tokio::test]
     async fn a_status_ends_the_stream_after_the_queued_messages() {
         let (outbox, mut stream) = outbox(WatchBudget::new(STREAM_BUFFER_BYTES));
-        let mut reservation = outbox.try_reserve(100).expect("room");
-        outbox.push(heartbeat(), None, &mut reservation);
+        let mut reservation = outbox.try_reserve(200).expect("room");
+        outbox.push(heartbeat(), None, 100, &mut reservation);
         outbox.finish(Some(Status::unauthenticated("revoked")));
         assert!(stream.next().await.expect("heartbeat").is_ok());
         assert!(stream.next().await.expect("status").is_err());

@@ -235,7 +235,7 @@ impl Subscription {
         let bytes = message_bytes(&beat);
         match self.outbox.try_reserve(bytes) {
             Some(mut reservation) => {
-                self.outbox.push(beat, None, &mut reservation);
+                self.outbox.push(beat, None, bytes, &mut reservation);
                 self.beat_due = false;
             }
             // Offered again once the client makes room.
@@ -254,20 +254,20 @@ impl Subscription {
         let newest = batch
             .events
             .iter()
-            .filter(|(model, _)| model.seq > self.cursor)
-            .map(|(model, _)| model.recorded_at)
+            .filter(|(model, _, _)| model.seq > self.cursor)
+            .map(|(model, _, _)| model.recorded_at)
             .max();
         if let Some(newest) = newest
             && newest >= self.standing_at
         {
             self.standing_at = self.confirm(newest.saturating_add(1)).await?;
         }
-        for (model, event) in &batch.events {
+        for (model, event, bytes) in &batch.events {
+            let bytes = *bytes;
             if model.seq <= self.cursor {
                 continue;
             }
             if self.matcher.matches(model) {
-                let bytes = event_message_bytes(event);
                 let Some(mut reservation) = self.outbox.try_reserve(bytes) else {
                     self.head = self.head.max(batch.last_seq);
                     return Ok(());
@@ -275,7 +275,8 @@ impl Subscription {
                 let message = WatchResponse {
                     kind: Some(watch_response::Kind::Event(event.clone())),
                 };
-                self.outbox.push(message, Some(model.seq), &mut reservation);
+                self.outbox
+                    .push(message, Some(model.seq), bytes, &mut reservation);
             }
             self.cursor = model.seq;
         }
@@ -351,8 +352,8 @@ impl Subscription {
             self.standing_at = self.confirm(newest.saturating_add(1)).await?;
         }
         let complete = !full && handed < rows;
-        for (seq, _, message, _) in page {
-            self.outbox.push(message, Some(seq), &mut reservation);
+        for (seq, _, message, bytes) in page {
+            self.outbox.push(message, Some(seq), bytes, &mut reservation);
             self.cursor = seq;
         }
         if complete {
@@ -408,13 +409,6 @@ async fn lapsed(lapse: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
         Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
     }
-}
-
-/// Bytes of a `WatchResponse` carrying `event`.
-fn event_message_bytes(event: &proto::AuditEvent) -> usize {
-    use prost::Message as _;
-    let len = event.encoded_len();
-    1 + prost::length_delimiter_len(len) + len
 }
 
 /// `want` bytes of the process-wide budget, then a storage reader: what a
