@@ -23,7 +23,10 @@ impl Store {
         max_rows: u64,
         mut visit: impl FnMut(audit_event::Model) -> ControlFlow<()> + Send,
     ) -> Result<u64, DbErr> {
-        let db = self.reader();
+        // The main pool, as Watch reads always were (the hub's semaphore
+        // keeps them to half of it); the read pool's idle connections are
+        // not tested before use, so after an outage they fail first.
+        let db = &self.db;
         let statement = events_of(tenant)
             .filter(condition)
             .filter(audit_event::Column::Seq.gt(after))

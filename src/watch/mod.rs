@@ -43,7 +43,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 
 pub use credential::CredentialCheck;
-pub use outbox::{STALL_AFTER, STREAM_BUFFER_BYTES, WatchBudget, WatchStream};
+pub use outbox::{STALL_AFTER, STREAM_BUFFER_BYTES, WatchStream};
 
 use crate::convert::event_to_proto;
 use crate::error::Error;
@@ -51,7 +51,7 @@ use crate::filter::EventMatcher;
 use crate::proto::{self, EventFilter};
 use crate::store::{Committed, NOTIFY_CHANNEL, Store, audit_event};
 use crate::tenant::TenantId;
-use outbox::event_bytes;
+use outbox::{WatchBudget, event_bytes};
 use subscription::Subscription;
 
 /// Batches a tenant's feed keeps for its slowest stream before that stream
