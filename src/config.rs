@@ -143,6 +143,14 @@ pub struct ServeConfig {
         default_value_t = 2_000
     )]
     pub max_streams_per_tenant: usize,
+    /// MiB of messages all Watch streams together may hold for clients
+    /// that have not taken them yet (each stream holds at most 256 KiB).
+    #[arg(
+        long = "watch-buffer-mib",
+        env = "AUDIT_WATCH_BUFFER_MIB",
+        default_value_t = DEFAULT_WATCH_BUFFER_MIB
+    )]
+    pub watch_buffer_mib: usize,
     /// Seconds SIGTERM waits for in-flight calls and streams before exiting.
     #[arg(
         long = "shutdown-grace-secs",
@@ -151,6 +159,9 @@ pub struct ServeConfig {
     )]
     pub shutdown_grace_secs: u64,
 }
+
+/// Default of `--watch-buffer-mib`.
+pub const DEFAULT_WATCH_BUFFER_MIB: usize = 64;
 
 impl ServeConfig {
     /// Defaults for everything but the listen address and the database,
@@ -165,6 +176,7 @@ impl ServeConfig {
             heartbeat_secs: 15,
             max_streams: 10_000,
             max_streams_per_tenant: 2_000,
+            watch_buffer_mib: DEFAULT_WATCH_BUFFER_MIB,
             shutdown_grace_secs: 30,
         }
     }

@@ -63,6 +63,7 @@ pub async fn run(
         max_streams_per_tenant: config.max_streams_per_tenant,
         heartbeat: config.heartbeat_interval(),
         storage_readers: (config.database.max_connections / 2).max(1) as usize,
+        buffer_bytes: config.watch_buffer_mib.saturating_mul(1024 * 1024),
     };
     let hub = WatchHub::start(store.clone(), limits, shutdown.clone());
     let audit = AuditServiceServer::new(AuditApi::new(store.clone(), hub))

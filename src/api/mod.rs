@@ -16,7 +16,7 @@ pub use validate::{
     DEFAULT_STATS_LIMIT, MAX_BATCH, MAX_BUCKETS, MAX_METADATA_BYTES, MAX_STATS_LIMIT, is_valid_action,
 };
 
-use crate::auth::{Scope, caller};
+use crate::auth::{Scope, caller, stream_credential};
 use crate::convert::{event_to_proto, micros_to_timestamp};
 use crate::error::Error;
 use crate::filter::EventMatcher;
@@ -242,9 +242,13 @@ impl AuditService for AuditApi {
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let caller = caller(&request, Scope::Read)?;
+        let credential = stream_credential(&request)?;
         let request = request.into_inner();
         let filter = request.filter.unwrap_or_default();
-        let stream = self.watch.open(caller.tenant, &filter, request.after_seq).await?;
+        let stream = self
+            .watch
+            .open(caller.tenant, &filter, request.after_seq, credential)
+            .await?;
         Ok(Response::new(Box::pin(stream)))
     }
 }

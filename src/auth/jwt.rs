@@ -26,6 +26,10 @@ struct Claims {
     tenant_id: String,
     #[serde(default)]
     scope: String,
+    /// Checked by `jsonwebtoken` (required, a whole number of seconds);
+    /// read here only to know when the token lapses.
+    #[serde(default)]
+    exp: Option<serde_json::Value>,
 }
 
 /// A verified token's identity.
@@ -37,6 +41,16 @@ pub struct VerifiedToken {
     pub tenant: String,
     /// `scope`, split on spaces.
     pub scopes: Vec<String>,
+    /// `exp`, unix seconds; the token verifies until `exp + LEEWAY_SECS`
+    /// has passed ([`lapses_at`]).
+    pub expires_at: u64,
+}
+
+/// The first instant at which a token with `exp` no longer verifies:
+/// `jsonwebtoken` refuses it once `exp + LEEWAY_SECS` is less than the
+/// current unix second.
+pub fn lapses_at(exp: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp.saturating_add(LEEWAY_SECS).saturating_add(1))
 }
 
 /// Checks bearer tokens against the configured keys.
@@ -151,10 +165,16 @@ impl JwtVerifier {
             })?
             .claims;
         check_subject(&claims.sub).map_err(|why| refuse(&format!("sub {why}")))?;
+        let expires_at = claims
+            .exp
+            .as_ref()
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| refuse("exp is not a whole number of seconds"))?;
         Ok(VerifiedToken {
             subject: claims.sub,
             tenant: claims.tenant_id,
             scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+            expires_at,
         })
     }
 }

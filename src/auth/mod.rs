@@ -7,8 +7,9 @@ pub mod jwt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use http::HeaderMap;
 use tonic::Status;
@@ -19,8 +20,9 @@ use uuid::Uuid;
 pub use jwt::JwtVerifier;
 
 use crate::error::Error;
-use crate::store::Store;
+use crate::store::{Store, now_micros};
 use crate::tenant::TenantId;
+use crate::watch::CredentialCheck;
 
 /// Metadata key naming the tenant a call acts for.
 pub const TENANT_HEADER: &str = "x-tenant-id";
@@ -81,6 +83,10 @@ pub struct CallerIdentity {
     pub scopes: Vec<Scope>,
     /// How the caller authenticated.
     pub kind: CredentialKind,
+    /// The JWT's `exp` (unix seconds); `None` for an API key.
+    pub expires_at: Option<u64>,
+    /// The API key's id; `None` for a JWT.
+    pub api_key: Option<Uuid>,
 }
 
 impl CallerIdentity {
@@ -113,6 +119,16 @@ pub fn caller<T>(request: &tonic::Request<T>, scope: Scope) -> Result<CallerIden
     Ok(identity.clone())
 }
 
+/// What a stream opened by `request` checks its credential with, for as
+/// long as it lives.
+pub fn stream_credential<T>(request: &tonic::Request<T>) -> Result<Arc<dyn CredentialCheck>, Error> {
+    let credential = request
+        .extensions()
+        .get::<StreamCredential>()
+        .ok_or_else(|| Error::Unauthenticated("no caller identity on the request".into()))?;
+    Ok(Arc::new(credential.clone()))
+}
+
 /// The tenant named by `x-tenant-id`.
 pub fn tenant_from_headers(headers: &HeaderMap) -> Result<TenantId, Error> {
     let Some(value) = headers.get(TENANT_HEADER) else {
@@ -135,7 +151,14 @@ pub struct Authenticator {
     /// When each API key's `last_used_at` was last written, to write it at
     /// most once per [`LAST_USED_RESOLUTION`].
     touched: Mutex<HashMap<Uuid, Instant>>,
+    /// The latest instant (unix microseconds) each API key was read from
+    /// the database and found live, shared by the streams of that key.
+    confirmed: Mutex<HashMap<Uuid, i64>>,
 }
+
+/// Keys whose last confirmation [`Authenticator`] remembers before it
+/// forgets the stale ones.
+const CONFIRMED_KEYS: usize = 4096;
 
 /// Resolution of an API key's `last_used_at`.
 pub const LAST_USED_RESOLUTION: Duration = Duration::from_secs(30);
@@ -154,7 +177,32 @@ impl Authenticator {
             jwt,
             store,
             touched: Mutex::new(HashMap::new()),
+            confirmed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Checks that API key `id` is live at an instant no earlier than
+    /// `after` (unix microseconds) and returns that instant: a database
+    /// read, unless a stream of the same key already made one late enough.
+    pub async fn confirm_api_key(&self, id: Uuid, after: i64) -> Result<i64, Error> {
+        if let Some(at) = self.confirmed().get(&id).copied()
+            && at >= after
+        {
+            return Ok(at);
+        }
+        let at = now_micros();
+        if !self.store.api_key_is_live(id).await? {
+            self.confirmed().remove(&id);
+            return Err(Error::Unauthenticated("the API key was revoked".into()));
+        }
+        let mut cache = self.confirmed();
+        if cache.len() >= CONFIRMED_KEYS {
+            let stale = at - 60 * 1_000_000;
+            cache.retain(|_, seen| *seen > stale);
+        }
+        let seen = cache.entry(id).or_insert(at);
+        *seen = (*seen).max(at);
+        Ok(at)
     }
 
     /// The identity of a call carrying `headers`.
@@ -176,6 +224,8 @@ impl Authenticator {
                     subject: token.subject,
                     scopes: scopes(&token.scopes),
                     kind: CredentialKind::Jwt,
+                    expires_at: Some(token.expires_at),
+                    api_key: None,
                 }
             }
             Credential::ApiKey(key) => {
@@ -190,6 +240,8 @@ impl Authenticator {
                     subject: key.id.to_string(),
                     scopes: scopes(&key.scopes),
                     kind: CredentialKind::ApiKey,
+                    expires_at: None,
+                    api_key: Some(key.id),
                 }
             }
         };
@@ -197,6 +249,12 @@ impl Authenticator {
             return Err(Error::TenantMismatch);
         }
         Ok(identity)
+    }
+
+    fn confirmed(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, i64>> {
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records the key's use in the background, at most once per resolution.
@@ -317,8 +375,12 @@ where
         Box::pin(async move {
             let path = request.uri().path();
             if PROTECTED_SERVICES.iter().any(|prefix| path.starts_with(prefix)) {
+                // Before the credential is read: what it says holds from then.
+                let verified_at = now_micros();
                 match authenticator.authenticate(request.headers()).await {
                     Ok(identity) => {
+                        let credential = StreamCredential::new(authenticator.clone(), &identity, verified_at);
+                        request.extensions_mut().insert(credential);
                         request.extensions_mut().insert(identity);
                     }
                     Err(error) => return Ok(Status::from(error).into_http()),
@@ -326,5 +388,104 @@ where
             }
             inner.call(request).await
         })
+    }
+}
+
+/// A call's credential as a stream re-checks it: an API key is read again
+/// from the database (a revocation ends the stream), a JWT lapses when
+/// verification would refuse it (`exp` plus [`jwt::LEEWAY_SECS`]).
+#[derive(Clone)]
+pub struct StreamCredential {
+    authenticator: Arc<Authenticator>,
+    api_key: Option<Uuid>,
+    lapses_at: Option<SystemTime>,
+    verified_at: i64,
+}
+
+impl StreamCredential {
+    /// The credential `identity` was authenticated with at `verified_at`
+    /// (unix microseconds).
+    pub fn new(authenticator: Arc<Authenticator>, identity: &CallerIdentity, verified_at: i64) -> Self {
+        Self {
+            authenticator,
+            api_key: identity.api_key,
+            lapses_at: identity.expires_at.map(jwt::lapses_at),
+            verified_at,
+        }
+    }
+}
+
+impl CredentialCheck for StreamCredential {
+    fn verified_at(&self) -> i64 {
+        self.verified_at
+    }
+
+    fn lapses_at(&self) -> Option<SystemTime> {
+        self.lapses_at
+    }
+
+    fn confirm(&self, after: i64) -> BoxFuture<'_, Result<i64, Error>> {
+        async move {
+            if let Some(lapses_at) = self.lapses_at
+                && SystemTime::now() >= lapses_at
+            {
+                return Err(Error::Unauthenticated("the bearer token expired".into()));
+            }
+            match self.api_key {
+                Some(id) => self.authenticator.confirm_api_key(id, after).await,
+                None => Ok(now_micros()),
+            }
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::JwtConfig;
+
+    const SECRET: &str = "unit-test-secret-0123456789abcdef";
+
+    fn token_with_exp(exp: i64) -> String {
+        let claims = serde_json::json!({ "sub": "s", "tenant_id": "t", "exp": exp });
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("sign")
+    }
+
+    /// A stream's JWT lapses exactly when verification starts refusing it.
+    #[test]
+    fn a_token_lapses_when_verification_with_the_leeway_refuses_it() {
+        let config = JwtConfig {
+            secret: Some(SECRET.into()),
+            ..Default::default()
+        };
+        let verifier = JwtVerifier::from_config(&config)
+            .expect("config")
+            .expect("a verifier");
+        let unix_now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_secs() as i64
+        };
+        // Retried when a second boundary falls between the checks.
+        for _ in 0..3 {
+            let now = unix_now();
+            let still = now - jwt::LEEWAY_SECS as i64;
+            let lapsed = still - 1;
+            let accepted = verifier.verify(&token_with_exp(still));
+            let refused = verifier.verify(&token_with_exp(lapsed));
+            if unix_now() != now {
+                continue;
+            }
+            let token = accepted.expect("within the leeway");
+            assert_eq!(token.expires_at, still as u64);
+            assert!(jwt::lapses_at(token.expires_at) > std::time::SystemTime::now());
+            assert!(refused.is_err());
+            assert!(jwt::lapses_at(lapsed as u64) <= std::time::SystemTime::now());
+            return;
+        }
+        panic!("the clock kept crossing second boundaries");
     }
 }

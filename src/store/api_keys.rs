@@ -135,6 +135,13 @@ impl Store {
         Ok(Some(key.into()))
     }
 
+    /// Whether key `id` exists and is not revoked. Reads the database every
+    /// time, so streams see a revocation made by any process.
+    pub async fn api_key_is_live(&self, id: Uuid) -> Result<bool, DbErr> {
+        let key = api_key::Entity::find_by_id(id).one(&self.db).await?;
+        Ok(key.is_some_and(|key| key.revoked_at.is_none()))
+    }
+
     /// Records that the key authenticated a call now.
     pub async fn touch_api_key(&self, id: Uuid) -> Result<(), DbErr> {
         let _writer = self.write_guard().await;

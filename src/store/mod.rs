@@ -10,6 +10,7 @@ mod nodelay;
 pub mod page_token;
 mod pg_array;
 mod query;
+mod scan;
 mod sequencer;
 mod sessions;
 pub mod stats;

@@ -10,39 +10,60 @@
 //! committed every smaller seq is too, and reading `cursor+1..N` from
 //! storage closes the gap exactly.
 //!
-//! Memory is bounded: each tenant's feed is a broadcast ring of
-//! [`FEED_CAPACITY`] batches shared by its streams, and each stream buffers
-//! at most [`STREAM_BUFFER`] messages for its client plus one storage page. A client that stops
-//! reading blocks only its own stream; its feed receiver then lags and it
-//! catches up from storage when it reads again. `Append` never waits on a
-//! stream.
+//! Memory is bounded in bytes, not messages. Each stream queues at most
+//! [`STREAM_BUFFER_BYTES`] for its client and reads storage only as far as
+//! that room allows (a read stops at the room, past one event); all streams
+//! together queue at most the process-wide budget (`--watch-buffer-mib`,
+//! [`DEFAULT_WATCH_BUFFER_MIB`](crate::config::DEFAULT_WATCH_BUFFER_MIB)). When that budget runs low, a stream
+//! whose client has left its messages untaken for [`STALL_AFTER`] gives
+//! them back and reads them again from storage once the client asks for
+//! more, so clients that never read cannot starve those that do. Live
+//! batches held in the tenants' feeds take at most [`FEED_BUFFER_BYTES`]
+//! together; a batch beyond that travels as "the log reached seq N" and
+//! streams read its events from storage. Streams keep draining their live
+//! feed while their client is not reading, so a stalled client holds no
+//! feed slot. `Append` never waits on a stream.
+//!
+//! A stream lives no longer than its credential: the layer that
+//! authenticated the call supplies a [`CredentialCheck`], which the stream
+//! asks again at every heartbeat, before it delivers any event recorded
+//! after the last check, and when the credential lapses by itself.
+
+mod credential;
+mod outbox;
+mod subscription;
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sea_orm::Condition;
-use tokio::sync::{Semaphore, broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
-use crate::convert::{event_to_proto, micros_to_timestamp};
+pub use credential::CredentialCheck;
+pub use outbox::{STALL_AFTER, STREAM_BUFFER_BYTES, WatchStream};
+
+use crate::convert::event_to_proto;
 use crate::error::Error;
 use crate::filter::EventMatcher;
-use crate::proto::{self, EventFilter, WatchResponse, watch_response};
-use crate::store::{Committed, NOTIFY_CHANNEL, Store, audit_event, now_micros};
+use crate::proto::{self, EventFilter};
+use crate::store::{Committed, NOTIFY_CHANNEL, Store, audit_event};
 use crate::tenant::TenantId;
+use outbox::{WatchBudget, event_bytes};
+use subscription::Subscription;
 
 /// Batches a tenant's feed keeps for its slowest stream before that stream
 /// lags (and reads storage instead).
 pub const FEED_CAPACITY: usize = 256;
-/// Messages a stream buffers for a client that is not reading.
-pub const STREAM_BUFFER: usize = 64;
-/// Rows per storage read while catching up. A stream blocked on a slow
-/// client holds at most one page besides its buffer, so this bounds its
-/// memory too.
-const CATCH_UP_PAGE: u64 = 128;
+/// Bytes of live batches all tenants' feeds may hold together (a batch
+/// counts its rows and their messages, twice the messages' bytes); a batch
+/// that does not fit is announced without its events.
+pub const FEED_BUFFER_BYTES: usize = 32 * 1024 * 1024;
+/// Largest live batch carried with its events; larger ones are announced
+/// without them.
+const FEED_BATCH_BYTES: usize = FEED_BUFFER_BYTES / 8;
 
 /// Limits on concurrent streams.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +77,8 @@ pub struct WatchLimits {
     /// Storage reads all streams together may run at once, so that catching
     /// up never takes every pooled connection from Append and Query.
     pub storage_readers: usize,
+    /// Bytes all streams together may hold for their clients.
+    pub buffer_bytes: usize,
 }
 
 /// Live events with seqs `first_seq..=last_seq` of one tenant (erased
@@ -65,19 +88,72 @@ pub struct WatchLimits {
 pub struct LiveBatch {
     first_seq: i64,
     last_seq: i64,
-    events: Vec<(audit_event::Model, proto::AuditEvent)>,
+    /// Each event as a row, as a message, and the message's bytes.
+    events: Vec<(audit_event::Model, proto::AuditEvent, usize)>,
+    /// Its share of [`FEED_BUFFER_BYTES`], returned when the last feed
+    /// drops it.
+    _bytes: Option<OwnedSemaphorePermit>,
 }
 
 impl LiveBatch {
-    fn from_models(first_seq: i64, last_seq: i64, models: Vec<audit_event::Model>) -> Self {
-        let events = models
-            .into_iter()
-            .map(|m| (m.clone(), event_to_proto(m)))
-            .collect();
+    /// "The log reached `last_seq`": streams read what they miss from
+    /// storage.
+    fn head(last_seq: i64) -> Self {
         Self {
-            first_seq,
+            first_seq: last_seq + 1,
             last_seq,
-            events,
+            events: Vec::new(),
+            _bytes: None,
+        }
+    }
+}
+
+/// Builds live batches within [`FEED_BUFFER_BYTES`].
+struct BatchBuilder {
+    bytes: Arc<Semaphore>,
+    events: Vec<(audit_event::Model, proto::AuditEvent, usize)>,
+    size: usize,
+}
+
+impl BatchBuilder {
+    fn new(bytes: Arc<Semaphore>) -> Self {
+        Self {
+            bytes,
+            events: Vec::new(),
+            size: 0,
+        }
+    }
+
+    /// Adds an event; breaks once the batch is too large to carry.
+    fn add(&mut self, model: audit_event::Model) -> ControlFlow<()> {
+        let event = event_to_proto(model.clone());
+        let bytes = event_bytes(&event);
+        // The row and its message are both held, about alike.
+        self.size += 2 * bytes;
+        if self.size > FEED_BATCH_BYTES {
+            self.events.clear();
+            return ControlFlow::Break(());
+        }
+        self.events.push((model, event, bytes));
+        ControlFlow::Continue(())
+    }
+
+    /// The batch of seqs `first_seq..=last_seq` with the events added, or
+    /// only its head when they were too many bytes or the feeds hold too
+    /// many already.
+    fn finish(self, first_seq: i64, last_seq: i64, complete: bool) -> LiveBatch {
+        if !complete {
+            return LiveBatch::head(last_seq);
+        }
+        let permits = u32::try_from(self.size).unwrap_or(u32::MAX);
+        match self.bytes.try_acquire_many_owned(permits) {
+            Ok(permit) => LiveBatch {
+                first_seq,
+                last_seq,
+                events: self.events,
+                _bytes: Some(permit),
+            },
+            _ => LiveBatch::head(last_seq),
         }
     }
 }
@@ -101,6 +177,8 @@ pub struct WatchHub {
     shutdown: CancellationToken,
     state: Arc<Mutex<HubState>>,
     readers: Arc<Semaphore>,
+    budget: WatchBudget,
+    feed_bytes: Arc<Semaphore>,
 }
 
 impl WatchHub {
@@ -116,6 +194,8 @@ impl WatchHub {
                 streams: 0,
             })),
             readers: Arc::new(Semaphore::new(limits.storage_readers.max(1))),
+            budget: WatchBudget::new(limits.buffer_bytes),
+            feed_bytes: Arc::new(Semaphore::new(FEED_BUFFER_BYTES)),
         };
         tokio::spawn(hub.clone().follow_commits(store.subscribe_commits()));
         if store.backend() == sea_orm::DbBackend::Postgres {
@@ -135,11 +215,13 @@ impl WatchHub {
                 received = commits.recv() => match received {
                     Ok(committed) => {
                         if self.has_feed(&committed.tenant) {
-                            let batch = LiveBatch::from_models(
-                                committed.first_seq,
-                                committed.last_seq,
-                                committed.events.clone(),
-                            );
+                            let mut batch = BatchBuilder::new(self.feed_bytes.clone());
+                            let complete = committed
+                                .events
+                                .iter()
+                                .try_for_each(|model| batch.add(model.clone()))
+                                .is_continue();
+                            let batch = batch.finish(committed.first_seq, committed.last_seq, complete);
                             self.route(&committed.tenant, batch);
                         }
                     }
@@ -216,18 +298,25 @@ impl WatchHub {
             _ => return,
         };
         let from = first.max(known + 1);
-        match self
+        let mut batch = BatchBuilder::new(self.feed_bytes.clone());
+        let mut complete = true;
+        let read = self
             .store
-            .events_between(
+            .scan_events(
                 &tenant,
                 Condition::all(),
                 from - 1,
                 last,
                 (last - from + 1) as u64,
+                |model| {
+                    let step = batch.add(model);
+                    complete = step.is_continue();
+                    step
+                },
             )
-            .await
-        {
-            Ok(models) => self.route(&tenant, LiveBatch::from_models(from, last, models)),
+            .await;
+        match read {
+            Ok(_) => self.route(&tenant, batch.finish(from, last, complete)),
             // The streams find the events in storage at their next batch
             // or heartbeat.
             Err(error) => tracing::warn!(%error, %tenant, "watch: cannot read a replica's commit"),
@@ -239,14 +328,7 @@ impl WatchHub {
         let tenants: Vec<TenantId> = self.state().feeds.keys().cloned().collect();
         for tenant in tenants {
             if let Ok(head) = self.store.head_seq(&tenant).await {
-                self.route(
-                    &tenant,
-                    LiveBatch {
-                        first_seq: head + 1,
-                        last_seq: head,
-                        events: Vec::new(),
-                    },
-                );
+                self.route(&tenant, LiveBatch::head(head));
             }
         }
     }
@@ -271,13 +353,15 @@ impl WatchHub {
     /// Opens a stream of `tenant`'s events matching `filter`: those with a
     /// seq above `after_seq`, or, when it is `None`, those committed from
     /// now on: the head is read before this returns, so every event whose
-    /// `Append` completes after the caller has the stream is delivered.
+    /// `Append` completes after the caller has the stream is delivered. The
+    /// stream ends UNAUTHENTICATED once `credential` no longer stands.
     pub async fn open(
         &self,
         tenant: TenantId,
         filter: &EventFilter,
         after_seq: Option<u64>,
-    ) -> Result<ReceiverStream<Result<WatchResponse, Status>>, Error> {
+        credential: Arc<dyn CredentialCheck>,
+    ) -> Result<WatchStream, Error> {
         let matcher = EventMatcher::new(filter, "filter")?;
         let condition = matcher.condition(self.store.backend());
         let after_seq = after_seq
@@ -292,22 +376,22 @@ impl WatchHub {
             Some(seq) => (seq, true),
             None => (self.store.head_seq(&tenant).await.map_err(Error::from)?, false),
         };
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = Subscription {
-            store: self.store.clone(),
+        let (outbox, stream) = outbox::outbox(self.budget.clone());
+        let subscription = Subscription::new(
+            self.store.clone(),
             tenant,
             matcher,
             condition,
-            cursor: 0,
-            tx,
+            outbox,
             live,
-            heartbeat: self.limits.heartbeat,
-            shutdown: self.shutdown.clone(),
-            readers: self.readers.clone(),
-            _slot: slot,
-        };
-        tokio::spawn(stream.run(after_seq, replay));
-        Ok(ReceiverStream::new(rx))
+            self.limits.heartbeat,
+            self.shutdown.clone(),
+            self.readers.clone(),
+            credential,
+            slot,
+        );
+        tokio::spawn(subscription.run(after_seq, replay));
+        Ok(stream)
     }
 
     fn register(
@@ -365,152 +449,6 @@ impl Drop for StreamSlot {
             if feed.streams == 0 {
                 state.feeds.remove(&self.tenant);
             }
-        }
-    }
-}
-
-/// Why a stream stopped.
-enum Stop {
-    /// The client went away.
-    Gone,
-    /// End the stream with this status.
-    Fail(Status),
-}
-
-struct Subscription {
-    store: Store,
-    tenant: TenantId,
-    matcher: EventMatcher,
-    condition: Condition,
-    /// Highest seq accounted for: delivered, or known not to match.
-    cursor: i64,
-    tx: mpsc::Sender<Result<WatchResponse, Status>>,
-    live: broadcast::Receiver<Arc<LiveBatch>>,
-    heartbeat: Duration,
-    shutdown: CancellationToken,
-    readers: Arc<Semaphore>,
-    _slot: StreamSlot,
-}
-
-impl Subscription {
-    async fn run(mut self, after_seq: i64, replay: bool) {
-        self.cursor = after_seq;
-        let result = self.follow(replay).await;
-        if let Err(Stop::Fail(status)) = result {
-            // A client that stopped reading must not hold the stream open.
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.tx.send(Err(status))).await;
-        }
-    }
-
-    /// Sends stored history first when `replay` (a resume from
-    /// `after_seq`), then live events and heartbeats.
-    async fn follow(&mut self, replay: bool) -> Result<(), Stop> {
-        if replay {
-            let head = self.head().await?;
-            self.catch_up(head).await?;
-        }
-        let mut heartbeat =
-            tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = self.shutdown.cancelled() => return Err(self.resumable("the server is shutting down")),
-                () = self.tx.closed() => return Err(Stop::Gone),
-                _ = heartbeat.tick() => {
-                    let head = self.head().await?;
-                    self.catch_up(head).await?;
-                    let beat = proto::Heartbeat { head_seq: self.cursor as u64, time: Some(micros_to_timestamp(now_micros())) };
-                    self.send(watch_response::Kind::Heartbeat(beat)).await?;
-                }
-                received = self.live.recv() => match received {
-                    Ok(batch) => self.deliver(&batch).await?,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let head = self.head().await?;
-                        self.catch_up(head).await?;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err(self.resumable("the live feed closed"));
-                    }
-                },
-            }
-        }
-    }
-
-    async fn deliver(&mut self, batch: &LiveBatch) -> Result<(), Stop> {
-        if batch.first_seq > self.cursor + 1 {
-            self.catch_up(batch.first_seq - 1).await?;
-        }
-        for (model, event) in &batch.events {
-            if model.seq > self.cursor {
-                if self.matcher.matches(model) {
-                    self.send(watch_response::Kind::Event(event.clone())).await?;
-                }
-                self.cursor = model.seq;
-            }
-        }
-        self.cursor = self.cursor.max(batch.last_seq);
-        Ok(())
-    }
-
-    /// Delivers every matching stored event with `cursor < seq <= up_to`.
-    async fn catch_up(&mut self, up_to: i64) -> Result<(), Stop> {
-        while self.cursor < up_to {
-            let page = {
-                let _permit = self.read_permit().await?;
-                self.store
-                    .events_between(
-                        &self.tenant,
-                        self.condition.clone(),
-                        self.cursor,
-                        up_to,
-                        CATCH_UP_PAGE,
-                    )
-                    .await
-                    .map_err(|error| self.storage_failed(error))?
-            };
-            let full = page.len() as u64 == CATCH_UP_PAGE;
-            for model in page {
-                let seq = model.seq;
-                self.send(watch_response::Kind::Event(event_to_proto(model)))
-                    .await?;
-                self.cursor = seq;
-            }
-            if !full {
-                self.cursor = up_to;
-            }
-        }
-        Ok(())
-    }
-
-    async fn head(&self) -> Result<i64, Stop> {
-        let _permit = self.read_permit().await?;
-        self.store
-            .head_seq(&self.tenant)
-            .await
-            .map_err(|error| self.storage_failed(error))
-    }
-
-    async fn read_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Stop> {
-        self.readers
-            .acquire()
-            .await
-            .map_err(|_| self.resumable("the server is shutting down"))
-    }
-
-    fn storage_failed(&self, error: sea_orm::DbErr) -> Stop {
-        tracing::warn!(%error, tenant = %self.tenant, "watch: storage read failed");
-        self.resumable("storage is unavailable")
-    }
-
-    fn resumable(&self, why: &str) -> Stop {
-        Stop::Fail(Error::Unavailable(format!("{why}; resume with after_seq={}", self.cursor)).into())
-    }
-
-    async fn send(&self, kind: watch_response::Kind) -> Result<(), Stop> {
-        let message = Ok(WatchResponse { kind: Some(kind) });
-        tokio::select! {
-            sent = self.tx.send(message) => sent.map_err(|_| Stop::Gone),
-            () = self.shutdown.cancelled() => Err(self.resumable("the server is shutting down")),
         }
     }
 }

@@ -26,3 +26,5 @@ mod stats;
 mod tenancy;
 mod validation;
 mod watch;
+mod watch_auth;
+mod watch_memory;
