@@ -10,7 +10,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::sessions::RetryingReads;
-use super::{PageCursor, Store, audit_event, events_of, fetch_event, fetch_events, within_deadline};
+use super::{PageCursor, Store, audit_event, events_of, fetch_event, within_deadline};
 use crate::error::Error;
 use crate::filter::{EventMatcher, TimeBounds};
 use crate::tenant::TenantId;
@@ -159,25 +159,6 @@ impl Store {
             _ => u64::MAX,
         };
         within_deadline(read_page(db, tenant, matcher, order, after, limits, first_rows)).await
-    }
-
-    /// Up to `limit` of the tenant's live events matching `condition` with
-    /// `after < seq <= up_to`, in seq order.
-    pub async fn events_between(
-        &self,
-        tenant: &TenantId,
-        condition: Condition,
-        after: i64,
-        up_to: i64,
-        limit: u64,
-    ) -> Result<Vec<audit_event::Model>, DbErr> {
-        let select = events_of(tenant)
-            .filter(condition)
-            .filter(audit_event::Column::Seq.gt(after))
-            .filter(audit_event::Column::Seq.lte(up_to))
-            .order_by_asc(audit_event::Column::Seq)
-            .limit(limit);
-        fetch_events(&self.db, select).await
     }
 
     /// Highest seq handed out to the tenant (0 when it has no events).
@@ -458,6 +439,7 @@ mod tests {
     use crate::convert::micros_to_timestamp;
     use crate::proto::EventFilter;
     use crate::store::NewEvent;
+    use crate::store::fetch_events;
 
     const BASE: i64 = 1_700_000_000_000_000;
 

@@ -134,7 +134,9 @@ impl TestServer {
     }
 
     async fn wait_until_serving(&self) {
-        for _ in 0..200 {
+        // Up to a minute: a loaded 2-core machine running the whole suite
+        // on both databases once took more than 10 s to start a server.
+        for _ in 0..1200 {
             if let Ok(channel) = Channel::from_shared(self.url()).expect("url").connect().await {
                 let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
                 let request = tonic_health::pb::HealthCheckRequest {
