@@ -181,11 +181,7 @@ async fn own_connection(server: &ServerProcess, tenant: &str) -> Caller {
 
 async fn concurrent_pages_of_large_events_keep_server_memory_bounded(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = match &backend {
-        Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display()),
-        Backend::Postgres(url) => url.clone(),
-    };
-    let server = ServerProcess::start(&url, &[]);
+    let server = ServerProcess::start(&backend.database_url_in(dir.path()), &[]);
     let tenant = new_tenant();
     let mut writer = server.caller_for(&tenant).await;
     append_large_events(&mut writer).await;

@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use crate::on_both_backends;
-use crate::support::{Backend, Caller, ServerProcess, TestServer, assert_status, event, new_tenant};
+use crate::support::{
+    Backend, Caller, ServerProcess, TestServer, assert_status, end_status, event, new_tenant,
+};
 
 on_both_backends!(
     acknowledged_appends_survive_sigkill_with_no_gap_and_no_half_batch,
@@ -58,10 +60,7 @@ fn metadata_text(event: &audit_service::proto::AuditEvent, key: &str) -> Option<
 
 async fn acknowledged_appends_survive_sigkill_with_no_gap_and_no_half_batch(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = match &backend {
-        Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display()),
-        Backend::Postgres(url) => url.clone(),
-    };
+    let url = backend.database_url_in(dir.path());
     let tenant = new_tenant();
     let server = ServerProcess::start(&url, &[]);
     let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
@@ -213,11 +212,7 @@ async fn oversized_metadata_is_refused_and_the_server_keeps_serving(backend: Bac
 
 async fn streams_that_never_read_keep_server_memory_bounded(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = match &backend {
-        Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display()),
-        Backend::Postgres(url) => url.clone(),
-    };
-    let server = ServerProcess::start(&url, &[]);
+    let server = ServerProcess::start(&backend.database_url_in(dir.path()), &[]);
     let tenant = new_tenant();
     let mut caller = server.caller_for(&tenant).await;
     for _ in 0..20 {
@@ -234,41 +229,10 @@ async fn streams_that_never_read_keep_server_memory_bounded(backend: Backend) {
         after_seq: Some(0),
     });
     let mut stream = own.client.watch(request).await.expect("watch").into_inner();
-    // 300 streams over 30 connections with the smallest HTTP/2 windows, so
-    // the client holds little and the server's buffers are what fill.
-    let mut streams = Vec::new();
-    for _ in 0..30 {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-            .expect("url")
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535)
-            .connect()
-            .await
-            .expect("connect");
-        let mut reader = server.caller_for(&tenant).await;
-        reader.client = audit_service::proto::audit_service_client::AuditServiceClient::new(channel);
-        for _ in 0..10 {
-            let request = reader.request(WatchRequest {
-                filter: None,
-                after_seq: Some(0),
-            });
-            streams.push(reader.client.watch(request).await.expect("watch").into_inner());
-        }
-    }
+    let _unread = server.unread_watch_streams(&tenant, 30, 300).await;
     // Let every stream fill its buffers while nobody reads.
-    let mut settled = 0;
-    let mut last = 0;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let (now, _) = server.rss_kib();
-        settled = if now.abs_diff(last) < 1024 { settled + 1 } else { 0 };
-        last = now;
-        if settled >= 5 {
-            break;
-        }
-    }
-    let (with_streams, peak) = server.rss_kib();
-    eprintln!("RSS idle {idle} KiB, with 300 unread streams {with_streams} KiB, peak {peak} KiB");
+    let peak = server.settled_peak_rss_kib().await;
+    eprintln!("RSS idle {idle} KiB, peak with 300 unread streams {peak} KiB");
     assert!(
         peak < 256 * 1024,
         "300 unread streams took the server to {peak} KiB"
@@ -450,16 +414,7 @@ async fn postgres_outage_fails_fast_reports_not_serving_and_recovers_without_gap
     assert_status(&status, Code::Unavailable, "UNAVAILABLE", None);
     wait_for_health(&server, ServingStatus::NotServing).await;
     // The stream ends with a status naming where to resume.
-    let status = loop {
-        match tokio::time::timeout(PATIENCE, stream.next())
-            .await
-            .expect("stream hung")
-        {
-            Some(Ok(_)) => continue,
-            Some(Err(status)) => break status,
-            None => panic!("stream ended without a status"),
-        }
-    };
+    let status = end_status(&mut stream, PATIENCE).await;
     assert_status(&status, Code::Unavailable, "UNAVAILABLE", None);
     let resume: u64 = status
         .message()

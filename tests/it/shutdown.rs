@@ -14,7 +14,7 @@ use tonic::Code;
 
 use crate::backends::{Admin, named_sessions};
 use crate::on_both_backends;
-use crate::support::{Backend, ServerProcess, TestServer, assert_status, event, new_tenant};
+use crate::support::{Backend, ServerProcess, TestServer, assert_status, end_status, event, new_tenant};
 
 on_both_backends!(
     shutdown_with_an_append_stuck_on_a_lock_exits_within_the_grace_and_stores_nothing_of_it,
@@ -181,16 +181,7 @@ async fn shutdown_tells_streams_the_server_is_stopping_not_that_storage_failed(b
         }
     }
     server.stop().await;
-    let status = loop {
-        match tokio::time::timeout(PATIENCE, stream.next())
-            .await
-            .expect("stream hung")
-        {
-            Some(Ok(_)) => continue,
-            Some(Err(status)) => break status,
-            None => panic!("stream ended without a status"),
-        }
-    };
+    let status = end_status(&mut stream, PATIENCE).await;
     assert_status(&status, Code::Unavailable, "UNAVAILABLE", None);
     let message = status.message();
     assert!(message.contains("shutting down"), "{message}");

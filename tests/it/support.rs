@@ -75,6 +75,17 @@ macro_rules! on_both_backends {
     };
 }
 
+impl Backend {
+    /// The database a separate server process uses: a fresh SQLite file in
+    /// `dir`, or the test run's PostgreSQL database.
+    pub fn database_url_in(&self, dir: &std::path::Path) -> String {
+        match self {
+            Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.join("audit.db").display()),
+            Backend::Postgres(url) => url.clone(),
+        }
+    }
+}
+
 /// A server running in this process on an ephemeral port.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -340,6 +351,22 @@ pub fn assert_status(status: &Status, code: Code, reason: &str, field: Option<&s
     }
 }
 
+/// The status `stream` ends with, skipping the messages before it; fails
+/// when it ends without one or stays silent for `patience`.
+pub async fn end_status(stream: &mut tonic::Streaming<proto::WatchResponse>, patience: Duration) -> Status {
+    use tokio_stream::StreamExt as _;
+    loop {
+        match tokio::time::timeout(patience, stream.next())
+            .await
+            .expect("stream hung")
+        {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => return status,
+            None => panic!("stream ended without a status"),
+        }
+    }
+}
+
 /// Unix seconds now.
 pub fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
@@ -453,6 +480,55 @@ impl ServerProcess {
                 .unwrap_or(0)
         };
         (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// `count` Watch streams of `tenant` from seq 0, spread over
+    /// `connections` connections with the smallest HTTP/2 windows (streams
+    /// of one connection share its window), that are never read: the
+    /// client holds little, and what fills is the server's buffers.
+    pub async fn unread_watch_streams(
+        &self,
+        tenant: &str,
+        connections: usize,
+        count: usize,
+    ) -> Vec<tonic::Streaming<proto::WatchResponse>> {
+        let mut streams = Vec::new();
+        for _ in 0..connections {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+                .expect("url")
+                .initial_stream_window_size(65_535)
+                .initial_connection_window_size(65_535)
+                .connect()
+                .await
+                .expect("connect");
+            let mut reader = self.caller_for(tenant).await;
+            reader.client = AuditServiceClient::new(channel);
+            for _ in 0..count / connections {
+                let request = reader.request(proto::WatchRequest {
+                    filter: None,
+                    after_seq: Some(0),
+                });
+                streams.push(reader.client.watch(request).await.expect("watch").into_inner());
+            }
+        }
+        streams
+    }
+
+    /// Waits until the process's RSS stops moving (8 samples 250 ms apart
+    /// within 1 MiB, at most a minute) and returns its peak (VmHWM), in KiB.
+    pub async fn settled_peak_rss_kib(&self) -> u64 {
+        let mut steady = 0;
+        let mut last = 0;
+        for _ in 0..240 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let (now, _) = self.rss_kib();
+            steady = if now.abs_diff(last) < 1024 { steady + 1 } else { 0 };
+            last = now;
+            if steady >= 8 {
+                break;
+            }
+        }
+        self.rss_kib().1
     }
 
     /// Kills the process with SIGKILL, as a crash would.

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use audit_service::proto::audit_service_client::AuditServiceClient;
 use audit_service::proto::{EventInput, WatchRequest, WatchResponse, watch_response::Kind};
 use tokio_stream::StreamExt;
 use tonic::Streaming;
@@ -47,13 +46,6 @@ fn large_event(i: usize) -> EventInput {
     e
 }
 
-fn database_url(backend: &Backend, dir: &tempfile::TempDir) -> String {
-    match backend {
-        Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display()),
-        Backend::Postgres(url) => url.clone(),
-    }
-}
-
 async fn append_large_events(caller: &mut Caller) {
     for batch in 0..EVENTS / 20 {
         let events = (0..20).map(|i| large_event(batch * 20 + i)).collect();
@@ -64,51 +56,6 @@ async fn append_large_events(caller: &mut Caller) {
 /// Opens `count` streams replaying the whole log over `connections`
 /// connections with the smallest HTTP/2 windows (64 KiB), and never reads
 /// them: the client holds little, so the server's buffers are what fill.
-async fn unread_streams(
-    server: &ServerProcess,
-    tenant: &str,
-    connections: usize,
-    count: usize,
-) -> Vec<Streaming<WatchResponse>> {
-    let mut streams = Vec::new();
-    for _ in 0..connections {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-            .expect("url")
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535)
-            .connect()
-            .await
-            .expect("connect");
-        let mut reader = server.caller_for(tenant).await;
-        reader.client = AuditServiceClient::new(channel);
-        for _ in 0..count / connections {
-            let request = reader.request(WatchRequest {
-                filter: None,
-                after_seq: Some(0),
-            });
-            streams.push(reader.client.watch(request).await.expect("watch").into_inner());
-        }
-    }
-    streams
-}
-
-/// Waits until the server's RSS stops moving (the streams have filled
-/// whatever they buffer), by count of samples, and returns the peak.
-async fn settled_peak_rss_kib(server: &ServerProcess) -> u64 {
-    let mut steady = 0;
-    let mut last = 0;
-    for _ in 0..240 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let (now, _) = server.rss_kib();
-        steady = if now.abs_diff(last) < 1024 { steady + 1 } else { 0 };
-        last = now;
-        if steady >= 8 {
-            break;
-        }
-    }
-    server.rss_kib().1
-}
-
 /// Reads `stream` until it has delivered every seq in `1..=last`, in order,
 /// each once.
 async fn read_all(stream: &mut Streaming<WatchResponse>, last: u64) {
@@ -131,7 +78,7 @@ async fn read_all(stream: &mut Streaming<WatchResponse>, last: u64) {
 
 async fn hundred_unread_streams_of_large_events_keep_the_server_under_512_mib(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = ServerProcess::start(&database_url(&backend, &dir), &[]);
+    let server = ServerProcess::start(&backend.database_url_in(dir.path()), &[]);
     let tenant = new_tenant();
     let mut caller = server.caller_for(&tenant).await;
     append_large_events(&mut caller).await;
@@ -145,8 +92,8 @@ async fn hundred_unread_streams_of_large_events_keep_the_server_under_512_mib(ba
         after_seq: Some(0),
     });
     let mut stream = own.client.watch(request).await.expect("watch").into_inner();
-    let unread = unread_streams(&server, &tenant, 10, 100).await;
-    let peak = settled_peak_rss_kib(&server).await;
+    let unread = server.unread_watch_streams(&tenant, 10, 100).await;
+    let peak = server.settled_peak_rss_kib().await;
     eprintln!(
         "RSS idle {idle} KiB, peak with 100 unread streams of {EVENTS} large events {peak} KiB (+{} MiB)",
         peak.saturating_sub(idle) / 1024
@@ -166,13 +113,16 @@ async fn hundred_unread_streams_of_large_events_keep_the_server_under_512_mib(ba
 async fn unread_streams_cannot_starve_a_reading_stream_of_a_small_watch_budget(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
     // 40 unread streams could buffer 20 MiB; the process may buffer 2.
-    let server = ServerProcess::start(&database_url(&backend, &dir), &[("AUDIT_WATCH_BUFFER_MIB", "2")]);
+    let server = ServerProcess::start(
+        &backend.database_url_in(dir.path()),
+        &[("AUDIT_WATCH_BUFFER_MIB", "2")],
+    );
     let tenant = new_tenant();
     let mut caller = server.caller_for(&tenant).await;
     append_large_events(&mut caller).await;
     let (idle, _) = server.rss_kib();
-    let unread = unread_streams(&server, &tenant, 4, 40).await;
-    let peak = settled_peak_rss_kib(&server).await;
+    let unread = server.unread_watch_streams(&tenant, 4, 40).await;
+    let peak = server.settled_peak_rss_kib().await;
     eprintln!(
         "RSS idle {idle} KiB, peak with 40 unread streams and a 2 MiB budget {peak} KiB (+{} MiB)",
         peak.saturating_sub(idle) / 1024
