@@ -220,15 +220,8 @@ async fn streams_that_never_read_keep_server_memory_bounded(backend: Backend) {
         caller.append(batch).await;
     }
     let (idle, _) = server.rss_kib();
-    // The stream read at the end has a connection of its own: streams that
-    // share a connection also share its flow-control window, so unread
-    // neighbours would starve it on the client side.
-    let mut own = server.caller_for(&tenant).await;
-    let request = own.request(WatchRequest {
-        filter: None,
-        after_seq: Some(0),
-    });
-    let mut stream = own.client.watch(request).await.expect("watch").into_inner();
+    // Read at the end.
+    let mut stream = server.watch_from_start(&tenant).await;
     let _unread = server.unread_watch_streams(&tenant, 30, 300).await;
     // Let every stream fill its buffers while nobody reads.
     let peak = server.settled_peak_rss_kib().await;

@@ -482,6 +482,18 @@ impl ServerProcess {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// A Watch of all of `tenant`'s log from seq 0, on a connection of its
+    /// own: streams sharing a connection share its flow-control window, so
+    /// unread neighbours would starve it on the client side.
+    pub async fn watch_from_start(&self, tenant: &str) -> tonic::Streaming<proto::WatchResponse> {
+        let mut own = self.caller_for(tenant).await;
+        let request = own.request(proto::WatchRequest {
+            filter: None,
+            after_seq: Some(0),
+        });
+        own.client.watch(request).await.expect("watch").into_inner()
+    }
+
     /// `count` Watch streams of `tenant` from seq 0, spread over
     /// `connections` connections with the smallest HTTP/2 windows (streams
     /// of one connection share its window), that are never read: the

@@ -83,15 +83,8 @@ async fn hundred_unread_streams_of_large_events_keep_the_server_under_512_mib(ba
     let mut caller = server.caller_for(&tenant).await;
     append_large_events(&mut caller).await;
     let (idle, _) = server.rss_kib();
-    // Read at the end, on a connection of its own: streams sharing a
-    // connection share its window, so unread neighbours would starve it on
-    // the client side.
-    let mut own = server.caller_for(&tenant).await;
-    let request = own.request(WatchRequest {
-        filter: None,
-        after_seq: Some(0),
-    });
-    let mut stream = own.client.watch(request).await.expect("watch").into_inner();
+    // Read at the end.
+    let mut stream = server.watch_from_start(&tenant).await;
     let unread = server.unread_watch_streams(&tenant, 10, 100).await;
     let peak = server.settled_peak_rss_kib().await;
     eprintln!(
