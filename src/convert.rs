@@ -2,9 +2,9 @@
 
 use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 
+use crate::entity::audit_event;
 use crate::error::Error;
 use crate::proto;
-use crate::store::audit_event;
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
 /// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the range of

@@ -3,9 +3,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod convert;
+pub mod entity;
 pub mod error;
 pub mod filter;
 pub mod integrity;

@@ -8,8 +8,10 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use audit_service::auth::Scope;
+use audit_service::cli::verify;
 use audit_service::config::{DatabaseConfig, IntegrityConfig, ServeConfig};
-use audit_service::integrity::{Notary, VerifierKey, verify};
+use audit_service::integrity::VerifierKey;
+use audit_service::startup::signing_key::load_notary;
 use audit_service::store::Store;
 use audit_service::tenant::TenantId;
 use audit_service::{startup, telemetry};
@@ -170,7 +172,7 @@ async fn run_verify(
         None => None,
     };
     let store = Store::connect(&database).await?;
-    let notary = Notary::load(&integrity, &store).await?;
+    let notary = load_notary(&integrity, &store).await?;
     let verifier = match &args.verifier_key {
         Some(text) => VerifierKey::parse(text)?,
         None => notary.verifier(),

@@ -30,8 +30,8 @@ use crate::store::page_token::QueryFingerprint;
 use crate::store::stats::{GroupField, GroupValue};
 use crate::store::{DeleteOutcome, DeletionRequest, EventOrder, PageLimits, Store};
 use crate::watch::WatchHub;
-use crate::wire::EncodedQueryResponse;
 use crate::wire::server::audit_service_server::AuditService;
+use crate::wire::{EncodedQueryResponse, PageEvents};
 
 /// Page size when the request leaves it at 0.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -130,14 +130,14 @@ impl AuditService for AuditApi {
         };
         let page = self
             .store
-            .query_page(&caller.tenant, &matcher, order, after, limits)
+            .query_page::<PageEvents>(&caller.tenant, &matcher, order, after, limits)
             .await?;
         let next_page_token = page
             .next
             .map(|cursor| self.store.page_tokens().issue(fingerprint, cursor))
             .unwrap_or_default();
         Ok(Response::new(EncodedQueryResponse {
-            events: page.events,
+            events: page.events.into_bytes(),
             next_page_token,
         }))
     }

@@ -31,8 +31,8 @@
 
 use std::fmt;
 
+use crate::entity::audit_event::{self, Column};
 use crate::proto::{ActorType, Outcome};
-use crate::store::audit_event::{self, Column};
 
 /// Longest expression accepted, in bytes.
 pub const MAX_EXPRESSION_BYTES: usize = 4096;

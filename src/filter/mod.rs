@@ -5,16 +5,17 @@
 //! `expression` is parsed by [`expr`] and compiled by [`sql`].
 
 pub mod expr;
+pub mod prefix;
 pub mod sql;
 
 use sea_orm::sea_query::{Expr, ExprTrait, Func};
 use sea_orm::{ColumnTrait, Condition, DbBackend};
 
 use crate::convert::timestamp_to_micros;
+use crate::entity::audit_event::{self, Column};
 use crate::error::{Error, FieldViolation};
 use crate::proto::{ActorType, EventFilter, Outcome};
-use crate::store::audit_event::{self, Column};
-use crate::store::exact_or_prefix;
+use prefix::exact_or_prefix;
 
 const NUL_REFUSED: &str = "must not contain NUL characters";
 
@@ -304,7 +305,7 @@ mod tests {
     use sea_orm::{DbBackend, EntityTrait, QueryFilter, QueryTrait};
 
     use super::*;
-    use crate::store::audit_event::Entity;
+    use crate::entity::audit_event::Entity;
 
     fn sql(filter: &EventFilter) -> String {
         Entity::find()

@@ -11,7 +11,7 @@ use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
 use sea_orm::{Condition, DbBackend};
 
 use super::expr::{Comparison, Field, MetadataTest, Node, Test, TextTest};
-use crate::store::prefix_upper_bound;
+use super::prefix::prefix_upper_bound;
 
 /// The condition selecting the events `node` matches.
 pub fn condition(node: &Node, backend: DbBackend) -> Condition {
@@ -187,8 +187,8 @@ mod tests {
     use sea_orm::{EntityTrait, QueryFilter, QueryTrait};
 
     use super::*;
+    use crate::entity::audit_event::Entity;
     use crate::filter::expr::parse;
-    use crate::store::audit_event::Entity;
 
     fn sql(source: &str, backend: DbBackend) -> String {
         let node = parse(source).unwrap().unwrap();

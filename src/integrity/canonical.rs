@@ -12,7 +12,7 @@ use prost::Message as _;
 
 use super::merkle::{Hash, leaf_hash};
 use crate::convert::event_to_proto;
-use crate::store::audit_event;
+use crate::entity::audit_event;
 
 /// The bytes the event's leaf hashes.
 pub fn canonical_bytes(event: &audit_event::Model) -> Vec<u8> {

@@ -6,7 +6,6 @@ pub mod canonical;
 pub mod checkpoint;
 pub mod merkle;
 pub mod notary;
-pub mod verify;
 
 pub use canonical::{canonical_bytes, event_leaf};
 pub use checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint, SigningKey, VerifierKey};

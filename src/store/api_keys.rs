@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use super::entity::api_key;
 use super::{Store, now_micros};
+use crate::entity::api_key;
 use crate::tenant::TenantId;
 
 const KEY_PREFIX: &str = "ak_";

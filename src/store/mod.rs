@@ -4,7 +4,6 @@
 //! tenant and hides erased events, so no query can forget the tenant.
 
 pub mod api_keys;
-pub mod entity;
 mod group_commit;
 mod nodelay;
 pub mod page_token;
@@ -30,9 +29,8 @@ use sea_orm::{
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 
 pub use api_keys::ApiKeyInfo;
-pub use entity::audit_event;
 pub use page_token::{PageCursor, PageTokenKey};
-pub use query::{EventOrder, EventPage, PageLimits, exact_or_prefix, page_query, prefix_upper_bound};
+pub use query::{EventOrder, EventPage, PageLimits, PageSink, page_query};
 pub use sequencer::{
     AppendOutcome, Committed, DELETION_ACTION, DELETION_RESOURCE_TYPE, DeleteOutcome, Deletion,
     DeletionRequest, NOTIFY_CHANNEL, NewEvent, SERVICE_ACTION_PREFIX,
@@ -43,6 +41,7 @@ pub use sessions::{
 pub use tree::{ConsistencyProof, InclusionProof, LogRow};
 
 use crate::config::DatabaseConfig;
+use crate::entity::audit_event;
 use crate::error::Error;
 use crate::tenant::TenantId;
 
@@ -439,7 +438,7 @@ async fn migrate_postgres(url: &str) -> Result<(), DbErr> {
 /// Returns the named secret, creating 32 random bytes on first use; every
 /// replica of one database reads the same value.
 async fn load_or_create_secret(db: &DatabaseConnection, name: &str) -> Result<Vec<u8>, DbErr> {
-    use entity::service_secret;
+    use crate::entity::service_secret;
     let mut value = vec![0u8; 32];
     rand::rng().fill_bytes(&mut value);
     service_secret::Entity::insert(service_secret::ActiveModel {

@@ -10,11 +10,12 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::sessions::RetryingReads;
-use super::{PageCursor, Store, audit_event, events_of, fetch_event, within_deadline};
+use super::{PageCursor, Store, events_of, fetch_event, within_deadline};
+use crate::entity::audit_event;
+use crate::entity::audit_event::EventFields;
 use crate::error::Error;
 use crate::filter::{EventMatcher, TimeBounds};
 use crate::tenant::TenantId;
-use crate::wire::PageEvents;
 
 /// Most index entries a time-range probe counts (see [`time_bounds`]).
 pub const RANGE_PROBE_CAP: u64 = 1000;
@@ -33,12 +34,26 @@ pub struct PageLimits {
     pub bytes: usize,
 }
 
-/// One page of `Query`, as it goes on the wire.
+/// Where a page's events go as they are read, in whatever form the caller
+/// serves them (the service writes protobuf, `wire::PageEvents`): the store
+/// hands out rows and keeps to the budget, the sink measures them.
+pub trait PageSink {
+    /// An empty page that may hold `budget` bytes, `capacity` reserved.
+    fn with_budget(budget: usize, capacity: usize) -> Self;
+    /// Takes `event` unless that would take the page past its budget
+    /// (never refusing the first); whether it took it.
+    fn push(&mut self, event: &EventFields<'_>) -> bool;
+    /// Events taken so far.
+    fn count(&self) -> usize;
+    /// Bytes taken so far.
+    fn byte_len(&self) -> usize;
+}
+
+/// One page of `Query`.
 #[derive(Debug, Default)]
-pub struct EventPage {
-    /// The events in order, each written as field 1 of
-    /// `audit.v1.QueryResponse` ([`PageEvents`]).
-    pub events: Vec<u8>,
+pub struct EventPage<S> {
+    /// The events in order.
+    pub events: S,
     /// Where the next page starts: the last event's position, when more
     /// events match.
     pub next: Option<PageCursor>,
@@ -129,20 +144,20 @@ impl Store {
     }
 
     /// A page of the tenant's live events `matcher` matches, in `order`,
-    /// strictly after `after`, within `limits`, written as `Query` serves
-    /// it; within [`READ_DEADLINE`](super::READ_DEADLINE).
+    /// strictly after `after`, within `limits`, written into a sink `S`;
+    /// within [`READ_DEADLINE`](super::READ_DEADLINE).
     ///
     /// Rows are read one at a time and the read stops where the page ends,
     /// so a page of large events holds its byte budget in memory, not
     /// `limits.events` rows.
-    pub async fn query_page(
+    pub async fn query_page<S: PageSink>(
         &self,
         tenant: &TenantId,
         matcher: &EventMatcher,
         order: EventOrder,
         after: Option<PageCursor>,
         limits: PageLimits,
-    ) -> Result<EventPage, Error> {
+    ) -> Result<EventPage<S>, Error> {
         let db = self.reader();
         // SQLite's driver steps the statement on its own thread at most 50
         // rows (its row channel) ahead of the reader and stops when the
@@ -175,7 +190,7 @@ const LARGE_EVENT_BYTES: usize = 64 * 1024;
 /// first, then of as many as the rest of the budget holds at the size of
 /// the events just read (and a quarter more), each continuing after the
 /// last event of the one before.
-async fn read_page(
+async fn read_page<S: PageSink>(
     db: &RetryingReads,
     tenant: &TenantId,
     matcher: &EventMatcher,
@@ -183,10 +198,10 @@ async fn read_page(
     after: Option<PageCursor>,
     limits: PageLimits,
     first_rows: u64,
-) -> Result<EventPage, DbErr> {
+) -> Result<EventPage<S>, DbErr> {
     let backend = ConnectionTrait::get_database_backend(db);
     let bounds = time_bounds(db, tenant, matcher, order).await?;
-    let mut events = PageEvents::new(limits.bytes, limits.events.saturating_mul(EVENT_BYTES_GUESS));
+    let mut events = S::with_budget(limits.bytes, limits.events.saturating_mul(EVENT_BYTES_GUESS));
     let mut last = None;
     // The page's events and one more, which tells whether another page
     // follows.
@@ -211,17 +226,11 @@ async fn read_page(
             };
             if !included {
                 // A matching event is left for the next page.
-                return Ok(EventPage {
-                    events: events.into_bytes(),
-                    next: last,
-                });
+                return Ok(EventPage { events, next: last });
             }
         }
         if read < rows {
-            return Ok(EventPage {
-                events: events.into_bytes(),
-                next: None,
-            });
+            return Ok(EventPage { events, next: None });
         }
         wanted -= read;
         let size = ((events.byte_len() - bytes_before) / read as usize).max(1);
@@ -399,37 +408,6 @@ fn head_agrees(values: &mut Vec<Value>, tenant: &TenantId, newest_first: bool, b
     )
 }
 
-/// `column` matches `value` exactly, or starts with it when it ends in `*`.
-/// A prefix becomes a range so both databases use the index.
-pub fn exact_or_prefix(column: audit_event::Column, value: &str) -> Condition {
-    match value.strip_suffix('*') {
-        Some(prefix) => match prefix_upper_bound(prefix) {
-            Some(upper) => Condition::all().add(column.gte(prefix)).add(column.lt(upper)),
-            None => Condition::all().add(column.gte(prefix)),
-        },
-        None => Condition::all().add(column.eq(value)),
-    }
-}
-
-/// The smallest string greater than every string starting with `prefix`
-/// (in byte order, which is code point order), or `None` when there is none.
-pub fn prefix_upper_bound(prefix: &str) -> Option<String> {
-    let mut chars: Vec<char> = prefix.chars().collect();
-    while let Some(last) = chars.pop() {
-        // The next code point, skipping the surrogate gap; past U+10FFFF
-        // there is none and the previous character is bumped instead.
-        let next = match last {
-            '\u{D7FF}' => Some('\u{E000}'),
-            _ => char::from_u32(last as u32 + 1),
-        };
-        if let Some(next) = next {
-            chars.push(next);
-            return Some(chars.into_iter().collect());
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use sea_orm::QueryTrait;
@@ -440,6 +418,7 @@ mod tests {
     use crate::proto::EventFilter;
     use crate::store::NewEvent;
     use crate::store::fetch_events;
+    use crate::wire::PageEvents;
 
     const BASE: i64 = 1_700_000_000_000_000;
 
@@ -662,10 +641,10 @@ mod tests {
     }
 
     /// The events of a written page.
-    fn events_of_page(page: &EventPage) -> Vec<crate::proto::AuditEvent> {
+    fn events_of_page(page: &EventPage<PageEvents>) -> Vec<crate::proto::AuditEvent> {
         use prost::Message as _;
         let response = crate::wire::EncodedQueryResponse {
-            events: page.events.clone(),
+            events: page.events.as_bytes().to_vec(),
             next_page_token: String::new(),
         };
         crate::proto::QueryResponse::decode(&response.encode_to_vec()[..])
@@ -693,7 +672,7 @@ mod tests {
             bytes: usize::MAX,
         };
         let first = store
-            .query_page(
+            .query_page::<PageEvents>(
                 &tenant,
                 &matcher(None, None, None),
                 EventOrder::SeqAsc,
@@ -702,7 +681,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let size = first.events.len();
+        let size = first.events.byte_len();
         (dir, store, tenant, size)
     }
 
@@ -728,13 +707,21 @@ mod tests {
                     let mut after = None;
                     let mut seen = Vec::new();
                     for _ in 0..=20 {
-                        let page = read_page(store.reader(), &tenant, &all, order, after, limits, first_rows)
-                            .await
-                            .unwrap();
+                        let page = read_page::<PageEvents>(
+                            store.reader(),
+                            &tenant,
+                            &all,
+                            order,
+                            after,
+                            limits,
+                            first_rows,
+                        )
+                        .await
+                        .unwrap();
                         let events = events_of_page(&page);
                         let left = 20 - seen.len();
                         assert_eq!(events.len(), left.min(per_page), "{context}");
-                        assert!(page.events.len() <= budget.max(size + 8), "{context}");
+                        assert!(page.events.byte_len() <= budget.max(size + 8), "{context}");
                         seen.extend(events.iter().map(|e| e.seq));
                         let Some(cursor) = page.next else { break };
                         // The token continues exactly after the page's last event.
@@ -786,16 +773,34 @@ mod tests {
                             occurred_at: BASE + 14,
                         }),
                     ] {
-                        let whole =
-                            read_page(store.reader(), &tenant, matcher, order, after, limits, u64::MAX)
-                                .await
-                                .unwrap();
+                        let whole = read_page::<PageEvents>(
+                            store.reader(),
+                            &tenant,
+                            matcher,
+                            order,
+                            after,
+                            limits,
+                            u64::MAX,
+                        )
+                        .await
+                        .unwrap();
                         for first_rows in [1, 3, 8] {
-                            let split =
-                                read_page(store.reader(), &tenant, matcher, order, after, limits, first_rows)
-                                    .await
-                                    .unwrap();
-                            assert_eq!(split.events, whole.events, "{order:?} {limits:?} {first_rows}");
+                            let split = read_page::<PageEvents>(
+                                store.reader(),
+                                &tenant,
+                                matcher,
+                                order,
+                                after,
+                                limits,
+                                first_rows,
+                            )
+                            .await
+                            .unwrap();
+                            assert_eq!(
+                                split.events.as_bytes(),
+                                whole.events.as_bytes(),
+                                "{order:?} {limits:?} {first_rows}"
+                            );
                             assert_eq!(split.next, whole.next, "{order:?} {limits:?} {first_rows}");
                         }
                     }
@@ -809,13 +814,13 @@ mod tests {
         };
         let all = matcher(None, None, None);
         let page = store
-            .query_page(&tenant, &all, EventOrder::SeqDesc, None, roomy)
+            .query_page::<PageEvents>(&tenant, &all, EventOrder::SeqDesc, None, roomy)
             .await
             .unwrap();
         assert_eq!(events_of_page(&page).len(), 10);
         assert_eq!(page.next.map(|c| c.seq), Some(11));
         let page = store
-            .query_page(&tenant, &all, EventOrder::SeqDesc, page.next, roomy)
+            .query_page::<PageEvents>(&tenant, &all, EventOrder::SeqDesc, page.next, roomy)
             .await
             .unwrap();
         assert_eq!(events_of_page(&page).len(), 10);
@@ -836,14 +841,5 @@ mod tests {
         for bad in ["seq sideways", "action", "seq desc, occurred_at", "desc"] {
             assert_eq!(EventOrder::parse(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn prefix_bound_is_the_next_string() {
-        assert_eq!(prefix_upper_bound("user."), Some("user/".to_owned()));
-        assert_eq!(prefix_upper_bound(""), None);
-        assert_eq!(prefix_upper_bound("a\u{D7FF}"), Some("a\u{E000}".to_owned()));
-        assert_eq!(prefix_upper_bound("a\u{10FFFF}"), Some("b".to_owned()));
-        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
     }
 }

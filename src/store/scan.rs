@@ -7,7 +7,8 @@ use std::ops::ControlFlow;
 use futures::StreamExt as _;
 use sea_orm::{ColumnTrait, Condition, DbErr, QueryFilter, QueryOrder, QuerySelect, QueryTrait, StreamTrait};
 
-use super::{Store, audit_event, events_of};
+use super::{Store, events_of};
+use crate::entity::audit_event;
 use crate::tenant::TenantId;
 
 impl Store {

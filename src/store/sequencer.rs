@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 use super::pg_array::ArrayLiteral;
 use super::tree::{extend_tree, grow_tree, insert_nodes, push_rows, tree_size_of};
-use super::{Store, audit_event, events_of, fetch_event, now_micros};
+use super::{Store, events_of, fetch_event, now_micros};
+use crate::entity::audit_event;
 use crate::integrity::merkle::CompactTree;
 use crate::tenant::TenantId;
 

@@ -11,7 +11,8 @@ use sea_orm::{
     QueryOrder, QuerySelect, QueryTrait,
 };
 
-use super::{Store, audit_event::Column, events_of, within_deadline};
+use super::{Store, events_of, within_deadline};
+use crate::entity::audit_event::Column;
 use crate::error::Error;
 use crate::tenant::TenantId;
 

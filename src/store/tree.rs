@@ -11,9 +11,10 @@ use sea_orm::{
     EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set, Statement,
 };
 
-use super::entity::{merkle_checkpoint, merkle_node, tenant_head};
 use super::pg_array::ArrayLiteral;
-use super::{Store, audit_event, fetch_events, now_micros, within_deadline};
+use super::{Store, fetch_events, now_micros, within_deadline};
+use crate::entity::audit_event;
+use crate::entity::{merkle_checkpoint, merkle_node, tenant_head};
 use crate::error::Error;
 use crate::integrity::merkle::{self, CompactTree, Hash, LeafRange, NodeId};
 use crate::integrity::{Checkpoint, SignedCheckpoint, SigningKey, VerifierKey, event_leaf};

@@ -46,10 +46,11 @@ pub use credential::CredentialCheck;
 pub use outbox::{STALL_AFTER, STREAM_BUFFER_BYTES, WatchStream};
 
 use crate::convert::event_to_proto;
+use crate::entity::audit_event;
 use crate::error::Error;
 use crate::filter::EventMatcher;
 use crate::proto::{self, EventFilter};
-use crate::store::{Committed, NOTIFY_CHANNEL, Store, audit_event};
+use crate::store::{Committed, NOTIFY_CHANNEL, Store};
 use crate::tenant::TenantId;
 use outbox::{WatchBudget, event_bytes};
 use subscription::Subscription;

@@ -1,11 +1,12 @@
 //! Delete: erases one event's content, keeps its seq, and audits itself.
 
 use audit_service::config::DatabaseConfig;
+use audit_service::entity::audit_event;
 use audit_service::proto::{
     Actor, ActorType, DeleteRequest, DeleteResponse, EventFilter, EventInput, Outcome, RequestContext,
     Resource,
 };
-use audit_service::store::{Store, audit_event};
+use audit_service::store::Store;
 use prost_types::value::Kind;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use tonic::Code;

@@ -4,9 +4,9 @@
 //! backend, a fresh tenant per case.
 
 use audit_service::convert::{struct_to_json, timestamp_to_micros};
+use audit_service::entity::audit_event;
 use audit_service::filter::EventMatcher;
 use audit_service::proto::{self, ActorType, AuditEvent, EventFilter, EventInput, Outcome};
-use audit_service::store::audit_event;
 use prop::sample::select;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};

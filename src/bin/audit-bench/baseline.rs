@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use audit_service::entity::audit_event;
 use audit_service::proto::audit_service_server::{AuditService, AuditServiceServer};
 use audit_service::proto::{
     AppendRequest, AppendResponse, AuditEvent, DeleteRequest, DeleteResponse, GetFilterMetadataRequest,
     GetFilterMetadataResponse, GetRequest, QueryRequest, QueryResponse, StatsRequest, StatsResponse,
     WatchRequest, WatchResponse,
 };
-use audit_service::store::audit_event;
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IntoActiveModel,
     Statement, TransactionTrait,

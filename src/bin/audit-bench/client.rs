@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use audit_service::convert::{struct_to_json, timestamp_to_micros};
+use audit_service::entity::audit_event;
 use audit_service::proto::audit_service_client::AuditServiceClient;
 use audit_service::proto::{self, EventInput};
-use audit_service::store::audit_event;
 use prost_types::{Struct, Timestamp, Value, value::Kind};
 use tonic::Request;
 use tonic::metadata::MetadataValue;

@@ -67,6 +67,10 @@ struct Options {
     /// The service binary (default: `audit-service` beside this binary).
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// Only the Append rows (each beside its raw INSERT), e.g. to compare
+    /// two builds of the service taking turns.
+    #[arg(long)]
+    append_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,6 +87,7 @@ struct Settings {
     phase: Duration,
     server_bin: PathBuf,
     postgres_url: String,
+    append_only: bool,
 }
 
 impl Settings {
@@ -133,6 +138,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         })),
         server_bin,
         postgres_url: options.postgres_url,
+        append_only: options.append_only,
     };
     let backends = match options.backend {
         BackendChoice::Sqlite => vec![Backend::Sqlite],
@@ -212,6 +218,10 @@ async fn bench(settings: &Settings, database: &BenchDatabase) -> anyhow::Result<
 
     let ingest = RssSampler::start(pid);
     append_matrix(settings, database.backend, &channels, &writer, &mut table).await?;
+    if settings.append_only {
+        store.close().await?;
+        return Ok(table);
+    }
 
     let prefill = workloads::prefill(&channels, QUERY_TENANT, settings.events).await?;
     let ingest_rss = ingest.finish().await;

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use audit_service::entity::audit_event;
 use audit_service::filter::EventMatcher;
 use audit_service::proto::{self, EventFilter, QueryRequest, WatchRequest, watch_response};
-use audit_service::store::{EventOrder, PageCursor, audit_event, now_micros, page_query};
+use audit_service::store::{EventOrder, PageCursor, now_micros, page_query};
 use audit_service::tenant::TenantId;
 use sea_orm::{DatabaseConnection, QueryTrait};
 use tokio_util::sync::CancellationToken;

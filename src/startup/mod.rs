@@ -1,6 +1,8 @@
 //! Builds the gRPC server (AuditService, reflection v1 and v1alpha, health)
 //! and runs it until the shutdown token fires, then drains.
 
+pub mod signing_key;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use tonic_health::server::HealthReporter;
 use crate::api::{AuditApi, IntegrityApi};
 use crate::auth::{AuthLayer, Authenticator, JwtVerifier};
 use crate::config::{ServeConfig, TreeMaintenance};
-use crate::integrity::Notary;
+
 use crate::store::Store;
 use crate::transport::{MAX_HEADER_BLOCK_BYTES, MetadataLimitLayer};
 use crate::watch::{WatchHub, WatchLimits};
@@ -49,7 +51,7 @@ pub async fn run(
     let store = Store::connect(&config.database)
         .await?
         .with_tree_maintenance(config.tree_maintenance == TreeMaintenance::On);
-    let notary = Notary::load(&config.integrity, &store).await?;
+    let notary = signing_key::load_notary(&config.integrity, &store).await?;
     tracing::info!(verifier_key = %notary.verifier().encode(), "checkpoints are signed with this key");
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;

@@ -8,8 +8,6 @@ pub mod audit_event {
     use sea_orm::entity::prelude::*;
     use sea_orm::sqlx::{ColumnIndex, Decode, Row};
 
-    use crate::wire::EventFields;
-
     /// A stored event. Times are unix microseconds.
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "audit_events")]
@@ -105,9 +103,39 @@ pub mod audit_event {
         }
     }
 
+    /// One event's stored values, text borrowed from the row that holds them;
+    /// NULL text (an erased event's content) reads as empty, as in
+    /// the protobuf event of the row.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct EventFields<'a> {
+        pub id: Uuid,
+        pub tenant_id: &'a str,
+        pub seq: i64,
+        pub occurred_at: Option<i64>,
+        pub recorded_at: i64,
+        pub actor_id: &'a str,
+        pub actor_type: i32,
+        pub actor_name: &'a str,
+        pub actor_email: &'a str,
+        pub action: &'a str,
+        pub resource_type: &'a str,
+        pub resource_id: &'a str,
+        pub resource_name: &'a str,
+        pub outcome: i32,
+        pub request_method: &'a str,
+        pub request_path: &'a str,
+        pub request_status_code: i32,
+        pub request_client_ip: &'a str,
+        pub request_user_agent: &'a str,
+        pub request_id: &'a str,
+        pub source: &'a str,
+        pub reasoning: &'a str,
+        pub metadata: Option<Cow<'a, Json>>,
+    }
+
     /// The fields of a row of `Entity::find()` as [`Model::from_row`]
     /// reads them, text borrowed from the row instead of copied: what a
-    /// page is written from ([`crate::wire`]).
+    /// page is written from.
     pub fn fields_of_row(row: &QueryResult) -> Result<EventFields<'_>, DbErr> {
         if let Some(row) = row.try_as_sqlite_row() {
             return fields(row);

@@ -15,9 +15,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::checkpoint::VerifierKey;
-use super::event_leaf;
-use super::merkle::{CompactTree, Hash};
+use crate::integrity::merkle::{CompactTree, Hash};
+use crate::integrity::{VerifierKey, event_leaf};
 use crate::store::{DELETION_ACTION, DELETION_RESOURCE_TYPE, LogRow, Store};
 use crate::tenant::TenantId;
 

@@ -1,0 +1,3 @@
+//! What the command line runs besides the server: `verify`.
+
+pub mod verify;
