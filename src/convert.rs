@@ -96,7 +96,7 @@ pub fn event_to_proto(event: audit_event::Model) -> proto::AuditEvent {
     let text = Option::unwrap_or_default;
     proto::AuditEvent {
         id: event.id.to_string(),
-        tenant_id: event.tenant_id,
+        tenant_id: event.tenant_id.into_string(),
         seq: u64::try_from(event.seq).unwrap_or_default(),
         occurred_at: event.occurred_at.map(micros_to_timestamp),
         recorded_at: Some(micros_to_timestamp(event.recorded_at)),

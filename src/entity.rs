@@ -1,4 +1,53 @@
 //! SeaORM entities of the tables created in `migrations/`.
+//!
+//! Every table that holds a tenant's data has a `tenant_id` column of type
+//! [`TenantId`] and one constructor, `Entity::of_tenant`, that every
+//! statement on that data starts from: it is already bound to the tenant, so
+//! no query can forget it. Raw SQL on such a table goes through
+//! [`tenant_statement`], which binds the tenant as `$1`. The exceptions are
+//! named: API keys are found by id to learn whose they are (authentication,
+//! the `keys` command), and the per-table unit tests below check each
+//! constructor binds its tenant.
+
+use sea_orm::{DbBackend, Statement, Value};
+
+use crate::tenant::TenantId;
+
+/// A raw statement on a tenant's rows: `sql` names the tenant as `$1`
+/// (as often as it needs), always bound to `tenant`; `values` are `$2`,
+/// `$3`, … (or, on SQLite, the `?`s that follow).
+///
+/// # Panics
+/// When `sql` does not use `$1`: such a statement would not be scoped.
+pub fn tenant_statement(
+    backend: DbBackend,
+    tenant: &TenantId,
+    sql: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> Statement {
+    assert!(names_first_parameter(sql), "a tenant statement uses $1, the tenant: {sql}");
+    let values = std::iter::once(Value::from(tenant.clone())).chain(values);
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// Whether `sql` uses `$1` (not only `$10`, `$11`, …).
+fn names_first_parameter(sql: &str) -> bool {
+    sql.match_indices("$1")
+        .any(|(at, _)| !sql[at + 2..].starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// The `of_tenant` constructor of a table with a `tenant_id` column.
+macro_rules! tenant_scoped {
+    () => {
+        impl Entity {
+            /// The tenant's rows of this table: where every statement on
+            /// them starts, already bound to the tenant.
+            pub fn of_tenant(tenant: &crate::tenant::TenantId) -> Select<Entity> {
+                Entity::find().filter(Column::TenantId.eq(tenant.clone()))
+            }
+        }
+    };
+}
 
 /// One row per event of a tenant's log; `(tenant_id, seq)` is the key.
 /// Content columns are NULL once an event is erased by `Delete`.
@@ -13,7 +62,7 @@ pub mod audit_event {
     #[sea_orm(table_name = "audit_events")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
-        pub tenant_id: String,
+        pub tenant_id: crate::tenant::TenantId,
         #[sea_orm(primary_key, auto_increment = false)]
         pub seq: i64,
         #[sea_orm(unique)]
@@ -50,6 +99,8 @@ pub mod audit_event {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    tenant_scoped!();
 
     impl Model {
         /// Decodes a row of `Entity::find()` (every column, in declaration
@@ -176,7 +227,7 @@ pub mod audit_event {
         Json: Decode<'r, R::Database>,
     {
         Ok(Model {
-            tenant_id: get(row, Column::TenantId)?,
+            tenant_id: crate::tenant::TenantId::stored(get(row, Column::TenantId)?),
             seq: get(row, Column::Seq)?,
             id: get(row, Column::Id)?,
             occurred_at: get(row, Column::OccurredAt)?,
@@ -252,7 +303,7 @@ pub mod tenant_head {
     #[sea_orm(table_name = "tenant_heads")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
-        pub tenant_id: String,
+        pub tenant_id: crate::tenant::TenantId,
         pub head_seq: i64,
         /// Leaves in the tenant's Merkle tree (`head_seq` once caught up).
         pub tree_size: i64,
@@ -262,6 +313,8 @@ pub mod tenant_head {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    tenant_scoped!();
 }
 
 /// The perfect subtrees of each tenant's Merkle tree: `(level, idx)`
@@ -275,7 +328,7 @@ pub mod merkle_node {
     #[sea_orm(table_name = "merkle_nodes")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
-        pub tenant_id: String,
+        pub tenant_id: crate::tenant::TenantId,
         #[sea_orm(primary_key, auto_increment = false)]
         pub level: i32,
         #[sea_orm(primary_key, auto_increment = false)]
@@ -287,6 +340,8 @@ pub mod merkle_node {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    tenant_scoped!();
 }
 
 /// Every checkpoint the service signed, one per tenant and tree size.
@@ -298,7 +353,7 @@ pub mod merkle_checkpoint {
     #[sea_orm(table_name = "merkle_checkpoints")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
-        pub tenant_id: String,
+        pub tenant_id: crate::tenant::TenantId,
         #[sea_orm(primary_key, auto_increment = false)]
         pub tree_size: i64,
         pub root_hash: Vec<u8>,
@@ -311,6 +366,8 @@ pub mod merkle_checkpoint {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    tenant_scoped!();
 }
 
 /// Secrets the replicas of one database share (the page-token key).
@@ -343,7 +400,7 @@ pub mod api_key {
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: Uuid,
-        pub tenant_id: String,
+        pub tenant_id: crate::tenant::TenantId,
         /// Space-separated scope names.
         pub scopes: String,
         pub secret_hash: Vec<u8>,
@@ -356,4 +413,68 @@ pub mod api_key {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+
+    tenant_scoped!();
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{DbBackend, EntityTrait, QueryTrait, Value};
+
+    use super::*;
+
+    fn acme() -> TenantId {
+        TenantId::parse("acme", "tenant").unwrap()
+    }
+
+    #[test]
+    fn each_tenant_tables_constructor_binds_its_tenant() {
+        let tenant = acme();
+        for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
+            let placeholder = if backend == DbBackend::Postgres { "$1" } else { "?" };
+            let statements = [
+                ("audit_events", audit_event::Entity::of_tenant(&tenant).build(backend)),
+                ("tenant_heads", tenant_head::Entity::of_tenant(&tenant).build(backend)),
+                ("merkle_nodes", merkle_node::Entity::of_tenant(&tenant).build(backend)),
+                ("merkle_checkpoints", merkle_checkpoint::Entity::of_tenant(&tenant).build(backend)),
+                ("api_keys", api_key::Entity::of_tenant(&tenant).build(backend)),
+            ];
+            for (table, statement) in statements {
+                let condition = format!("WHERE \"{table}\".\"tenant_id\" = {placeholder}");
+                assert!(statement.sql.contains(&condition), "{backend:?} {table}: {}", statement.sql);
+                let values = statement.values.expect("bound values").0;
+                assert_eq!(values, vec![Value::from("acme")], "{backend:?} {table}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_statement_on_a_tenant_table_without_its_constructor_names_no_tenant() {
+        // What the constructors exist for: a bare `find()` is unscoped.
+        let bare = audit_event::Entity::find().build(DbBackend::Postgres);
+        assert!(!bare.sql.contains("tenant_id\" ="), "{}", bare.sql);
+    }
+
+    #[test]
+    fn a_tenant_statement_binds_the_tenant_as_its_first_value() {
+        let statement = tenant_statement(
+            DbBackend::Postgres,
+            &acme(),
+            "SELECT head_seq FROM tenant_heads WHERE tenant_id = $1 AND head_seq > $2",
+            [7i64.into()],
+        );
+        let values = statement.values.expect("bound values").0;
+        assert_eq!(values, vec![Value::from("acme"), Value::from(7i64)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "uses $1")]
+    fn a_raw_statement_that_does_not_use_the_tenant_is_refused() {
+        tenant_statement(
+            DbBackend::Postgres,
+            &acme(),
+            "SELECT head_seq FROM tenant_heads WHERE head_seq > $10",
+            [7i64.into()],
+        );
+    }
 }

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use sea_orm::{DbErr, DeriveValueType, TryFromU64};
+
 use crate::error::Error;
 
 /// Longest accepted tenant id.
@@ -9,8 +11,20 @@ pub const MAX_TENANT_ID_LEN: usize = 128;
 
 /// A validated tenant id: 1 to 128 characters of `A-Z a-z 0-9 . _ - :`,
 /// starting with a letter or digit.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// It is also the Rust type of every `tenant_id` column (see
+/// [`crate::entity`]): a row is written for, and a statement bound to, a
+/// tenant only through a value of this type. A value read back from a row
+/// is taken as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, DeriveValueType)]
 pub struct TenantId(String);
+
+/// A tenant id is text; no key of a tenant table is generated from a number.
+impl TryFromU64 for TenantId {
+    fn try_from_u64(_: u64) -> Result<Self, DbErr> {
+        Err(DbErr::ConvertFromU64("TenantId"))
+    }
+}
 
 impl TenantId {
     /// Parses a tenant id; `field` names where it came from in errors.
@@ -39,6 +53,17 @@ impl TenantId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The id as an owned `String`.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    /// The id a row holds, taken as stored (it was a `TenantId` when it was
+    /// written).
+    pub fn stored(value: String) -> Self {
+        Self(value)
     }
 }
 

@@ -431,7 +431,7 @@ mod tests {
             let text = |value: &'a Option<String>| value.as_deref().unwrap_or_default();
             Self {
                 id: event.id,
-                tenant_id: &event.tenant_id,
+                tenant_id: event.tenant_id.as_str(),
                 seq: event.seq,
                 occurred_at: event.occurred_at,
                 recorded_at: event.recorded_at,
@@ -469,7 +469,7 @@ mod tests {
 
     fn event(seq: i64, metadata: Option<Json>) -> audit_event::Model {
         audit_event::Model {
-            tenant_id: "acme".into(),
+            tenant_id: crate::tenant::TenantId::parse("acme", "tenant").unwrap(),
             seq,
             id: Uuid::now_v7(),
             occurred_at: Some(1_700_000_000_123_456),

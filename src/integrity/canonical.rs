@@ -27,10 +27,11 @@ pub fn event_leaf(event: &audit_event::Model) -> Hash {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tenant::TenantId;
 
     fn event() -> audit_event::Model {
         audit_event::Model {
-            tenant_id: "acme".into(),
+            tenant_id: TenantId::parse("acme", "tenant").unwrap(),
             seq: 7,
             id: uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001),
             occurred_at: Some(1_700_000_000_000_000),
@@ -79,7 +80,7 @@ mod tests {
         let base = event_leaf(&event());
         let edits: Vec<Edit> = vec![
             Box::new(|e| e.seq = 8),
-            Box::new(|e| e.tenant_id = "other".into()),
+            Box::new(|e| e.tenant_id = TenantId::parse("other", "tenant").unwrap()),
             Box::new(|e| e.occurred_at = Some(1)),
             Box::new(|e| e.recorded_at += 1),
             Box::new(|e| e.actor_id = Some("mallory".into())),

@@ -43,7 +43,7 @@ impl From<api_key::Model> for ApiKeyInfo {
     fn from(model: api_key::Model) -> Self {
         Self {
             id: model.id,
-            tenant: model.tenant_id,
+            tenant: model.tenant_id.into_string(),
             scopes: model.scopes.split_whitespace().map(str::to_owned).collect(),
             created_at: model.created_at,
             last_used_at: model.last_used_at,
@@ -79,7 +79,7 @@ impl Store {
         let secret = URL_SAFE_NO_PAD.encode(secret);
         let model = api_key::Model {
             id,
-            tenant_id: tenant.as_str().to_owned(),
+            tenant_id: tenant.clone(),
             scopes: scopes.join(" "),
             secret_hash: secret_hash(&secret),
             created_at: now_micros(),
@@ -95,8 +95,7 @@ impl Store {
 
     /// The tenant's keys, oldest first, revoked ones included.
     pub async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyInfo>, DbErr> {
-        let keys = api_key::Entity::find()
-            .filter(api_key::Column::TenantId.eq(tenant.as_str()))
+        let keys = api_key::Entity::of_tenant(tenant)
             .order_by_asc(api_key::Column::CreatedAt)
             .all(&self.db)
             .await?;

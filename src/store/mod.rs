@@ -462,8 +462,7 @@ async fn load_or_create_secret(db: &DatabaseConnection, name: &str) -> Result<Ve
 
 /// The tenant's live (not erased) events: the start of every read.
 pub fn events_of(tenant: &TenantId) -> Select<audit_event::Entity> {
-    audit_event::Entity::find()
-        .filter(audit_event::Column::TenantId.eq(tenant.as_str()))
+    audit_event::Entity::of_tenant(tenant)
         .filter(audit_event::Column::DeletedAt.is_null())
 }
 

@@ -5,13 +5,13 @@ use futures::TryStreamExt;
 use sea_orm::sea_query::ExprTrait;
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, Order, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, Select, Statement, Value,
+    QueryTrait, Select, Value,
 };
 use uuid::Uuid;
 
 use super::sessions::RetryingReads;
 use super::{PageCursor, Store, events_of, fetch_event, within_deadline};
-use crate::entity::audit_event;
+use crate::entity::{audit_event, tenant_statement};
 use crate::entity::audit_event::EventFields;
 use crate::error::Error;
 use crate::filter::{EventMatcher, TimeBounds};
@@ -338,18 +338,18 @@ async fn time_bounds<C: ConnectionTrait>(
     // Three columns always: no far end leaves nothing beyond (0), no near
     // end nothing the head could disagree with (1).
     let mut values = Vec::new();
-    let within = capped_count(&mut values, tenant, (start, end));
+    let within = capped_count(&mut values, (start, end));
     let beyond = match far {
-        Some(range) => capped_count(&mut values, tenant, range),
+        Some(range) => capped_count(&mut values, range),
         None => "0".to_owned(),
     };
     let head = match near {
-        Some((newest_first, bound)) => head_agrees(&mut values, tenant, newest_first, bound),
+        Some((newest_first, bound)) => head_agrees(&mut values, newest_first, bound),
         None => "1".to_owned(),
     };
     let sql = format!("SELECT {within}, {beyond}, {head}");
     let row = db
-        .query_one_raw(Statement::from_sql_and_values(DbBackend::Sqlite, sql, values))
+        .query_one_raw(tenant_statement(DbBackend::Sqlite, tenant, &sql, values))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("time-range probe".into()))?;
     let within: i64 = row.try_get_by_index(0)?;
@@ -365,46 +365,50 @@ async fn time_bounds<C: ConnectionTrait>(
 /// Events at the head of a walk that the time-range probe looks at.
 pub const HEAD_SAMPLE: u64 = 64;
 
-/// ` AND occurred_at >= ? AND occurred_at < ?`, for the bounds set.
+/// The placeholder of `value`, bound after the tenant (`$1`) and the
+/// `values` before it. Numbered, as sqlx's SQLite driver binds an unnumbered
+/// `?` by its count of unnumbered ones, whatever `$1` took.
+fn parameter(values: &mut Vec<Value>, value: impl Into<Value>) -> String {
+    values.push(value.into());
+    format!("${}", values.len() + 1)
+}
+
+/// ` AND occurred_at >= $n AND occurred_at < $m`, for the bounds set.
 fn time_terms(values: &mut Vec<Value>, (from, to): (Option<i64>, Option<i64>)) -> String {
     let mut sql = String::new();
     if let Some(from) = from {
-        sql.push_str(" AND occurred_at >= ?");
-        values.push(from.into());
+        sql.push_str(&format!(" AND occurred_at >= {}", parameter(values, from)));
     }
     if let Some(to) = to {
-        sql.push_str(" AND occurred_at < ?");
-        values.push(to.into());
+        sql.push_str(&format!(" AND occurred_at < {}", parameter(values, to)));
     }
     sql
 }
 
-/// A subquery counting the tenant's events (erased ones too) with `from <=
+/// A subquery counting the tenant's (`$1`) events (erased ones too) with `from <=
 /// occurred_at < to`, stopped at [`RANGE_PROBE_CAP`]: a walk over at most
 /// that many entries of the `occurred_at` index.
-fn capped_count(values: &mut Vec<Value>, tenant: &TenantId, range: (Option<i64>, Option<i64>)) -> String {
-    values.push(tenant.as_str().into());
+fn capped_count(values: &mut Vec<Value>, range: (Option<i64>, Option<i64>)) -> String {
     let terms = time_terms(values, range);
-    values.push((RANGE_PROBE_CAP as i64).into());
-    format!("(SELECT COUNT(*) FROM (SELECT 1 FROM audit_events WHERE tenant_id = ?{terms} LIMIT ?))")
+    let cap = parameter(values, RANGE_PROBE_CAP as i64);
+    format!("(SELECT COUNT(*) FROM (SELECT 1 FROM audit_events WHERE tenant_id = $1{terms} LIMIT {cap}))")
 }
 
-/// A subquery: whether at least half of the tenant's first [`HEAD_SAMPLE`]
+/// A subquery: whether at least half of the tenant's (`$1`) first [`HEAD_SAMPLE`]
 /// events in `seq` order (newest or oldest first) occurred on the walk's
 /// side of `bound` (at or after it newest first, before it oldest first);
 /// NULL when the tenant has no events.
-fn head_agrees(values: &mut Vec<Value>, tenant: &TenantId, newest_first: bool, bound: i64) -> String {
+fn head_agrees(values: &mut Vec<Value>, newest_first: bool, bound: i64) -> String {
     let (side, direction) = if newest_first {
         (">=", "DESC")
     } else {
         ("<", "ASC")
     };
-    values.push(bound.into());
-    values.push(tenant.as_str().into());
-    values.push((HEAD_SAMPLE as i64).into());
+    let bound = parameter(values, bound);
+    let sample = parameter(values, HEAD_SAMPLE as i64);
     format!(
-        "(SELECT SUM(occurred_at {side} ?) * 2 >= COUNT(*) FROM (SELECT occurred_at FROM audit_events \
-         WHERE tenant_id = ? ORDER BY seq {direction} LIMIT ?))"
+        "(SELECT SUM(occurred_at {side} {bound}) * 2 >= COUNT(*) FROM (SELECT occurred_at FROM audit_events \
+         WHERE tenant_id = $1 ORDER BY seq {direction} LIMIT {sample}))"
     )
 }
 
@@ -471,7 +475,7 @@ mod tests {
         let db = store.connection();
         let select = page_select(DbBackend::Sqlite, tenant, matcher, bounds, order, None, 5);
         let statement = select.build(DbBackend::Sqlite);
-        let explain = Statement::from_sql_and_values(
+        let explain = sea_orm::Statement::from_sql_and_values(
             DbBackend::Sqlite,
             format!("EXPLAIN QUERY PLAN {}", statement.sql),
             statement.values.unwrap().0,

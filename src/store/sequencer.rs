@@ -98,7 +98,7 @@ pub struct NewEvent {
 impl NewEvent {
     fn into_model(self, tenant: &TenantId, seq: i64, id: Uuid, recorded_at: i64) -> audit_event::Model {
         audit_event::Model {
-            tenant_id: tenant.as_str().to_owned(),
+            tenant_id: tenant.clone(),
             seq,
             id,
             occurred_at: Some(self.occurred_at.unwrap_or(recorded_at)),

@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set, Statement,
+    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set,
 };
 
 use super::pg_array::ArrayLiteral;
 use super::{Store, fetch_events, now_micros, within_deadline};
 use crate::entity::audit_event;
-use crate::entity::{merkle_checkpoint, merkle_node, tenant_head};
+use crate::entity::{merkle_checkpoint, merkle_node, tenant_head, tenant_statement};
 use crate::error::Error;
 use crate::integrity::merkle::{self, CompactTree, Hash, LeafRange, NodeId};
 use crate::integrity::{Checkpoint, SignedCheckpoint, SigningKey, VerifierKey, event_leaf};
@@ -72,8 +72,7 @@ pub(super) async fn grow_tree(
     let first_new = new_rows.first().map_or(head + 1, |row| row.seq);
     let mut next = tree_size + 1;
     while next < first_new {
-        let select = audit_event::Entity::find()
-            .filter(audit_event::Column::TenantId.eq(tenant.as_str()))
+        let select = audit_event::Entity::of_tenant(tenant)
             .filter(audit_event::Column::Seq.gte(next))
             .filter(audit_event::Column::Seq.lt(first_new))
             .order_by_asc(audit_event::Column::Seq)
@@ -132,7 +131,7 @@ pub(super) async fn insert_nodes(
     for chunk in nodes.chunks(NODE_INSERT_CHUNK) {
         let rows = chunk.iter().map(|(id, hash)| {
             merkle_node::Model {
-                tenant_id: tenant.as_str().to_owned(),
+                tenant_id: tenant.clone(),
                 level: id.level as i32,
                 idx: id.index as i64,
                 hash: hash.to_vec(),
@@ -163,13 +162,13 @@ async fn insert_nodes_postgres(
         indexes.push_plain(Some(id.index));
         hashes.push_plain(Some(Hex(hash)));
     }
-    txn.execute_raw(Statement::from_sql_and_values(
+    txn.execute_raw(tenant_statement(
         DbBackend::Postgres,
+        tenant,
         "INSERT INTO merkle_nodes (tenant_id, level, idx, hash) \
          SELECT $1, l, i, decode(h, 'hex') \
          FROM unnest($2::text::int[], $3::text::bigint[], $4::text::text[]) AS t(l, i, h)",
         [
-            tenant.as_str().into(),
             levels.finish().into(),
             indexes.finish().into(),
             hashes.finish().into(),
@@ -204,8 +203,7 @@ async fn fetch_nodes<C: ConnectionTrait>(
                     .add(merkle_node::Column::Idx.eq(id.index as i64)),
             );
         }
-        let rows = merkle_node::Entity::find()
-            .filter(merkle_node::Column::TenantId.eq(tenant.as_str()))
+        let rows = merkle_node::Entity::of_tenant(tenant)
             .filter(any)
             .all(conn)
             .await?;
@@ -243,7 +241,7 @@ async fn range_hashes<C: ConnectionTrait>(
 
 /// Leaves in the tenant's tree.
 async fn stored_tree_size<C: ConnectionTrait>(conn: &C, tenant: &TenantId) -> Result<(i64, i64), DbErr> {
-    let head = tenant_head::Entity::find_by_id(tenant.as_str().to_owned())
+    let head = tenant_head::Entity::of_tenant(tenant)
         .one(conn)
         .await?;
     Ok(head.map_or((0, 0), |h| (h.head_seq, h.tree_size)))
@@ -380,7 +378,7 @@ impl Store {
             time_micros: now_micros(),
         });
         merkle_checkpoint::Entity::insert(merkle_checkpoint::ActiveModel {
-            tenant_id: Set(tenant.as_str().to_owned()),
+            tenant_id: Set(tenant.clone()),
             tree_size: Set(size as i64),
             root_hash: Set(root.to_vec()),
             signed_at: Set(signed.checkpoint.time_micros),
@@ -407,15 +405,15 @@ impl Store {
         tenant: &TenantId,
         size: u64,
     ) -> Result<Option<merkle_checkpoint::Model>, DbErr> {
-        merkle_checkpoint::Entity::find_by_id((tenant.as_str().to_owned(), size as i64))
+        merkle_checkpoint::Entity::of_tenant(tenant)
+            .filter(merkle_checkpoint::Column::TreeSize.eq(size as i64))
             .one(&self.db)
             .await
     }
 
     /// Every checkpoint signed for the tenant, smallest tree first.
     pub async fn checkpoints(&self, tenant: &TenantId) -> Result<Vec<merkle_checkpoint::Model>, DbErr> {
-        merkle_checkpoint::Entity::find()
-            .filter(merkle_checkpoint::Column::TenantId.eq(tenant.as_str()))
+        merkle_checkpoint::Entity::of_tenant(tenant)
             .order_by_asc(merkle_checkpoint::Column::TreeSize)
             .all(&self.db)
             .await
@@ -429,8 +427,7 @@ impl Store {
         from: u64,
         limit: u64,
     ) -> Result<Vec<(u64, Vec<u8>)>, DbErr> {
-        let rows = merkle_node::Entity::find()
-            .filter(merkle_node::Column::TenantId.eq(tenant.as_str()))
+        let rows = merkle_node::Entity::of_tenant(tenant)
             .filter(merkle_node::Column::Level.eq(0))
             .filter(merkle_node::Column::Idx.gte(from as i64))
             .order_by_asc(merkle_node::Column::Idx)
@@ -443,8 +440,7 @@ impl Store {
     /// Up to `limit` of the tenant's stored rows, erased ones included,
     /// with `seq > after`, in seq order: what `verify` rehashes.
     pub async fn log_rows(&self, tenant: &TenantId, after: i64, limit: u64) -> Result<Vec<LogRow>, DbErr> {
-        let select = audit_event::Entity::find()
-            .filter(audit_event::Column::TenantId.eq(tenant.as_str()))
+        let select = audit_event::Entity::of_tenant(tenant)
             .filter(audit_event::Column::Seq.gt(after))
             .order_by_asc(audit_event::Column::Seq)
             .limit(limit);

@@ -89,7 +89,7 @@ fn model_of(event: &AuditEvent) -> audit_event::Model {
     let resource = event.resource.clone().unwrap_or_default();
     let request = event.request.clone().unwrap_or_default();
     audit_event::Model {
-        tenant_id: event.tenant_id.clone(),
+        tenant_id: audit_service::tenant::TenantId::parse(&event.tenant_id, "tenant_id").expect("tenant"),
         seq: event.seq as i64,
         id: uuid::Uuid::parse_str(&event.id).expect("uuid"),
         occurred_at: micros(&event.occurred_at),

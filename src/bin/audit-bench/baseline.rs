@@ -120,7 +120,7 @@ fn copy_csv(rows: &[audit_event::Model]) -> String {
     }
     let mut out = String::with_capacity(rows.len() * 512);
     for row in rows {
-        text(&mut out, Some(&row.tenant_id));
+        text(&mut out, Some(row.tenant_id.as_str()));
         number(&mut out, Some(row.seq));
         number(&mut out, Some(row.id));
         number(&mut out, row.occurred_at);
