@@ -1,0 +1,141 @@
+//! The parsed form of an expression and its evaluation in memory: the
+//! semantics `sql` compiles for the database, applied to one event.
+
+use super::catalog::Field;
+use crate::entity::audit_event;
+
+/// An ordering comparison (`!=` is parsed as `NOT =`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    /// `=`
+    Eq,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+}
+
+impl Comparison {
+    /// Whether `left` compares to `right` this way.
+    pub fn holds<T: PartialOrd + ?Sized>(self, left: &T, right: &T) -> bool {
+        match self {
+            Self::Eq => left == right,
+            Self::Lt => left < right,
+            Self::Le => left <= right,
+            Self::Gt => left > right,
+            Self::Ge => left >= right,
+        }
+    }
+}
+
+/// A test of a text value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextTest {
+    /// Equal to the string.
+    Equals(String),
+    /// Starts with the string (`= "user.*"`).
+    Prefix(String),
+    /// Compares byte-wise (`<`, `<=`, `>`, `>=`).
+    Compare(Comparison, String),
+    /// Contains the string, ASCII case-insensitively; held lower-cased.
+    Contains(String),
+    /// Present: non-empty text, or a metadata string (`:*`).
+    Present,
+}
+
+impl TextTest {
+    /// Whether `value` passes.
+    pub fn holds(&self, value: &str) -> bool {
+        match self {
+            Self::Equals(s) => value == s,
+            Self::Prefix(s) => value.starts_with(s.as_str()),
+            Self::Compare(c, s) => c.holds(value, s.as_str()),
+            Self::Contains(s) => value.to_ascii_lowercase().contains(s.as_str()),
+            Self::Present => !value.is_empty(),
+        }
+    }
+}
+
+/// A test of a top-level metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetadataTest {
+    /// A string value passing the text test.
+    Text(TextTest),
+    /// A number value comparing to this number.
+    Number(Comparison, f64),
+    /// A boolean value equal to this one.
+    Bool(bool),
+    /// Any non-null value (`metadata.KEY:*`).
+    Present,
+}
+
+/// One comparison of an expression, typed against its field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Test {
+    /// A text field.
+    Text(Field, TextTest),
+    /// An enum field equal to this value number.
+    Enum(Field, i32),
+    /// An integer or time (unix microseconds) field.
+    Number(Field, Comparison, i64),
+    /// A top-level metadata key.
+    Metadata(String, MetadataTest),
+}
+
+/// A parsed expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    /// Every part holds.
+    And(Vec<Node>),
+    /// Some part holds.
+    Or(Vec<Node>),
+    /// The part does not hold.
+    Not(Box<Node>),
+    /// A comparison.
+    Test(Test),
+}
+
+impl Node {
+    /// Whether `event` satisfies the expression, evaluated in memory with
+    /// exactly the semantics the database applies to the compiled form.
+    pub fn matches(&self, event: &audit_event::Model) -> bool {
+        match self {
+            Self::And(parts) => parts.iter().all(|p| p.matches(event)),
+            Self::Or(parts) => parts.iter().any(|p| p.matches(event)),
+            Self::Not(part) => !part.matches(event),
+            Self::Test(test) => test.matches(event),
+        }
+    }
+}
+
+impl Test {
+    /// Whether `event` passes this comparison.
+    pub fn matches(&self, event: &audit_event::Model) -> bool {
+        match self {
+            Self::Text(field, test) => field.text(event).is_some_and(|v| test.holds(v)),
+            Self::Enum(field, value) => field.number(event) == Some(i64::from(*value)),
+            Self::Number(field, comparison, value) => {
+                field.number(event).is_some_and(|v| comparison.holds(&v, value))
+            }
+            Self::Metadata(key, test) => {
+                let value = event.metadata.as_ref().and_then(|m| m.get(key.as_str()));
+                let Some(value) = value else {
+                    return false;
+                };
+                match test {
+                    MetadataTest::Text(test) => value.as_str().is_some_and(|v| test.holds(v)),
+                    MetadataTest::Number(comparison, number) => value
+                        .as_f64()
+                        .filter(|_| value.is_number())
+                        .is_some_and(|v| comparison.holds(&v, number)),
+                    MetadataTest::Bool(b) => value.as_bool() == Some(*b),
+                    MetadataTest::Present => !value.is_null(),
+                }
+            }
+        }
+    }
+}
