@@ -12,8 +12,8 @@ pub const MAX_TENANT_ID_LEN: usize = 128;
 /// A validated tenant id: 1 to 128 characters of `A-Z a-z 0-9 . _ - :`,
 /// starting with a letter or digit.
 ///
-/// It is also the Rust type of every `tenant_id` column (see
-/// [`crate::entity`]): a row is written for, and a statement bound to, a
+/// It is also the Rust type of every `tenant_id` column (see the
+/// `entity` module): a row is written for, and a statement bound to, a
 /// tenant only through a value of this type. A value read back from a row
 /// is taken as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, DeriveValueType)]
