@@ -12,7 +12,7 @@
 /// Sets TCP_NODELAY on every TCP socket of the process; returns how many
 /// sockets took it.
 #[cfg(target_os = "linux")]
-pub(super) fn disable_nagle_everywhere() -> std::io::Result<usize> {
+pub(in crate::store) fn disable_nagle_everywhere() -> std::io::Result<usize> {
     let mut set = 0;
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let entry = entry?;
@@ -34,7 +34,7 @@ pub(super) fn disable_nagle_everywhere() -> std::io::Result<usize> {
 
 /// Elsewhere there is no /proc to list sockets with; nothing is changed.
 #[cfg(not(target_os = "linux"))]
-pub(super) fn disable_nagle_everywhere() -> std::io::Result<usize> {
+pub(in crate::store) fn disable_nagle_everywhere() -> std::io::Result<usize> {
     Ok(0)
 }
 
