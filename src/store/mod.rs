@@ -17,6 +17,8 @@ mod sequencer;
 mod sessions;
 pub mod stats;
 mod tree;
+// The one module that calls C (SQLite's configuration, setsockopt).
+#[allow(unsafe_code)]
 mod tuning;
 
 use std::sync::Arc;
