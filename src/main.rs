@@ -98,6 +98,7 @@ enum KeysCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    audit_service::store::tune_process();
     telemetry::init();
     let cli = match parse_command_line() {
         Ok(cli) => cli,

@@ -106,14 +106,13 @@ fn connect_options(
         options.map_sqlx_postgres_pool_opts(move |pool| {
             loss.guard_postgres(pool).after_connect(|connection, _| {
                 Box::pin(async move {
-                    tuning::disable_nagle_everywhere()?;
+                    tuning::nodelay_if_tuned()?;
                     sessions::after_postgres_connect(connection).await
                 })
             })
         });
     }
     if backend == DbBackend::Sqlite {
-        tuning::sqlite_process_settings();
         options.map_sqlx_sqlite_opts(|opts| {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
             // WAL lets readers run beside the writer; FULL makes a commit

@@ -43,6 +43,7 @@ pub use sessions::{
     APPLICATION_NAME, CLIENT_CHECK_INTERVAL, IDLE_IN_TRANSACTION_LIMIT, LOCK_WAIT_LIMIT, connection_died,
 };
 pub use tree::{ConsistencyProof, InclusionProof, LogRow};
+pub use tuning::tune_process;
 
 /// Handle to the audit log; cheap to clone.
 #[derive(Clone)]

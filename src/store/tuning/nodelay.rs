@@ -1,18 +1,20 @@
 //! TCP_NODELAY for the PostgreSQL connections.
 //!
 //! sqlx 0.9.0 connects without TCP_NODELAY (launchbadge/sqlx#4335; the fix,
-//! #4336, is not released yet), so a message that spans more than one TCP
+//! #4336, is not in a release: 0.9.0 is the newest sqlx-core and
+//! sqlx-postgres on crates.io), so a message that spans more than one TCP
 //! segment (a batch INSERT, say) waits for the server's delayed ACK: 40 ms
 //! on Linux, on every such statement. sqlx gives no access to its socket,
-//! so each new connection sets the option on every TCP socket the process
-//! has open, the new one among them. Every socket of this service wants it
+//! so in a process that opted in ([`super::tune_process`]) each new
+//! connection sets the option on every TCP socket the process has open,
+//! the new one among them. Every socket of this service wants it
 //! (the gRPC listener sets it on accepted connections too), and setting it
 //! twice, or on a socket that is not TCP (which refuses), is harmless.
 
 /// Sets TCP_NODELAY on every TCP socket of the process; returns how many
 /// sockets took it.
 #[cfg(target_os = "linux")]
-pub(in crate::store) fn disable_nagle_everywhere() -> std::io::Result<usize> {
+pub(super) fn disable_nagle_everywhere() -> std::io::Result<usize> {
     let mut set = 0;
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let entry = entry?;
@@ -34,7 +36,7 @@ pub(in crate::store) fn disable_nagle_everywhere() -> std::io::Result<usize> {
 
 /// Elsewhere there is no /proc to list sockets with; nothing is changed.
 #[cfg(not(target_os = "linux"))]
-pub(in crate::store) fn disable_nagle_everywhere() -> std::io::Result<usize> {
+pub(super) fn disable_nagle_everywhere() -> std::io::Result<usize> {
     Ok(0)
 }
 

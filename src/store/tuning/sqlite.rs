@@ -13,14 +13,14 @@
 /// dropped, so a page of events meant ~2 500 trips through that mutex, from
 /// the connection's worker thread and the runtime's threads at once. Nothing
 /// here reads the counters (`sqlite3_memory_used` and friends).
-pub(in crate::store) fn sqlite_process_settings() {
+pub(super) fn sqlite_process_settings() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int. sqlite3_config is
-        // not thread-safe against other SQLite calls, but this runs before
-        // this process opens any SQLite connection; once the library is
-        // initialized (by someone else first) it returns SQLITE_MISUSE and
-        // changes nothing.
+        // not thread-safe against other SQLite calls, but this runs from
+        // `tune_process`, which `main` calls before this process opens any
+        // SQLite connection; once the library is initialized (by someone
+        // else first) it returns SQLITE_MISUSE and changes nothing.
         let rc = unsafe {
             libsqlite3_sys::sqlite3_config(libsqlite3_sys::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int)
         };
@@ -121,6 +121,22 @@ pub(in crate::store) fn stable_query_plans(
     }
 }
 
+/// Whether SQLite's allocations come from mimalloc; SQLite must be
+/// initialized (a connection open).
+#[cfg(test)]
+pub(super) fn allocates_from_mimalloc() -> bool {
+    // SAFETY: the library is initialized, as the caller promises; the
+    // block is freed by SQLite's own free.
+    unsafe {
+        let block = libsqlite3_sys::sqlite3_malloc(100);
+        assert!(!block.is_null());
+        assert!(libsqlite3_sys::sqlite3_msize(block) >= 100);
+        let from_mimalloc = libmimalloc_sys::mi_is_in_heap_region(block);
+        libsqlite3_sys::sqlite3_free(block);
+        from_mimalloc
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::DatabaseConfig;
@@ -141,22 +157,6 @@ mod tests {
         };
         assert_eq!(rc, libsqlite3_sys::SQLITE_OK);
         enabled
-    }
-
-    #[tokio::test]
-    async fn sqlite_allocates_from_mimalloc() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display());
-        let _store = Store::connect(&DatabaseConfig::new(url)).await.unwrap();
-        // SAFETY: the library is initialized (a connection is open); the
-        // block is freed by SQLite's own free.
-        unsafe {
-            let block = libsqlite3_sys::sqlite3_malloc(100);
-            assert!(!block.is_null());
-            assert!(libmimalloc_sys::mi_is_in_heap_region(block));
-            assert!(libsqlite3_sys::sqlite3_msize(block) >= 100);
-            libsqlite3_sys::sqlite3_free(block);
-        }
     }
 
     #[tokio::test]
