@@ -4,9 +4,12 @@
 //! tenant and hides erased events, so no query can forget the tenant.
 
 pub mod api_keys;
+mod append;
 mod clock;
+mod commits;
 mod connect;
-mod group_commit;
+mod delete;
+mod insert;
 pub mod page_token;
 mod pg_array;
 mod query;
@@ -30,15 +33,16 @@ use sea_orm::{
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 
 pub use api_keys::ApiKeyInfo;
+pub use append::{AppendOutcome, NewEvent};
 pub use clock::now_micros;
+pub use commits::{Committed, NOTIFY_CHANNEL};
+pub use delete::{
+    DELETION_ACTION, DELETION_RESOURCE_TYPE, DeleteOutcome, Deletion, DeletionRequest, SERVICE_ACTION_PREFIX,
+};
 pub use page_token::{PageCursor, PageTokenKey};
 pub use query::{EventOrder, EventPage, PageLimits, PageSink, page_query};
 pub use reads::{READ_DEADLINE, events_of};
 use reads::{fetch_event, fetch_events, within_deadline};
-pub use sequencer::{
-    AppendOutcome, Committed, DELETION_ACTION, DELETION_RESOURCE_TYPE, DeleteOutcome, Deletion,
-    DeletionRequest, NOTIFY_CHANNEL, NewEvent, SERVICE_ACTION_PREFIX,
-};
 pub use sessions::{
     APPLICATION_NAME, CLIENT_CHECK_INTERVAL, IDLE_IN_TRANSACTION_LIMIT, LOCK_WAIT_LIMIT, connection_died,
 };
@@ -68,7 +72,7 @@ pub struct Store {
     /// Whether `Append` extends the Merkle tree in its transaction.
     maintain_tree: bool,
     /// Appends of one tenant waiting to share a transaction.
-    group_commit: Arc<group_commit::GroupCommit>,
+    group_commit: Arc<append::GroupCommit>,
 }
 
 impl Store {
