@@ -9,12 +9,12 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter,
     QuerySelect,
 };
-use tokio::sync::watch;
+use tokio::sync::{MutexGuard, watch};
 use uuid::Uuid;
 
 use super::{AppendOutcome, NewEvent};
 use crate::entity::audit_event;
-use crate::integrity::merkle::CompactTree;
+use crate::integrity::merkle::{CompactTree, Hash, NodeId};
 use crate::store::commits::{Committed, announce};
 use crate::store::insert::insert_events;
 use crate::store::sequencer::{Head, lock_head, lock_head_now, set_head};
@@ -84,86 +84,36 @@ impl Store {
         predecessor: Option<Predecessor>,
         planned: impl FnOnce(Tail),
     ) -> Result<Vec<Vec<AppendOutcome>>, DbErr> {
-        let (_writer, txn, head, tree_size) = match &predecessor {
-            None => {
-                let (writer, txn) = self.begin_write().await?;
-                let Head { head_seq, tree_size } = lock_head(&txn, tenant).await?;
-                (writer, txn, head_seq, tree_size)
-            }
-            Some(p) => (None, self.begin_ahead().await?, p.tail.head, p.tail.tree_size),
-        };
-        let base_tree = predecessor.as_ref().and_then(|p| p.tail.tree.clone());
+        let (_writer, txn, start) = self.open_group(tenant, predecessor.as_ref()).await?;
+        let Head {
+            head_seq: head,
+            tree_size,
+        } = start;
         // Only PostgreSQL overlaps groups; elsewhere `planned` is dropped
         // on return, after the commit.
         let overlaps = self.backend() == DbBackend::Postgres;
         let mut planned = Some(planned);
         let write = async {
             let recorded_at = now_micros();
-            let keys: Vec<String> = batches
-                .iter()
-                .flatten()
-                .filter_map(|e| e.idempotency_key.clone())
-                .collect();
-            let mut recorded = recorded_keys(&txn, tenant, keys).await?;
-            if let Some(p) = &predecessor {
-                // Not visible to this transaction until the predecessor commits.
-                recorded.extend(p.tail.keys.iter().map(|(k, v)| (k.clone(), *v)));
-            }
-            let mut own_keys = HashMap::new();
-            let mut results = Vec::with_capacity(batches.len());
-            let mut rows = Vec::with_capacity(batches.iter().map(Vec::len).sum());
-            let mut next = head;
-            for events in batches {
-                let mut outcomes = Vec::with_capacity(events.len());
-                for event in events {
-                    if let Some(&(id, seq)) = event.idempotency_key.as_ref().and_then(|k| recorded.get(k)) {
-                        outcomes.push(AppendOutcome {
-                            id,
-                            seq,
-                            duplicate: true,
-                        });
-                        continue;
-                    }
-                    next += 1;
-                    let id = Uuid::now_v7();
-                    if let Some(key) = &event.idempotency_key {
-                        recorded.insert(key.clone(), (id, next));
-                        own_keys.insert(key.clone(), (id, next));
-                    }
-                    outcomes.push(AppendOutcome {
-                        id,
-                        seq: next,
-                        duplicate: false,
-                    });
-                    rows.push(event.into_model(tenant, next, id, recorded_at));
-                }
-                results.push(outcomes);
-            }
+            let recorded = known_keys(&txn, tenant, &batches, predecessor.as_ref()).await?;
+            let Seqs {
+                outcomes,
+                rows,
+                own_keys,
+                last_seq,
+            } = assign_seqs(tenant, batches, recorded, head, recorded_at);
             if rows.is_empty() {
                 // Duplicates only; their answers may come from the predecessor.
                 await_predecessor(predecessor).await?;
-                return Ok((results, None));
+                return Ok((outcomes, None));
             }
-            let (tree, nodes) = match base_tree {
-                _ if !self.maintains_tree() => (None, Vec::new()),
-                Some(mut tree) => {
-                    let nodes = push_rows(&mut tree, &rows);
-                    (Some(tree), nodes)
-                }
-                None if predecessor.is_some() => {
-                    return Err(DbErr::Custom(
-                        "the group before this one did not extend the tree".into(),
-                    ));
-                }
-                None => {
-                    let (tree, nodes) = grow_tree(&txn, tenant, tree_size, next, &rows).await?;
-                    (Some(tree), nodes)
-                }
-            };
+            let (tree, nodes) = self
+                .group_tree(&txn, tenant, predecessor.as_ref(), tree_size, last_seq, &rows)
+                .await?;
             let new_tree_size = tree.as_ref().map_or(tree_size, tree_size_of);
             if let Some(planned) = planned.take_if(|_| overlaps) {
                 planned(Tail {
-                    head: next,
+                    head: last_seq,
                     tree_size: new_tree_size,
                     tree,
                     keys: own_keys,
@@ -173,18 +123,11 @@ impl Store {
             insert_nodes(&txn, tenant, nodes).await?;
             insert_events(&txn, rows).await?;
             if predecessor.is_some() {
-                await_predecessor(predecessor).await?;
-                let locked = lock_head_now(&txn, tenant).await?;
-                if locked.head_seq != head || locked.tree_size != tree_size {
-                    return Err(DbErr::Custom(format!(
-                        "tenant {tenant}: the log moved to head {} while this group was written for head {head}",
-                        locked.head_seq
-                    )));
-                }
+                confirm_predecessor(&txn, tenant, predecessor, head, tree_size).await?;
             }
-            set_head(&txn, tenant, next, new_tree_size).await?;
-            announce(&txn, tenant, head + 1, next).await?;
-            Ok((results, committed.map(|events| (next, events))))
+            set_head(&txn, tenant, last_seq, new_tree_size).await?;
+            announce(&txn, tenant, head + 1, last_seq).await?;
+            Ok((outcomes, committed.map(|events| (last_seq, events))))
         };
         let (results, committed) = match write.await {
             Ok(written) => written,
@@ -207,6 +150,61 @@ impl Store {
         Ok(results)
     }
 
+    /// Opens a group's transaction where its seqs start: without a
+    /// predecessor behind the tenant's head row lock (and on SQLite the
+    /// writer lock); with one, written ahead at the predecessor's tail.
+    async fn open_group(
+        &self,
+        tenant: &TenantId,
+        predecessor: Option<&Predecessor>,
+    ) -> Result<(Option<MutexGuard<'_, ()>>, DatabaseTransaction, Head), DbErr> {
+        match predecessor {
+            None => {
+                let (writer, txn) = self.begin_write().await?;
+                let head = lock_head(&txn, tenant).await?;
+                Ok((writer, txn, head))
+            }
+            Some(p) => Ok((
+                None,
+                self.begin_ahead().await?,
+                Head {
+                    head_seq: p.tail.head,
+                    tree_size: p.tail.tree_size,
+                },
+            )),
+        }
+    }
+
+    /// The group's Merkle tree with its rows pushed, and the nodes they
+    /// complete: extended from the predecessor's tree when written ahead,
+    /// otherwise grown from storage; nothing when tree upkeep is off.
+    async fn group_tree(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &TenantId,
+        predecessor: Option<&Predecessor>,
+        tree_size: i64,
+        last_seq: i64,
+        rows: &[audit_event::Model],
+    ) -> Result<(Option<CompactTree>, Vec<(NodeId, Hash)>), DbErr> {
+        Ok(match predecessor.and_then(|p| p.tail.tree.clone()) {
+            _ if !self.maintains_tree() => (None, Vec::new()),
+            Some(mut tree) => {
+                let nodes = push_rows(&mut tree, rows);
+                (Some(tree), nodes)
+            }
+            None if predecessor.is_some() => {
+                return Err(DbErr::Custom(
+                    "the group before this one did not extend the tree".into(),
+                ));
+            }
+            None => {
+                let (tree, nodes) = grow_tree(txn, tenant, tree_size, last_seq, rows).await?;
+                (Some(tree), nodes)
+            }
+        })
+    }
+
     /// Starts the transaction of a group written ahead (PostgreSQL), whose
     /// lock waits end after [`AHEAD_LOCK_WAIT`].
     async fn begin_ahead(&self) -> Result<DatabaseTransaction, DbErr> {
@@ -216,6 +214,108 @@ impl Store {
             .await?;
         Ok(txn)
     }
+}
+
+/// The outcomes, rows and keys of a group once each event has its seq.
+struct Seqs {
+    /// One outcome per input event, batch by batch.
+    outcomes: Vec<Vec<AppendOutcome>>,
+    /// The rows to insert (duplicates have none), in seq order.
+    rows: Vec<audit_event::Model>,
+    /// The idempotency keys this group records.
+    own_keys: HashMap<String, (Uuid, i64)>,
+    /// The last seq handed out (`head` when every event was a duplicate).
+    last_seq: i64,
+}
+
+/// Hands out seqs after `head`, batch by batch in the order given: an event
+/// whose idempotency key is in `recorded` (or earlier in the group) answers
+/// with the event recorded under it and takes no seq.
+fn assign_seqs(
+    tenant: &TenantId,
+    batches: Vec<Vec<NewEvent>>,
+    mut recorded: HashMap<String, (Uuid, i64)>,
+    head: i64,
+    recorded_at: i64,
+) -> Seqs {
+    let mut own_keys = HashMap::new();
+    let mut results = Vec::with_capacity(batches.len());
+    let mut rows = Vec::with_capacity(batches.iter().map(Vec::len).sum());
+    let mut next = head;
+    for events in batches {
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            if let Some(&(id, seq)) = event.idempotency_key.as_ref().and_then(|k| recorded.get(k)) {
+                outcomes.push(AppendOutcome {
+                    id,
+                    seq,
+                    duplicate: true,
+                });
+                continue;
+            }
+            next += 1;
+            let id = Uuid::now_v7();
+            if let Some(key) = &event.idempotency_key {
+                recorded.insert(key.clone(), (id, next));
+                own_keys.insert(key.clone(), (id, next));
+            }
+            outcomes.push(AppendOutcome {
+                id,
+                seq: next,
+                duplicate: false,
+            });
+            rows.push(event.into_model(tenant, next, id, recorded_at));
+        }
+        results.push(outcomes);
+    }
+    Seqs {
+        outcomes: results,
+        rows,
+        own_keys,
+        last_seq: next,
+    }
+}
+
+/// The idempotency keys of `batches` already recorded for the tenant,
+/// including those of the predecessor (not visible to this transaction
+/// until it commits).
+async fn known_keys(
+    txn: &DatabaseTransaction,
+    tenant: &TenantId,
+    batches: &[Vec<NewEvent>],
+    predecessor: Option<&Predecessor>,
+) -> Result<HashMap<String, (Uuid, i64)>, DbErr> {
+    let keys: Vec<String> = batches
+        .iter()
+        .flatten()
+        .filter_map(|e| e.idempotency_key.clone())
+        .collect();
+    let mut recorded = recorded_keys(txn, tenant, keys).await?;
+    if let Some(p) = predecessor {
+        recorded.extend(p.tail.keys.iter().map(|(k, v)| (k.clone(), *v)));
+    }
+    Ok(recorded)
+}
+
+/// For a group written ahead, once its rows are written: waits for the
+/// predecessor to commit, then takes the head lock without waiting and
+/// fails unless the head is exactly where the group was written for.
+async fn confirm_predecessor(
+    txn: &DatabaseTransaction,
+    tenant: &TenantId,
+    predecessor: Option<Predecessor>,
+    head: i64,
+    tree_size: i64,
+) -> Result<(), DbErr> {
+    await_predecessor(predecessor).await?;
+    let locked = lock_head_now(txn, tenant).await?;
+    if locked.head_seq != head || locked.tree_size != tree_size {
+        return Err(DbErr::Custom(format!(
+            "tenant {tenant}: the log moved to head {} while this group was written for head {head}",
+            locked.head_seq
+        )));
+    }
+    Ok(())
 }
 
 /// Waits for the group this one is written on top of (if any) to commit;
