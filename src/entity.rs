@@ -25,7 +25,10 @@ pub fn tenant_statement(
     sql: &str,
     values: impl IntoIterator<Item = Value>,
 ) -> Statement {
-    assert!(names_first_parameter(sql), "a tenant statement uses $1, the tenant: {sql}");
+    assert!(
+        names_first_parameter(sql),
+        "a tenant statement uses $1, the tenant: {sql}"
+    );
     let values = std::iter::once(Value::from(tenant.clone())).chain(values);
     Statement::from_sql_and_values(backend, sql, values)
 }
@@ -433,15 +436,31 @@ mod tests {
         for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
             let placeholder = if backend == DbBackend::Postgres { "$1" } else { "?" };
             let statements = [
-                ("audit_events", audit_event::Entity::of_tenant(&tenant).build(backend)),
-                ("tenant_heads", tenant_head::Entity::of_tenant(&tenant).build(backend)),
-                ("merkle_nodes", merkle_node::Entity::of_tenant(&tenant).build(backend)),
-                ("merkle_checkpoints", merkle_checkpoint::Entity::of_tenant(&tenant).build(backend)),
+                (
+                    "audit_events",
+                    audit_event::Entity::of_tenant(&tenant).build(backend),
+                ),
+                (
+                    "tenant_heads",
+                    tenant_head::Entity::of_tenant(&tenant).build(backend),
+                ),
+                (
+                    "merkle_nodes",
+                    merkle_node::Entity::of_tenant(&tenant).build(backend),
+                ),
+                (
+                    "merkle_checkpoints",
+                    merkle_checkpoint::Entity::of_tenant(&tenant).build(backend),
+                ),
                 ("api_keys", api_key::Entity::of_tenant(&tenant).build(backend)),
             ];
             for (table, statement) in statements {
                 let condition = format!("WHERE \"{table}\".\"tenant_id\" = {placeholder}");
-                assert!(statement.sql.contains(&condition), "{backend:?} {table}: {}", statement.sql);
+                assert!(
+                    statement.sql.contains(&condition),
+                    "{backend:?} {table}: {}",
+                    statement.sql
+                );
                 let values = statement.values.expect("bound values").0;
                 assert_eq!(values, vec![Value::from("acme")], "{backend:?} {table}");
             }

@@ -2,6 +2,8 @@
 //! service; `keys` manages API keys; `verify` checks a tenant's log against
 //! its signed checkpoints.
 
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -96,6 +98,7 @@ enum KeysCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    audit_service::store::tune_process();
     telemetry::init();
     let cli = match parse_command_line() {
         Ok(cli) => cli,

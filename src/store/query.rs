@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::sessions::RetryingReads;
 use super::{PageCursor, Store, events_of, fetch_event, within_deadline};
-use crate::entity::{audit_event, tenant_statement};
 use crate::entity::audit_event::EventFields;
+use crate::entity::{audit_event, tenant_statement};
 use crate::error::Error;
 use crate::filter::{EventMatcher, TimeBounds};
 use crate::tenant::TenantId;

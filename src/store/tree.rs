@@ -241,9 +241,7 @@ async fn range_hashes<C: ConnectionTrait>(
 
 /// Leaves in the tenant's tree.
 async fn stored_tree_size<C: ConnectionTrait>(conn: &C, tenant: &TenantId) -> Result<(i64, i64), DbErr> {
-    let head = tenant_head::Entity::of_tenant(tenant)
-        .one(conn)
-        .await?;
+    let head = tenant_head::Entity::of_tenant(tenant).one(conn).await?;
     Ok(head.map_or((0, 0), |h| (h.head_seq, h.tree_size)))
 }
 

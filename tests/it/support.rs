@@ -124,6 +124,8 @@ impl TestServer {
         database_url: String,
         configure: impl FnOnce(&mut ServeConfig),
     ) -> Self {
+        // As `main` does: the in-process servers run as the binary would.
+        audit_service::store::tune_process();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut config = ServeConfig::new(addr, DatabaseConfig::new(database_url.clone()));

@@ -194,7 +194,8 @@ pub fn stored_row(
         None => None,
     };
     Ok(audit_event::Model {
-        tenant_id: audit_service::tenant::TenantId::parse(tenant, "tenant").map_err(|e| anyhow::anyhow!("{e}"))?,
+        tenant_id: audit_service::tenant::TenantId::parse(tenant, "tenant")
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
         seq,
         id: Uuid::now_v7(),
         occurred_at: Some(occurred_at),

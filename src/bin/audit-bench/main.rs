@@ -109,6 +109,7 @@ const QUERY_TENANT: &str = "bench-query";
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    audit_service::store::tune_process();
     let options = Options::parse();
     match run(options).await {
         Ok(()) => ExitCode::SUCCESS,

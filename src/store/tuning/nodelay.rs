@@ -1,11 +1,13 @@
 //! TCP_NODELAY for the PostgreSQL connections.
 //!
 //! sqlx 0.9.0 connects without TCP_NODELAY (launchbadge/sqlx#4335; the fix,
-//! #4336, is not released yet), so a message that spans more than one TCP
+//! #4336, is not in a release: 0.9.0 is the newest sqlx-core and
+//! sqlx-postgres on crates.io), so a message that spans more than one TCP
 //! segment (a batch INSERT, say) waits for the server's delayed ACK: 40 ms
 //! on Linux, on every such statement. sqlx gives no access to its socket,
-//! so each new connection sets the option on every TCP socket the process
-//! has open, the new one among them. Every socket of this service wants it
+//! so in a process that opted in ([`super::tune_process`]) each new
+//! connection sets the option on every TCP socket the process has open,
+//! the new one among them. Every socket of this service wants it
 //! (the gRPC listener sets it on accepted connections too), and setting it
 //! twice, or on a socket that is not TCP (which refuses), is harmless.
 

@@ -30,11 +30,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use sea_orm::DbErr;
-use tokio::sync::oneshot::error::TryRecvError;
 use tokio::sync::{OwnedMutexGuard, oneshot, watch};
 
-use super::Store;
-use super::sequencer::{AppendOutcome, NewEvent, Predecessor, Tail};
+use super::transaction::{Predecessor, Tail};
+use super::{AppendOutcome, NewEvent};
+use crate::store::Store;
 use crate::tenant::TenantId;
 
 /// Most events one group transaction records (a batch is never split).
@@ -45,9 +45,9 @@ const PRUNE_ABOVE: usize = 1_024;
 type Reply = oneshot::Sender<Result<Vec<AppendOutcome>, DbErr>>;
 
 /// A batch waiting to be recorded, and where its outcome goes.
-struct Waiting {
-    events: Vec<NewEvent>,
-    reply: Reply,
+pub(super) struct Waiting {
+    pub events: Vec<NewEvent>,
+    pub reply: Reply,
 }
 
 /// A group whose transaction is still open.
@@ -74,9 +74,9 @@ async fn finished(mut outcome: watch::Receiver<Option<bool>>) {
 /// One tenant's waiting batches, the turn to record them, and the latest
 /// group in flight.
 #[derive(Default)]
-struct TenantQueue {
-    waiting: Mutex<Vec<Waiting>>,
-    turn: Arc<tokio::sync::Mutex<()>>,
+pub(super) struct TenantQueue {
+    pub waiting: Mutex<Vec<Waiting>>,
+    pub turn: Arc<tokio::sync::Mutex<()>>,
     latest: Mutex<Option<Arc<InFlight>>>,
 }
 
@@ -98,12 +98,12 @@ impl TenantQueue {
 
 /// The queues of every tenant with appends in flight.
 #[derive(Default)]
-pub(super) struct GroupCommit {
+pub(in crate::store) struct GroupCommit {
     queues: Mutex<HashMap<String, Arc<TenantQueue>>>,
 }
 
 impl GroupCommit {
-    fn queue(&self, tenant: &TenantId) -> Arc<TenantQueue> {
+    pub(super) fn queue(&self, tenant: &TenantId) -> Arc<TenantQueue> {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         if queues.len() > PRUNE_ABOVE {
             // Only this map holds an idle queue.
@@ -114,53 +114,7 @@ impl GroupCommit {
 }
 
 impl Store {
-    /// Records a batch all or nothing and returns one outcome per input, in
-    /// order. Returns after the commit is durable. Batches of other calls of
-    /// the same tenant may share its transaction; a failed group is retried
-    /// batch by batch, so one call's failure is never another's.
-    pub async fn append(
-        &self,
-        tenant: &TenantId,
-        events: Vec<NewEvent>,
-    ) -> Result<Vec<AppendOutcome>, DbErr> {
-        let queue = self.group_commit.queue(tenant);
-        let (reply, mut outcome) = oneshot::channel();
-        queue
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Waiting { events, reply });
-        loop {
-            let turn = tokio::select! {
-                biased;
-                result = &mut outcome => return result.unwrap_or_else(|_| Err(not_recorded())),
-                turn = queue.turn.clone().lock_owned() => turn,
-            };
-            // An earlier turn may already have recorded this batch.
-            match outcome.try_recv() {
-                Ok(result) => return result,
-                Err(TryRecvError::Closed) => return Err(not_recorded()),
-                Err(TryRecvError::Empty) => {}
-            }
-            let group = take_group(&queue);
-            if group.is_empty() {
-                // A group in flight took this batch.
-                drop(turn);
-                return outcome.await.unwrap_or_else(|_| Err(not_recorded()));
-            }
-            // The group is recorded in a task of its own, which holds the
-            // turn until the group is planned, so a caller that gives up
-            // (and drops this future) never abandons the other callers'
-            // batches halfway. If this batch was not in that group (it was
-            // full), a later turn takes it.
-            let store = self.clone();
-            let tenant = tenant.clone();
-            let queue = queue.clone();
-            tokio::spawn(async move { store.record_group(&tenant, &queue, group, turn).await });
-        }
-    }
-
-    async fn record_group(
+    pub(super) async fn record_group(
         &self,
         tenant: &TenantId,
         queue: &TenantQueue,
@@ -247,13 +201,13 @@ impl Store {
     }
 }
 
-fn not_recorded() -> DbErr {
+pub(super) fn not_recorded() -> DbErr {
     DbErr::Custom("the append was not recorded: its group commit stopped".into())
 }
 
 /// The waiting batches for one transaction, oldest first, skipping calls
 /// that were abandoned (their client gave up before the batch was written).
-fn take_group(queue: &TenantQueue) -> Vec<Waiting> {
+pub(super) fn take_group(queue: &TenantQueue) -> Vec<Waiting> {
     let mut waiting = queue.waiting.lock().unwrap_or_else(|e| e.into_inner());
     waiting.retain(|w| !w.reply.is_closed());
     let mut events = 0;

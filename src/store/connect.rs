@@ -1,0 +1,151 @@
+//! Opening a [`Store`]: the write and read pools with their connection
+//! settings, and the migrations (on PostgreSQL one replica at a time, under
+//! an advisory lock).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use audit_migrations::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DbBackend, DbErr, Statement};
+use tokio::sync::{Mutex, broadcast};
+
+use super::page_token::PageTokenKey;
+use super::reads::READ_DEADLINE;
+use super::secrets::load_or_create_secret;
+use super::{Store, sessions, tuning};
+use crate::config::DatabaseConfig;
+
+/// Commits the in-process feed keeps for a slow reader before it lags
+/// (a lagging reader falls back to reading storage).
+const COMMIT_FEED_CAPACITY: usize = 1024;
+
+/// Advisory-lock key that serializes migrations of replicas starting at once.
+const MIGRATION_LOCK_KEY: i64 = 0x6175_6469_745f_6d69;
+
+impl Store {
+    /// Connects, applies pending migrations and loads the shared secrets.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbErr> {
+        let backend = backend_of(&config.url)?;
+        if backend == DbBackend::Postgres {
+            migrate_postgres(&config.url).await?;
+        }
+        let loss = Arc::new(sessions::ConnectionLoss::default());
+        let db = Database::connect(connect_options(config, backend, &loss)).await?;
+        if backend == DbBackend::Sqlite {
+            Migrator::up(&db, None).await?;
+        }
+        let reads = match backend {
+            DbBackend::Postgres => {
+                let mut options = connect_options(config, backend, &loss);
+                options.map_sqlx_postgres_opts(|opts| {
+                    opts.options([
+                        ("statement_timeout", READ_DEADLINE.as_millis().to_string()),
+                        ("default_transaction_read_only", "on".to_owned()),
+                    ])
+                });
+                Database::connect(options).await?
+            }
+            _ => db.clone(),
+        };
+        let page_tokens = PageTokenKey::new(load_or_create_secret(&db, "page_token_key").await?);
+        let sqlite_writer = (backend == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        let (commits, _) = broadcast::channel(COMMIT_FEED_CAPACITY);
+        Ok(Self {
+            db,
+            reader: sessions::RetryingReads::new(reads.clone(), loss.clone()),
+            reads,
+            loss,
+            sqlite_writer,
+            page_tokens,
+            commits,
+            maintain_tree: true,
+            group_commit: Arc::default(),
+        })
+    }
+}
+
+fn backend_of(url: &str) -> Result<DbBackend, DbErr> {
+    if url.starts_with("sqlite:") {
+        Ok(DbBackend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(DbBackend::Postgres)
+    } else {
+        Err(DbErr::Custom(format!(
+            "unsupported DATABASE_URL {url:?}: expected sqlite://PATH?mode=rwc or postgres://..."
+        )))
+    }
+}
+
+fn connect_options(
+    config: &DatabaseConfig,
+    backend: DbBackend,
+    loss: &Arc<sessions::ConnectionLoss>,
+) -> ConnectOptions {
+    let mut options = ConnectOptions::new(config.url.clone());
+    options
+        .max_connections(config.max_connections.max(2))
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .idle_timeout(Duration::from_secs(300))
+        .test_before_acquire(false)
+        .sqlx_logging(false);
+    if backend == DbBackend::Postgres {
+        // A prepared statement switches to a generic plan, one for every
+        // value of its parameters, after five runs. Tenants differ in size
+        // by orders of magnitude, and a generic plan only knows the average:
+        // the Merkle frontier lookup (`tenant_id = $1 AND ((level, idx) = ...
+        // OR ...)`) went from an index probe per node to a walk over all of
+        // the tenant's nodes, one append in twenty took 8 ms longer, and
+        // `Append` 100 × 1 fell to 0.45× of raw INSERT. Every statement is
+        // planned for its own values instead (tens of microseconds each).
+        options.map_sqlx_postgres_opts(|opts| {
+            sessions::postgres_session(opts).options([("plan_cache_mode", "force_custom_plan")])
+        });
+        let loss = loss.clone();
+        options.map_sqlx_postgres_pool_opts(move |pool| {
+            loss.guard_postgres(pool).after_connect(|connection, _| {
+                Box::pin(async move {
+                    tuning::nodelay_if_tuned()?;
+                    sessions::after_postgres_connect(connection).await
+                })
+            })
+        });
+    }
+    if backend == DbBackend::Sqlite {
+        options.map_sqlx_sqlite_opts(|opts| {
+            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+            // WAL lets readers run beside the writer; FULL makes a commit
+            // durable (fsync) before Append returns.
+            opts.create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(30))
+        });
+        options.map_sqlx_sqlite_pool_opts(|pool| {
+            pool.after_connect(|connection, _| {
+                Box::pin(async move {
+                    let mut handle = connection.lock_handle().await?;
+                    tuning::stable_query_plans(handle.as_raw_handle())
+                })
+            })
+        });
+    }
+    options
+}
+
+/// Runs migrations on one dedicated connection holding a PostgreSQL advisory
+/// lock, so replicas that start together migrate once, in turn.
+async fn migrate_postgres(url: &str) -> Result<(), DbErr> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options.max_connections(1).min_connections(1).sqlx_logging(false);
+    let db = Database::connect(options).await?;
+    let lock =
+        |sql: &str| Statement::from_sql_and_values(DbBackend::Postgres, sql, [MIGRATION_LOCK_KEY.into()]);
+    db.execute_raw(lock("SELECT pg_advisory_lock($1)")).await?;
+    let migrated = Migrator::up(&db, None).await;
+    let unlocked = db.execute_raw(lock("SELECT pg_advisory_unlock($1)")).await;
+    db.close().await?;
+    migrated?;
+    unlocked.map(|_| ())
+}

@@ -1,0 +1,116 @@
+//! Writing event rows: a multi-row INSERT on SQLite, one `unnest` INSERT
+//! per chunk on PostgreSQL.
+
+use sea_orm::{
+    ActiveModelTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, IntoActiveModel,
+};
+
+use super::pg_array::ArrayLiteral;
+use crate::entity::{audit_event, tenant_statement};
+
+/// Rows per INSERT statement: keeps the bound parameters under SQLite's and
+/// PostgreSQL's limits for batches of any size.
+const INSERT_CHUNK: usize = 400;
+/// Rows per `unnest` INSERT on PostgreSQL (bounds one statement's size).
+const UNNEST_CHUNK: usize = 5000;
+
+/// Inserts `rows` (events of one tenant) in the transaction.
+pub(super) async fn insert_events(
+    txn: &DatabaseTransaction,
+    rows: Vec<audit_event::Model>,
+) -> Result<(), DbErr> {
+    if txn.get_database_backend() == DbBackend::Postgres {
+        for chunk in rows.chunks(UNNEST_CHUNK) {
+            insert_events_postgres(txn, chunk).await?;
+        }
+        return Ok(());
+    }
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<audit_event::ActiveModel> = rows
+            .by_ref()
+            .take(INSERT_CHUNK)
+            .map(|m| m.into_active_model().reset_all())
+            .collect();
+        audit_event::Entity::insert_many(chunk)
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// One INSERT for a batch of events of one tenant on PostgreSQL: each
+/// column travels as one array literal and the server `unnest`s them, so
+/// the statement is prepared once and planned once, where a multi-row
+/// VALUES list of a new length (25 parameters a row) is parsed and planned
+/// anew on every group commit.
+async fn insert_events_postgres(txn: &DatabaseTransaction, rows: &[audit_event::Model]) -> Result<(), DbErr> {
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    let n = rows.len();
+    let mut numbers: [ArrayLiteral; 8] = std::array::from_fn(|_| ArrayLiteral::with_capacity(n * 17));
+    let mut texts: [ArrayLiteral; 16] = std::array::from_fn(|_| ArrayLiteral::with_capacity(n * 24));
+    for row in rows {
+        if row.tenant_id != first.tenant_id {
+            return Err(DbErr::Custom("one INSERT takes the events of one tenant".into()));
+        }
+        let [
+            seq,
+            id,
+            occurred_at,
+            recorded_at,
+            actor_type,
+            outcome,
+            status_code,
+            deleted_at,
+        ] = &mut numbers;
+        seq.push_plain(Some(row.seq));
+        id.push_plain(Some(row.id));
+        occurred_at.push_plain(row.occurred_at);
+        recorded_at.push_plain(Some(row.recorded_at));
+        actor_type.push_plain(row.actor_type);
+        outcome.push_plain(row.outcome);
+        status_code.push_plain(row.request_status_code);
+        deleted_at.push_plain(row.deleted_at);
+        let metadata = row.metadata.as_ref().map(serde_json::Value::to_string);
+        for (literal, value) in texts.iter_mut().zip([
+            row.actor_id.as_deref(),
+            row.actor_name.as_deref(),
+            row.actor_email.as_deref(),
+            row.action.as_deref(),
+            row.resource_type.as_deref(),
+            row.resource_id.as_deref(),
+            row.resource_name.as_deref(),
+            row.request_method.as_deref(),
+            row.request_path.as_deref(),
+            row.request_client_ip.as_deref(),
+            row.request_user_agent.as_deref(),
+            row.request_id.as_deref(),
+            row.source.as_deref(),
+            row.reasoning.as_deref(),
+            metadata.as_deref(),
+            row.idempotency_key.as_deref(),
+        ]) {
+            literal.push_text(value);
+        }
+    }
+    let values = numbers.into_iter().chain(texts).map(|l| l.finish().into());
+    txn.execute_raw(tenant_statement(
+        DbBackend::Postgres,
+        &first.tenant_id,
+        "INSERT INTO audit_events (tenant_id, seq, id, occurred_at, recorded_at, actor_type, outcome, \
+         request_status_code, deleted_at, actor_id, actor_name, actor_email, action, resource_type, \
+         resource_id, resource_name, request_method, request_path, request_client_ip, \
+         request_user_agent, request_id, source, reasoning, metadata, idempotency_key) \
+         SELECT $1, t.* FROM unnest($2::text::bigint[], $3::text::uuid[], $4::text::bigint[], \
+         $5::text::bigint[], $6::text::int[], $7::text::int[], $8::text::int[], $9::text::bigint[], \
+         $10::text::text[], $11::text::text[], $12::text::text[], $13::text::text[], $14::text::text[], \
+         $15::text::text[], $16::text::text[], $17::text::text[], $18::text::text[], $19::text::text[], \
+         $20::text::text[], $21::text::text[], $22::text::text[], $23::text::text[], \
+         $24::text::jsonb[], $25::text::text[]) AS t",
+        values,
+    ))
+    .await?;
+    Ok(())
+}

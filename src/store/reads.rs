@@ -1,0 +1,117 @@
+//! What every read is built from: the tenant's live events as the start of
+//! each query, rows decoded by position, and the deadline a read runs under.
+
+use std::time::Duration;
+
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, QueryFilter, QuerySelect, QueryTrait, Select};
+
+use crate::entity::audit_event;
+use crate::error::Error;
+use crate::tenant::TenantId;
+
+/// How long one read (a query page, stats, filter metadata) may run before
+/// it fails with DEADLINE_EXCEEDED; on PostgreSQL also its
+/// `statement_timeout`, so the database stops working on it too.
+pub const READ_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The tenant's live (not erased) events: the start of every read.
+pub fn events_of(tenant: &TenantId) -> Select<audit_event::Entity> {
+    audit_event::Entity::of_tenant(tenant).filter(audit_event::Column::DeletedAt.is_null())
+}
+
+/// The events `select` (an `audit_event::Entity::find()`, every column)
+/// reads, decoded by position ([`audit_event::Model::from_row`]).
+pub(super) async fn fetch_events<C: ConnectionTrait>(
+    conn: &C,
+    select: Select<audit_event::Entity>,
+) -> Result<Vec<audit_event::Model>, DbErr> {
+    let statement = select.build(conn.get_database_backend());
+    let rows = conn.query_all_raw(statement).await?;
+    rows.iter().map(audit_event::Model::from_row).collect()
+}
+
+/// The first event `select` reads, as [`fetch_events`].
+pub(super) async fn fetch_event<C: ConnectionTrait>(
+    conn: &C,
+    select: Select<audit_event::Entity>,
+) -> Result<Option<audit_event::Model>, DbErr> {
+    let statement = select.limit(1).build(conn.get_database_backend());
+    match conn.query_one_raw(statement).await? {
+        Some(row) => audit_event::Model::from_row(&row).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Runs a read, failing with [`Error::DeadlineExceeded`] once it has taken
+/// [`READ_DEADLINE`].
+pub(super) async fn within_deadline<T>(read: impl Future<Output = Result<T, DbErr>>) -> Result<T, Error> {
+    match tokio::time::timeout(READ_DEADLINE, read).await {
+        Ok(result) => result.map_err(Error::from),
+        Err(_) => Err(Error::DeadlineExceeded(format!(
+            "the read took longer than {} s; narrow the filter",
+            READ_DEADLINE.as_secs()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::QueryOrder;
+
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::store::{DeleteOutcome, DeletionRequest, NewEvent, Store};
+
+    #[tokio::test]
+    async fn decoding_by_position_reads_what_decoding_by_name_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display());
+        let store = Store::connect(&DatabaseConfig::new(url)).await.unwrap();
+        let tenant = TenantId::parse("acme", "tenant").unwrap();
+        // Every column holds a value no other column of its type holds, so
+        // a decoder reading the wrong position cannot pass.
+        let event = |action: &str| NewEvent {
+            occurred_at: Some(1_700_000_000_123_456),
+            actor_id: "user-1".into(),
+            actor_type: 1,
+            actor_name: "Ada".into(),
+            actor_email: "ada@example.com".into(),
+            action: action.into(),
+            resource_type: "document".into(),
+            resource_id: "doc-7".into(),
+            resource_name: "Plan".into(),
+            outcome: 2,
+            request_method: "POST".into(),
+            request_path: "/docs/7".into(),
+            request_status_code: 403,
+            request_client_ip: "203.0.113.9".into(),
+            request_user_agent: "curl/8".into(),
+            request_id: "req-1".into(),
+            source: "billing".into(),
+            reasoning: "because".into(),
+            metadata: Some(serde_json::json!({"attempt": 2, "tags": ["a", null, 1.5]})),
+            idempotency_key: Some(format!("key-{action}")),
+        };
+        let outcomes = store
+            .append(&tenant, vec![event("user.login"), event("user.logout")])
+            .await
+            .unwrap();
+        let request = DeletionRequest {
+            actor_id: "admin".into(),
+            actor_type: 1,
+            reason: "test".into(),
+        };
+        let erased = store.delete(&tenant, outcomes[0].id, request).await.unwrap();
+        assert!(matches!(erased, DeleteOutcome::Erased(_)));
+
+        let all =
+            || <audit_event::Entity as sea_orm::EntityTrait>::find().order_by_asc(audit_event::Column::Seq);
+        let by_name = all().all(store.connection()).await.unwrap();
+        let by_position = fetch_events(store.connection(), all()).await.unwrap();
+        assert_eq!(by_name.len(), 3, "two events and the deletion event");
+        assert!(by_name[0].deleted_at.is_some() && by_name[0].action.is_none());
+        assert_eq!(by_position, by_name);
+        let first = fetch_event(store.connection(), all()).await.unwrap();
+        assert_eq!(first.as_ref(), by_name.first());
+    }
+}
