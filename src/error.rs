@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{DbErr, RuntimeErr};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -80,32 +79,19 @@ pub enum Error {
     /// The call ran out of time.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
+    /// A concurrent write got there first; nothing was stored; retry.
+    #[error("{0}")]
+    Aborted(String),
+    /// Stored data is lost or corrupt; the message names the tenant and
+    /// what is wrong.
+    #[error("{0}")]
+    DataLoss(String),
     /// A bug or an unexpected storage failure.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl Error {
-    /// An [`Error::NotFound`] of the event `id`.
-    pub fn event_not_found(id: impl std::fmt::Display) -> Self {
-        Self::NotFound {
-            kind: "event",
-            id: id.to_string(),
-        }
-    }
-
-    /// `Delete` of an event the service wrote itself (`action`), which is
-    /// the log's own record and cannot be erased.
-    pub fn protected_event(id: impl std::fmt::Display, action: &str) -> Self {
-        Self::FailedPrecondition {
-            reason: "PROTECTED_EVENT",
-            message: format!(
-                "event {id} ({action}) was written by the audit service itself and cannot be deleted"
-            ),
-            metadata: vec![("action", action.to_owned())],
-        }
-    }
-
     /// A single-field [`Error::InvalidArgument`].
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
@@ -124,6 +110,8 @@ impl Error {
             Self::ResourceExhausted(_) => (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
             Self::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
             Self::DeadlineExceeded(_) => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
+            Self::Aborted(_) => (Code::Aborted, "CONFLICT"),
+            Self::DataLoss(_) => (Code::DataLoss, "CORRUPT_STORAGE"),
             Self::Internal(_) => (Code::Internal, "INTERNAL"),
         }
     }
@@ -163,76 +151,6 @@ impl From<Error> for Status {
     }
 }
 
-/// A database error as the client sees it: its class, never its text
-/// (which can quote values, table names and the database's internals).
-/// The text goes to the server log; an internal failure's message carries a
-/// reference to find it there.
-impl From<DbErr> for Error {
-    fn from(error: DbErr) -> Self {
-        if is_unavailable(&error) {
-            tracing::warn!(%error, "storage unavailable");
-            Error::Unavailable("storage unavailable: the database cannot answer right now; retry".to_owned())
-        } else if is_statement_timeout(&error) {
-            tracing::warn!(%error, "database statement timed out");
-            Error::DeadlineExceeded("the database did not finish in time; narrow the request".into())
-        } else {
-            let reference = uuid::Uuid::now_v7();
-            tracing::error!(%error, %reference, "storage failed");
-            Error::Internal(format!(
-                "storage failed; the server log has the details under {reference}"
-            ))
-        }
-    }
-}
-
-/// Whether a database error means "cannot reach the database" (retryable)
-/// rather than a failed statement.
-pub fn is_unavailable(error: &DbErr) -> bool {
-    let runtime = match error {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
-        DbErr::Exec(runtime) | DbErr::Query(runtime) => runtime,
-        _ => return false,
-    };
-    match runtime {
-        RuntimeErr::SqlxError(sqlx_error) => {
-            matches!(
-                sqlx_error.as_ref(),
-                sea_orm::sqlx::Error::Io(_)
-                    | sea_orm::sqlx::Error::PoolTimedOut
-                    | sea_orm::sqlx::Error::PoolClosed
-                    | sea_orm::sqlx::Error::WorkerCrashed
-                    | sea_orm::sqlx::Error::Tls(_)
-            ) || is_transient_state(sqlx_error.as_ref())
-        }
-        _ => false,
-    }
-}
-
-/// Whether PostgreSQL cancelled the statement (SQLSTATE 57014), which is
-/// how a read's `statement_timeout` ends it.
-fn is_statement_timeout(error: &DbErr) -> bool {
-    match error {
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            matches!(e.as_ref(), sea_orm::sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))
-        }
-        _ => false,
-    }
-}
-
-/// Whether PostgreSQL ended the statement for a reason that passes:
-/// SQLSTATE class 57P (operator intervention: a restart), 08 (connection
-/// exception), `idle_in_transaction_session_timeout` (25P03), or
-/// `lock_not_available` (55P03: a lock wait reached the service's
-/// `lock_timeout`, its transaction rolled back).
-fn is_transient_state(error: &sea_orm::sqlx::Error) -> bool {
-    match error {
-        sea_orm::sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("57P") || code.starts_with("08") || code == "25P03" || code == "55P03"
-        }),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use tonic_types::StatusExt;
@@ -258,40 +176,6 @@ mod tests {
             .map(|v| v.field.as_str())
             .collect();
         assert_eq!(fields, ["events[0].action", "events[1].actor.id"]);
-    }
-
-    #[test]
-    fn database_error_text_never_reaches_the_client() {
-        let secret = "relation \"audit_events\" violates check constraint near 'hunter2'";
-        for error in [
-            DbErr::Custom(secret.into()),
-            DbErr::Query(RuntimeErr::Internal(secret.into())),
-            DbErr::Conn(RuntimeErr::Internal(secret.into())),
-        ] {
-            let status = Status::from(Error::from(error));
-            assert!(!status.message().contains("hunter2"), "{status:?}");
-            assert!(!status.message().contains("audit_events"), "{status:?}");
-            assert!(
-                matches!(status.code(), Code::Internal | Code::Unavailable),
-                "{status:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn unavailable_storage_is_retryable_and_keeps_the_databases_words_out() {
-        let io = std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "FATAL: terminating connection due to administrator command",
-        );
-        let error = DbErr::Conn(RuntimeErr::SqlxError(std::sync::Arc::new(
-            sea_orm::sqlx::Error::Io(io),
-        )));
-        let status = Status::from(Error::from(error));
-        assert_eq!(status.code(), Code::Unavailable);
-        assert!(status.message().starts_with("storage unavailable"), "{status:?}");
-        assert!(!status.message().contains("FATAL"), "{status:?}");
-        assert!(!status.message().contains("administrator"), "{status:?}");
     }
 
     #[test]

@@ -254,10 +254,8 @@ async fn run_keys(store: &Store, command: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Revoke { id } => {
             let id = uuid::Uuid::parse_str(&id).map_err(|_| anyhow::anyhow!("{id:?} is not a key id"))?;
-            match store.revoke_api_key(id).await? {
-                Some(key) => println!("Revoked API key {} of tenant {}.", key.id, key.tenant),
-                None => anyhow::bail!("no API key {id}"),
-            }
+            let key = store.revoke_api_key(id).await?;
+            println!("Revoked API key {} of tenant {}.", key.id, key.tenant);
         }
     }
     Ok(())

@@ -84,8 +84,7 @@ impl IntegrityService for IntegrityApi {
             Some(Target::Seq(seq)) => seq,
             Some(Target::EventId(id)) => {
                 let id = event_id(&id, "event_id")?;
-                let event = self.store.get(&caller.tenant, id).await.map_err(Error::from)?;
-                let event = event.ok_or_else(|| Error::event_not_found(id))?;
+                let event = self.store.get(&caller.tenant, id).await?;
                 u64::try_from(event.seq).unwrap_or_default()
             }
             None => return Err(Error::invalid("target", "set event_id or seq").into()),

@@ -28,7 +28,7 @@ use crate::proto::{
 };
 use crate::store::page_token::QueryFingerprint;
 use crate::store::stats::{GroupField, GroupValue};
-use crate::store::{DeleteOutcome, DeletionRequest, EventOrder, PageLimits, Store};
+use crate::store::{DeletionRequest, EventOrder, PageLimits, Store};
 use crate::watch::WatchHub;
 use crate::wire::server::audit_service_server::AuditService;
 use crate::wire::{EncodedQueryResponse, PageEvents};
@@ -84,11 +84,7 @@ impl AuditService for AuditApi {
     async fn append(&self, request: Request<AppendRequest>) -> Result<Response<AppendResponse>, Status> {
         let caller = caller(&request, Scope::Append)?;
         let events = validate::append_events(request.into_inner().events)?;
-        let outcomes = self
-            .store
-            .append(&caller.tenant, events)
-            .await
-            .map_err(Error::from)?;
+        let outcomes = self.store.append(&caller.tenant, events).await?;
         let results = outcomes
             .into_iter()
             .map(|o| AppendResult {
@@ -145,8 +141,7 @@ impl AuditService for AuditApi {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<AuditEvent>, Status> {
         let caller = caller(&request, Scope::Read)?;
         let id = event_id(&request.get_ref().id, "id")?;
-        let event = self.store.get(&caller.tenant, id).await.map_err(Error::from)?;
-        let event = event.ok_or_else(|| Error::event_not_found(id))?;
+        let event = self.store.get(&caller.tenant, id).await?;
         Ok(Response::new(event_to_proto(event)))
     }
 
@@ -221,16 +216,7 @@ impl AuditService for AuditApi {
             actor_type: caller.actor_type() as i32,
             reason: request.reason,
         };
-        let deletion = match self
-            .store
-            .delete(&caller.tenant, id, deletion)
-            .await
-            .map_err(Error::from)?
-        {
-            DeleteOutcome::Erased(deletion) => deletion,
-            DeleteOutcome::NotFound => return Err(Error::event_not_found(id).into()),
-            DeleteOutcome::Protected { action } => return Err(Error::protected_event(id, &action).into()),
-        };
+        let deletion = self.store.delete(&caller.tenant, id, deletion).await?;
         Ok(Response::new(DeleteResponse {
             id: deletion.erased_id.to_string(),
             seq: deletion.erased_seq as u64,

@@ -8,14 +8,12 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, Set,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, Set};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use super::{Store, now_micros};
+use super::{Store, StoreError, StoreResult, now_micros};
 use crate::entity::api_key;
 use crate::tenant::TenantId;
 
@@ -72,7 +70,7 @@ impl Store {
         &self,
         tenant: &TenantId,
         scopes: &[String],
-    ) -> Result<(ApiKeyInfo, String), DbErr> {
+    ) -> StoreResult<(ApiKeyInfo, String)> {
         let id = Uuid::now_v7();
         let mut secret = [0u8; SECRET_BYTES];
         rand::rng().fill_bytes(&mut secret);
@@ -94,7 +92,7 @@ impl Store {
     }
 
     /// The tenant's keys, oldest first, revoked ones included.
-    pub async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyInfo>, DbErr> {
+    pub async fn list_api_keys(&self, tenant: &TenantId) -> StoreResult<Vec<ApiKeyInfo>> {
         let keys = api_key::Entity::of_tenant(tenant)
             .order_by_asc(api_key::Column::CreatedAt)
             .all(&self.db)
@@ -102,25 +100,31 @@ impl Store {
         Ok(keys.into_iter().map(ApiKeyInfo::from).collect())
     }
 
-    /// Revokes a key; `None` when there is no such key, the key as it now
-    /// is otherwise (revoking twice keeps the first time).
-    pub async fn revoke_api_key(&self, id: Uuid) -> Result<Option<ApiKeyInfo>, DbErr> {
+    /// Revokes a key and returns it as it now is (revoking twice keeps the
+    /// first time); [`StoreError::NotFound`] when there is no such key.
+    /// Keys are found by id, whoever's they are: this is the operator's
+    /// `keys revoke` command.
+    pub async fn revoke_api_key(&self, id: Uuid) -> StoreResult<ApiKeyInfo> {
         let _writer = self.write_guard().await;
         let Some(key) = api_key::Entity::find_by_id(id).one(&self.db).await? else {
-            return Ok(None);
+            return Err(StoreError::NotFound {
+                kind: "API key",
+                id: id.to_string(),
+            });
         };
         if key.revoked_at.is_some() {
-            return Ok(Some(key.into()));
+            return Ok(key.into());
         }
         let mut active = key.into_active_model();
         active.revoked_at = Set(Some(now_micros()));
-        Ok(Some(active.update(&self.db).await?.into()))
+        Ok(active.update(&self.db).await?.into())
     }
 
     /// The live key `presented` is, or `None` when it is malformed, unknown,
     /// wrong or revoked. Reads the database every time, so a revocation
-    /// takes effect on the next call in every replica.
-    pub async fn verify_api_key(&self, presented: &str) -> Result<Option<ApiKeyInfo>, DbErr> {
+    /// takes effect on the next call in every replica. Found by id, whoever's
+    /// it is: authentication learns the tenant from the key.
+    pub async fn verify_api_key(&self, presented: &str) -> StoreResult<Option<ApiKeyInfo>> {
         let Some((id, secret)) = parse_key(presented) else {
             return Ok(None);
         };
@@ -136,13 +140,13 @@ impl Store {
 
     /// Whether key `id` exists and is not revoked. Reads the database every
     /// time, so streams see a revocation made by any process.
-    pub async fn api_key_is_live(&self, id: Uuid) -> Result<bool, DbErr> {
+    pub async fn api_key_is_live(&self, id: Uuid) -> StoreResult<bool> {
         let key = api_key::Entity::find_by_id(id).one(&self.db).await?;
         Ok(key.is_some_and(|key| key.revoked_at.is_none()))
     }
 
     /// Records that the key authenticated a call now.
-    pub async fn touch_api_key(&self, id: Uuid) -> Result<(), DbErr> {
+    pub async fn touch_api_key(&self, id: Uuid) -> StoreResult<()> {
         let _writer = self.write_guard().await;
         api_key::Entity::update_many()
             .col_expr(

@@ -12,7 +12,7 @@ use tokio::sync::{Mutex, broadcast};
 use super::page_token::PageTokenKey;
 use super::reads::READ_DEADLINE;
 use super::secrets::load_or_create_secret;
-use super::{Store, sessions, tuning};
+use super::{Store, StoreResult, sessions, tuning};
 use crate::config::DatabaseConfig;
 
 /// Commits the in-process feed keeps for a slow reader before it lags
@@ -24,7 +24,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x6175_6469_745f_6d69;
 
 impl Store {
     /// Connects, applies pending migrations and loads the shared secrets.
-    pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbErr> {
+    pub async fn connect(config: &DatabaseConfig) -> StoreResult<Self> {
         let backend = backend_of(&config.url)?;
         if backend == DbBackend::Postgres {
             migrate_postgres(&config.url).await?;

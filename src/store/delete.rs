@@ -1,14 +1,14 @@
 //! `Delete`: erasing one event's content while its seq and its leaf in the
 //! Merkle tree stay, recorded by an event of its own.
 
-use sea_orm::{ActiveModelTrait, ColumnTrait, DbErr, IntoActiveModel, QueryFilter};
+use sea_orm::{ActiveModelTrait, ColumnTrait, IntoActiveModel, QueryFilter};
 use uuid::Uuid;
 
 use super::commits::{Committed, announce};
 use super::insert::insert_events;
 use super::sequencer::{Head, lock_head, set_head};
 use super::tree::extend_tree;
-use super::{NewEvent, Store, events_of, fetch_event, now_micros};
+use super::{NewEvent, Store, StoreError, StoreResult, events_of, fetch_event, now_micros};
 use crate::entity::audit_event;
 use crate::tenant::TenantId;
 
@@ -20,21 +20,6 @@ pub const SERVICE_ACTION_PREFIX: &str = "audit.";
 pub const DELETION_ACTION: &str = "audit.event.deleted";
 /// Resource type the deletion event names the erased event with.
 pub const DELETION_RESOURCE_TYPE: &str = "audit.event";
-
-/// What `delete` did.
-#[derive(Debug, Clone)]
-pub enum DeleteOutcome {
-    /// The event was erased and the deletion recorded.
-    Erased(Box<Deletion>),
-    /// The tenant has no live event with that id.
-    NotFound,
-    /// The event is one the service wrote itself (its action is in
-    /// [`SERVICE_ACTION_PREFIX`]); it is the log's own record and stays.
-    Protected {
-        /// The protected event's action, for example `audit.event.deleted`.
-        action: String,
-    },
-}
 
 /// The result of erasing an event.
 #[derive(Debug, Clone)]
@@ -58,13 +43,14 @@ pub struct DeletionRequest {
 impl Store {
     /// Erases one live event's content, keeping its id and seq, and appends
     /// the `audit.event.deleted` event, in one transaction. Events the
-    /// service wrote itself are never erased.
+    /// service wrote itself are never erased ([`StoreError::Protected`]);
+    /// [`StoreError::NotFound`] when the tenant has no live event `id`.
     pub async fn delete(
         &self,
         tenant: &TenantId,
         id: Uuid,
         request: DeletionRequest,
-    ) -> Result<DeleteOutcome, DbErr> {
+    ) -> StoreResult<Deletion> {
         let (_writer, txn) = self.begin_write().await?;
         let Head {
             head_seq: head,
@@ -74,7 +60,7 @@ impl Store {
             fetch_event(&txn, events_of(tenant).filter(audit_event::Column::Id.eq(id))).await?
         else {
             txn.rollback().await?;
-            return Ok(DeleteOutcome::NotFound);
+            return Err(StoreError::event_not_found(id));
         };
         if let Some(action) = target
             .action
@@ -83,7 +69,10 @@ impl Store {
         {
             let action = action.clone();
             txn.rollback().await?;
-            return Ok(DeleteOutcome::Protected { action });
+            return Err(StoreError::Protected {
+                id: id.to_string(),
+                action,
+            });
         }
         // The erased event's leaf must be in the tree before its content
         // goes: the tree is brought up to the head first, whatever the
@@ -117,10 +106,10 @@ impl Store {
             last_seq: head + 1,
             events: vec![event.clone()],
         });
-        Ok(DeleteOutcome::Erased(Box::new(Deletion {
+        Ok(Deletion {
             erased_id: id,
             erased_seq: target.seq,
             event,
-        })))
+        })
     }
 }

@@ -9,6 +9,7 @@ mod clock;
 mod commits;
 mod connect;
 mod delete;
+mod error;
 mod insert;
 pub mod page_token;
 mod pg_array;
@@ -36,9 +37,8 @@ pub use api_keys::ApiKeyInfo;
 pub use append::{AppendOutcome, NewEvent};
 pub use clock::now_micros;
 pub use commits::{Committed, NOTIFY_CHANNEL};
-pub use delete::{
-    DELETION_ACTION, DELETION_RESOURCE_TYPE, DeleteOutcome, Deletion, DeletionRequest, SERVICE_ACTION_PREFIX,
-};
+pub use delete::{DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion, DeletionRequest, SERVICE_ACTION_PREFIX};
+pub use error::{StoreError, StoreResult};
 pub use page_token::{PageCursor, PageTokenKey};
 pub use query::{EventOrder, EventPage, PageLimits, PageSink, page_query};
 pub use reads::{READ_DEADLINE, events_of};
@@ -109,16 +109,16 @@ impl Store {
 
     /// Whether the database answers (on a fresh connection if the pooled
     /// one it got had died).
-    pub async fn ping(&self) -> Result<(), DbErr> {
-        self.loss.once_more_if_connection_died(|| self.db.ping()).await
+    pub async fn ping(&self) -> StoreResult<()> {
+        Ok(self.loss.once_more_if_connection_died(|| self.db.ping()).await?)
     }
 
     /// Closes the pools.
-    pub async fn close(self) -> Result<(), DbErr> {
+    pub async fn close(self) -> StoreResult<()> {
         if self.backend() == DbBackend::Postgres {
             self.reads.close().await?;
         }
-        self.db.close().await
+        Ok(self.db.close().await?)
     }
 
     /// Starts a write transaction: on SQLite behind the single-writer lock

@@ -10,10 +10,9 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::sessions::RetryingReads;
-use super::{PageCursor, Store, events_of, fetch_event, within_deadline};
+use super::{PageCursor, Store, StoreError, StoreResult, events_of, fetch_event, within_deadline};
 use crate::entity::audit_event::EventFields;
 use crate::entity::{audit_event, tenant_statement};
-use crate::error::Error;
 use crate::filter::{EventMatcher, TimeBounds};
 use crate::tenant::TenantId;
 
@@ -134,13 +133,15 @@ impl EventOrder {
 }
 
 impl Store {
-    /// The tenant's live event with this id.
-    pub async fn get(&self, tenant: &TenantId, id: Uuid) -> Result<Option<audit_event::Model>, DbErr> {
+    /// The tenant's live event with this id; [`StoreError::NotFound`] when
+    /// it has none (or it was erased).
+    pub async fn get(&self, tenant: &TenantId, id: Uuid) -> StoreResult<audit_event::Model> {
         fetch_event(
             self.reader(),
             events_of(tenant).filter(audit_event::Column::Id.eq(id)),
         )
-        .await
+        .await?
+        .ok_or_else(|| StoreError::event_not_found(id))
     }
 
     /// A page of the tenant's live events `matcher` matches, in `order`,
@@ -157,7 +158,7 @@ impl Store {
         order: EventOrder,
         after: Option<PageCursor>,
         limits: PageLimits,
-    ) -> Result<EventPage<S>, Error> {
+    ) -> StoreResult<EventPage<S>> {
         let db = self.reader();
         // SQLite's driver steps the statement on its own thread at most 50
         // rows (its row channel) ahead of the reader and stops when the
@@ -177,7 +178,7 @@ impl Store {
     }
 
     /// Highest seq handed out to the tenant (0 when it has no events).
-    pub async fn head_seq(&self, tenant: &TenantId) -> Result<i64, DbErr> {
+    pub async fn head_seq(&self, tenant: &TenantId) -> StoreResult<i64> {
         Ok(self.log_heads(tenant).await?.0)
     }
 }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, QueryFilter, QuerySelect, QueryTrait, Select};
 
+use super::{StoreError, StoreResult};
 use crate::entity::audit_event;
-use crate::error::Error;
 use crate::tenant::TenantId;
 
 /// How long one read (a query page, stats, filter metadata) may run before
@@ -42,15 +42,16 @@ pub(super) async fn fetch_event<C: ConnectionTrait>(
     }
 }
 
-/// Runs a read, failing with [`Error::DeadlineExceeded`] once it has taken
-/// [`READ_DEADLINE`].
-pub(super) async fn within_deadline<T>(read: impl Future<Output = Result<T, DbErr>>) -> Result<T, Error> {
+/// Runs a read, failing with [`StoreError::ReadTimedOut`] once it has
+/// taken [`READ_DEADLINE`].
+pub(super) async fn within_deadline<T, E: Into<StoreError>>(
+    read: impl Future<Output = Result<T, E>>,
+) -> StoreResult<T> {
     match tokio::time::timeout(READ_DEADLINE, read).await {
-        Ok(result) => result.map_err(Error::from),
-        Err(_) => Err(Error::DeadlineExceeded(format!(
-            "the read took longer than {} s; narrow the filter",
-            READ_DEADLINE.as_secs()
-        ))),
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(StoreError::ReadTimedOut {
+            seconds: READ_DEADLINE.as_secs(),
+        }),
     }
 }
 
@@ -60,7 +61,7 @@ mod tests {
 
     use super::*;
     use crate::config::DatabaseConfig;
-    use crate::store::{DeleteOutcome, DeletionRequest, NewEvent, Store};
+    use crate::store::{DeletionRequest, NewEvent, Store};
 
     #[tokio::test]
     async fn decoding_by_position_reads_what_decoding_by_name_reads() {
@@ -102,7 +103,7 @@ mod tests {
             reason: "test".into(),
         };
         let erased = store.delete(&tenant, outcomes[0].id, request).await.unwrap();
-        assert!(matches!(erased, DeleteOutcome::Erased(_)));
+        assert_eq!(erased.erased_id, outcomes[0].id);
 
         let all =
             || <audit_event::Entity as sea_orm::EntityTrait>::find().order_by_asc(audit_event::Column::Seq);

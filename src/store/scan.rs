@@ -5,9 +5,9 @@
 use std::ops::ControlFlow;
 
 use futures::StreamExt as _;
-use sea_orm::{ColumnTrait, Condition, DbErr, QueryFilter, QueryOrder, QuerySelect, QueryTrait, StreamTrait};
+use sea_orm::{ColumnTrait, Condition, QueryFilter, QueryOrder, QuerySelect, QueryTrait, StreamTrait};
 
-use super::{Store, events_of};
+use super::{Store, StoreResult, events_of};
 use crate::entity::audit_event;
 use crate::tenant::TenantId;
 
@@ -23,7 +23,7 @@ impl Store {
         up_to: i64,
         max_rows: u64,
         mut visit: impl FnMut(audit_event::Model) -> ControlFlow<()> + Send,
-    ) -> Result<u64, DbErr> {
+    ) -> StoreResult<u64> {
         // The main pool, as Watch reads always were (the hub's semaphore
         // keeps them to half of it); the read pool's idle connections are
         // not tested before use, so after an outage they fail first.

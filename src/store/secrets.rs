@@ -5,13 +5,13 @@ use rand::RngCore;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait, Set};
 
-use super::{Store, now_micros};
+use super::{Store, StoreResult, now_micros};
 
 impl Store {
     /// The named 32-byte secret all replicas of this database share,
     /// created on first use.
-    pub async fn shared_secret(&self, name: &str) -> Result<Vec<u8>, DbErr> {
-        load_or_create_secret(&self.db, name).await
+    pub async fn shared_secret(&self, name: &str) -> StoreResult<Vec<u8>> {
+        Ok(load_or_create_secret(&self.db, name).await?)
     }
 }
 

@@ -8,6 +8,7 @@
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, QueryResult};
 
 use super::sessions::{LOCK_WAIT_LIMIT, millis_setting};
+use super::{StoreError, StoreResult};
 use crate::entity::tenant_statement;
 use crate::tenant::TenantId;
 
@@ -31,7 +32,7 @@ impl Head {
 }
 
 /// Locks the tenant's head row until the transaction ends and returns it.
-pub(super) async fn lock_head(txn: &DatabaseTransaction, tenant: &TenantId) -> Result<Head, DbErr> {
+pub(super) async fn lock_head(txn: &DatabaseTransaction, tenant: &TenantId) -> StoreResult<Head> {
     let backend = txn.get_database_backend();
     // SQLite has no row locks; the store's single-writer lock serializes.
     let select = match backend {
@@ -49,10 +50,10 @@ pub(super) async fn lock_head(txn: &DatabaseTransaction, tenant: &TenantId) -> R
             .await?;
             txn.query_one_raw(statement(select))
                 .await?
-                .ok_or_else(|| DbErr::RecordNotFound(format!("sequence head of tenant {tenant}")))?
+                .ok_or_else(|| missing_head(tenant))?
         }
     };
-    Head::from_row(&row)
+    Ok(Head::from_row(&row)?)
 }
 
 /// Locks the tenant's head row without waiting (PostgreSQL): fails at once
@@ -60,7 +61,7 @@ pub(super) async fn lock_head(txn: &DatabaseTransaction, tenant: &TenantId) -> R
 /// on a writer that may be waiting on its rows. Holding the lock, the
 /// group is an ordinary writer from then on: its lock waits get the
 /// session's limit back (its COMMIT waits its turn to queue its NOTIFY).
-pub(super) async fn lock_head_now(txn: &DatabaseTransaction, tenant: &TenantId) -> Result<Head, DbErr> {
+pub(super) async fn lock_head_now(txn: &DatabaseTransaction, tenant: &TenantId) -> StoreResult<Head> {
     let row = txn
         .query_one_raw(tenant_statement(
             DbBackend::Postgres,
@@ -70,8 +71,8 @@ pub(super) async fn lock_head_now(txn: &DatabaseTransaction, tenant: &TenantId) 
             [millis_setting(LOCK_WAIT_LIMIT).into()],
         ))
         .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("sequence head of tenant {tenant}")))?;
-    Head::from_row(&row)
+        .ok_or_else(|| missing_head(tenant))?;
+    Ok(Head::from_row(&row)?)
 }
 
 /// Moves the tenant's head and tree size (its row is locked).
@@ -90,4 +91,13 @@ pub(super) async fn set_head(
     ))
     .await?;
     Ok(())
+}
+
+/// The tenant's `tenant_heads` row is gone right after it was locked or
+/// inserted: nothing the service does removes one.
+fn missing_head(tenant: &TenantId) -> StoreError {
+    StoreError::Corrupt {
+        tenant: tenant.clone(),
+        what: "its sequence head row (tenant_heads) is missing".into(),
+    }
 }

@@ -11,9 +11,8 @@ use sea_orm::{
     QueryOrder, QuerySelect, QueryTrait,
 };
 
-use super::{Store, events_of, within_deadline};
+use super::{Store, StoreError, StoreResult, events_of, within_deadline};
 use crate::entity::audit_event::Column;
-use crate::error::Error;
 use crate::tenant::TenantId;
 
 /// A field `Stats` can group by.
@@ -164,14 +163,14 @@ const BUCKET_ALIAS: &str = "bucket_start";
 impl Store {
     /// Counts the tenant's live events matching `condition`, in one
     /// snapshot, within [`READ_DEADLINE`](super::READ_DEADLINE).
-    /// `Error::InvalidArgument` on `bucket` when the series would exceed
-    /// its `max_buckets`.
+    /// [`StoreError::TooManyBuckets`] when the series would exceed its
+    /// `max_buckets`.
     pub async fn stats(
         &self,
         tenant: &TenantId,
         condition: Condition,
         query: &StatsQuery,
-    ) -> Result<Stats, Error> {
+    ) -> StoreResult<Stats> {
         let (total, groups, non_empty) = within_deadline(async {
             let txn = self.begin_read().await?;
             let total = events_of(tenant).filter(condition.clone()).count(&txn).await?;
@@ -185,7 +184,7 @@ impl Store {
                 None => Vec::new(),
             };
             txn.commit().await?;
-            Ok((total, groups, buckets))
+            Ok::<_, DbErr>((total, groups, buckets))
         })
         .await?;
         let buckets = match &query.bucket {
@@ -275,7 +274,7 @@ impl Store {
 
     /// The tenant's distinct actions, resource types and sources (empty
     /// values omitted), sorted, at most `limit` of each.
-    pub async fn filter_values(&self, tenant: &TenantId, limit: u64) -> Result<FilterValues, Error> {
+    pub async fn filter_values(&self, tenant: &TenantId, limit: u64) -> StoreResult<FilterValues> {
         within_deadline(async {
             let txn = self.begin_read().await?;
             let values = FilterValues {
@@ -284,7 +283,7 @@ impl Store {
                 sources: distinct(&txn, tenant, Column::Source, limit).await?,
             };
             txn.commit().await?;
-            Ok(values)
+            Ok::<_, DbErr>(values)
         })
         .await
     }
@@ -312,15 +311,9 @@ async fn distinct(
 /// The bucket series: from the bucket of `spec.from` (or the first non-empty
 /// bucket) to the bucket of the last instant before `spec.to` (or the last
 /// non-empty bucket), empty buckets included.
-fn series(spec: &BucketSpec, non_empty: &[BucketCount]) -> Result<Vec<BucketCount>, Error> {
-    let too_many = || {
-        Error::invalid(
-            "bucket",
-            format!(
-                "the series would have more than {} buckets; use a larger bucket or a narrower start_time/end_time",
-                spec.max_buckets
-            ),
-        )
+fn series(spec: &BucketSpec, non_empty: &[BucketCount]) -> StoreResult<Vec<BucketCount>> {
+    let too_many = || StoreError::TooManyBuckets {
+        max: spec.max_buckets,
     };
     if non_empty.len() as u64 > spec.max_buckets {
         return Err(too_many());

@@ -12,10 +12,9 @@ use sea_orm::{
 };
 
 use super::pg_array::ArrayLiteral;
-use super::{Store, fetch_events, now_micros, within_deadline};
+use super::{Store, StoreError, StoreResult, fetch_events, now_micros, within_deadline};
 use crate::entity::audit_event;
 use crate::entity::{merkle_checkpoint, merkle_node, tenant_head, tenant_statement};
-use crate::error::Error;
 use crate::integrity::merkle::{self, CompactTree, Hash, LeafRange, NodeId};
 use crate::integrity::{Checkpoint, SignedCheckpoint, SigningKey, VerifierKey, event_leaf};
 use crate::tenant::TenantId;
@@ -37,7 +36,7 @@ pub(super) async fn extend_tree(
     tree_size: i64,
     head: i64,
     new_rows: &[audit_event::Model],
-) -> Result<i64, DbErr> {
+) -> StoreResult<i64> {
     if tree_size >= head {
         return Ok(tree_size);
     }
@@ -56,7 +55,7 @@ pub(super) async fn grow_tree(
     tree_size: i64,
     head: i64,
     new_rows: &[audit_event::Model],
-) -> Result<(CompactTree, Vec<(NodeId, Hash)>), DbErr> {
+) -> StoreResult<(CompactTree, Vec<(NodeId, Hash)>)> {
     let size = u64::try_from(tree_size).unwrap_or_default();
     let edge_ids = merkle::frontier(size);
     let stored = fetch_nodes(txn, tenant, &edge_ids).await?;
@@ -104,17 +103,21 @@ pub(super) fn tree_size_of(tree: &CompactTree) -> i64 {
     i64::try_from(tree.size()).unwrap_or(i64::MAX)
 }
 
-fn missing_event(tenant: &TenantId, seq: i64) -> DbErr {
-    DbErr::Custom(format!(
-        "tenant {tenant}: event seq {seq} is missing from the log; run `audit-service verify`"
-    ))
+fn missing_event(tenant: &TenantId, seq: i64) -> StoreError {
+    StoreError::Corrupt {
+        tenant: tenant.clone(),
+        what: format!("event seq {seq} is missing from the log; run `audit-service verify`"),
+    }
 }
 
-fn missing_node(tenant: &TenantId, id: NodeId) -> DbErr {
-    DbErr::Custom(format!(
-        "tenant {tenant}: Merkle node level {} index {} is missing; run `audit-service verify`",
-        id.level, id.index
-    ))
+fn missing_node(tenant: &TenantId, id: NodeId) -> StoreError {
+    StoreError::Corrupt {
+        tenant: tenant.clone(),
+        what: format!(
+            "Merkle node level {} index {} is missing; run `audit-service verify`",
+            id.level, id.index
+        ),
+    }
 }
 
 pub(super) async fn insert_nodes(
@@ -221,7 +224,7 @@ async fn range_hashes<C: ConnectionTrait>(
     conn: &C,
     tenant: &TenantId,
     ranges: &[LeafRange],
-) -> Result<Vec<Hash>, Error> {
+) -> StoreResult<Vec<Hash>> {
     let pieces: Vec<Vec<NodeId>> = ranges.iter().map(|r| r.subtrees()).collect();
     let mut ids: Vec<NodeId> = pieces.iter().flatten().copied().collect();
     ids.sort_unstable();
@@ -271,7 +274,7 @@ impl Store {
     /// Brings the tenant's tree up to its head (it lags only for events
     /// recorded before the tree existed or with `AUDIT_INTEGRITY=off`) and
     /// returns its size.
-    pub async fn sync_tree(&self, tenant: &TenantId) -> Result<i64, DbErr> {
+    pub async fn sync_tree(&self, tenant: &TenantId) -> StoreResult<i64> {
         let (head, tree_size) = stored_tree_size(&self.db, tenant).await?;
         if tree_size >= head {
             return Ok(tree_size);
@@ -286,22 +289,21 @@ impl Store {
 
     /// The tenant's sequence head and tree size as stored, without catching
     /// the tree up.
-    pub async fn log_heads(&self, tenant: &TenantId) -> Result<(i64, i64), DbErr> {
-        stored_tree_size(&self.db, tenant).await
+    pub async fn log_heads(&self, tenant: &TenantId) -> StoreResult<(i64, i64)> {
+        Ok(stored_tree_size(&self.db, tenant).await?)
     }
 
     /// The tenant's tree size, after [`sync_tree`](Self::sync_tree).
-    pub async fn tree_size(&self, tenant: &TenantId) -> Result<u64, Error> {
+    pub async fn tree_size(&self, tenant: &TenantId) -> StoreResult<u64> {
         Ok(u64::try_from(self.sync_tree(tenant).await?).unwrap_or_default())
     }
 
     /// Root hash of the tenant's first `size` leaves (`size` at most the
     /// tree size).
-    pub async fn tree_root(&self, tenant: &TenantId, size: u64) -> Result<Hash, Error> {
+    pub async fn tree_root(&self, tenant: &TenantId, size: u64) -> StoreResult<Hash> {
         let range = LeafRange { start: 0, end: size };
-        within_deadline(async { Ok(range_hashes(&self.db, tenant, &[range]).await) })
-            .await?
-            .map(|mut hashes| hashes.remove(0))
+        let mut hashes = within_deadline(range_hashes(&self.db, tenant, &[range])).await?;
+        Ok(hashes.remove(0))
     }
 
     /// The proof that leaf `index` is in the tree of `size` leaves.
@@ -310,15 +312,14 @@ impl Store {
         tenant: &TenantId,
         index: u64,
         size: u64,
-    ) -> Result<InclusionProof, Error> {
+    ) -> StoreResult<InclusionProof> {
         let mut ranges = merkle::inclusion_ranges(index, size);
         ranges.push(LeafRange {
             start: index,
             end: index + 1,
         });
         ranges.push(LeafRange { start: 0, end: size });
-        let mut hashes =
-            within_deadline(async { Ok(range_hashes(&self.db, tenant, &ranges).await) }).await??;
+        let mut hashes = within_deadline(range_hashes(&self.db, tenant, &ranges)).await?;
         let root = hashes.pop().unwrap_or_else(merkle::empty_root);
         let leaf_hash = hashes.pop().unwrap_or_else(merkle::empty_root);
         Ok(InclusionProof {
@@ -335,15 +336,14 @@ impl Store {
         tenant: &TenantId,
         first: u64,
         second: u64,
-    ) -> Result<ConsistencyProof, Error> {
+    ) -> StoreResult<ConsistencyProof> {
         let mut ranges = merkle::consistency_ranges(first, second);
         ranges.push(LeafRange { start: 0, end: first });
         ranges.push(LeafRange {
             start: 0,
             end: second,
         });
-        let mut hashes =
-            within_deadline(async { Ok(range_hashes(&self.db, tenant, &ranges).await) }).await??;
+        let mut hashes = within_deadline(range_hashes(&self.db, tenant, &ranges)).await?;
         let second_root = hashes.pop().unwrap_or_else(merkle::empty_root);
         let first_root = hashes.pop().unwrap_or_else(merkle::empty_root);
         Ok(ConsistencyProof {
@@ -362,11 +362,11 @@ impl Store {
         tenant: &TenantId,
         origin: &str,
         key: &SigningKey,
-    ) -> Result<SignedCheckpoint, Error> {
+    ) -> StoreResult<SignedCheckpoint> {
         let size = self.tree_size(tenant).await?;
         let verifier = key.verifier();
         if let Some(stored) = self.stored_checkpoint(tenant, size).await? {
-            return open_stored(&verifier, &stored);
+            return open_stored(tenant, &verifier, &stored);
         }
         let root = self.tree_root(tenant, size).await?;
         let signed = key.sign(&Checkpoint {
@@ -393,7 +393,7 @@ impl Store {
         .exec_without_returning(&self.db)
         .await?;
         match self.stored_checkpoint(tenant, size).await? {
-            Some(stored) => open_stored(&verifier, &stored),
+            Some(stored) => open_stored(tenant, &verifier, &stored),
             None => Ok(signed),
         }
     }
@@ -410,11 +410,11 @@ impl Store {
     }
 
     /// Every checkpoint signed for the tenant, smallest tree first.
-    pub async fn checkpoints(&self, tenant: &TenantId) -> Result<Vec<merkle_checkpoint::Model>, DbErr> {
-        merkle_checkpoint::Entity::of_tenant(tenant)
+    pub async fn checkpoints(&self, tenant: &TenantId) -> StoreResult<Vec<merkle_checkpoint::Model>> {
+        Ok(merkle_checkpoint::Entity::of_tenant(tenant)
             .order_by_asc(merkle_checkpoint::Column::TreeSize)
             .all(&self.db)
-            .await
+            .await?)
     }
 
     /// Up to `limit` stored leaves of the tenant's tree from leaf `from`
@@ -424,7 +424,7 @@ impl Store {
         tenant: &TenantId,
         from: u64,
         limit: u64,
-    ) -> Result<Vec<(u64, Vec<u8>)>, DbErr> {
+    ) -> StoreResult<Vec<(u64, Vec<u8>)>> {
         let rows = merkle_node::Entity::of_tenant(tenant)
             .filter(merkle_node::Column::Level.eq(0))
             .filter(merkle_node::Column::Idx.gte(from as i64))
@@ -437,7 +437,7 @@ impl Store {
 
     /// Up to `limit` of the tenant's stored rows, erased ones included,
     /// with `seq > after`, in seq order: what `verify` rehashes.
-    pub async fn log_rows(&self, tenant: &TenantId, after: i64, limit: u64) -> Result<Vec<LogRow>, DbErr> {
+    pub async fn log_rows(&self, tenant: &TenantId, after: i64, limit: u64) -> StoreResult<Vec<LogRow>> {
         let select = audit_event::Entity::of_tenant(tenant)
             .filter(audit_event::Column::Seq.gt(after))
             .order_by_asc(audit_event::Column::Seq)
@@ -481,11 +481,16 @@ pub enum LogRow {
     },
 }
 
-fn open_stored(verifier: &VerifierKey, stored: &merkle_checkpoint::Model) -> Result<SignedCheckpoint, Error> {
-    verifier.open(&stored.note).map_err(|e| {
-        Error::Internal(format!(
-            "stored checkpoint of tree size {} does not verify with the configured key: {e}",
+fn open_stored(
+    tenant: &TenantId,
+    verifier: &VerifierKey,
+    stored: &merkle_checkpoint::Model,
+) -> StoreResult<SignedCheckpoint> {
+    verifier.open(&stored.note).map_err(|e| StoreError::Corrupt {
+        tenant: tenant.clone(),
+        what: format!(
+            "the stored checkpoint of tree size {} does not verify with the configured signing key: {e}",
             stored.tree_size
-        ))
+        ),
     })
 }

@@ -375,7 +375,7 @@ impl WatchHub {
         // gap, from storage).
         let (after_seq, replay) = match after_seq {
             Some(seq) => (seq, true),
-            None => (self.store.head_seq(&tenant).await.map_err(Error::from)?, false),
+            None => (self.store.head_seq(&tenant).await?, false),
         };
         let (outbox, stream) = outbox::outbox(self.budget.clone());
         let subscription = Subscription::new(

@@ -392,7 +392,7 @@ impl Subscription {
             .map_err(|error| self.storage_failed(error))
     }
 
-    fn storage_failed(&self, error: sea_orm::DbErr) -> Stop {
+    fn storage_failed(&self, error: impl std::fmt::Display) -> Stop {
         tracing::warn!(%error, tenant = %self.tenant, "watch: storage read failed");
         Stop::Resumable("storage is unavailable")
     }

@@ -29,12 +29,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use sea_orm::DbErr;
 use tokio::sync::{OwnedMutexGuard, oneshot, watch};
 
 use super::transaction::{Predecessor, Tail};
 use super::{AppendOutcome, NewEvent};
-use crate::store::Store;
+use crate::store::{Store, StoreError, StoreResult};
 use crate::tenant::TenantId;
 
 /// Most events one group transaction records (a batch is never split).
@@ -42,7 +41,7 @@ const MAX_GROUP_EVENTS: usize = 5_000;
 /// Tenants whose idle queues are kept before they are pruned.
 const PRUNE_ABOVE: usize = 1_024;
 
-type Reply = oneshot::Sender<Result<Vec<AppendOutcome>, DbErr>>;
+type Reply = oneshot::Sender<StoreResult<Vec<AppendOutcome>>>;
 
 /// A batch waiting to be recorded, and where its outcome goes.
 pub(super) struct Waiting {
@@ -181,7 +180,7 @@ impl Store {
         batches: Vec<Vec<NewEvent>>,
         predecessor: Option<Predecessor>,
         turn: OwnedMutexGuard<()>,
-    ) -> Result<Vec<Vec<AppendOutcome>>, DbErr> {
+    ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
         let after = predecessor.as_ref().map(|p| p.outcome.clone());
         let (done, outcome) = watch::channel(None);
         let planned = |tail: Tail| {
@@ -201,8 +200,11 @@ impl Store {
     }
 }
 
-pub(super) fn not_recorded() -> DbErr {
-    DbErr::Custom("the append was not recorded: its group commit stopped".into())
+pub(super) fn not_recorded(tenant: &TenantId) -> StoreError {
+    StoreError::Conflict {
+        tenant: tenant.clone(),
+        what: "the append was not recorded: its group commit stopped".into(),
+    }
 }
 
 /// The waiting batches for one transaction, oldest first, skipping calls

@@ -5,7 +5,6 @@
 mod group_commit;
 mod transaction;
 
-use sea_orm::DbErr;
 use tokio::sync::oneshot;
 use tokio::sync::oneshot::error::TryRecvError;
 use uuid::Uuid;
@@ -13,7 +12,7 @@ use uuid::Uuid;
 pub(super) use group_commit::GroupCommit;
 use group_commit::{Waiting, not_recorded, take_group};
 
-use super::Store;
+use super::{Store, StoreResult};
 use crate::entity::audit_event;
 use crate::tenant::TenantId;
 
@@ -97,11 +96,7 @@ impl Store {
     /// order. Returns after the commit is durable. Batches of other calls of
     /// the same tenant may share its transaction; a failed group is retried
     /// batch by batch, so one call's failure is never another's.
-    pub async fn append(
-        &self,
-        tenant: &TenantId,
-        events: Vec<NewEvent>,
-    ) -> Result<Vec<AppendOutcome>, DbErr> {
+    pub async fn append(&self, tenant: &TenantId, events: Vec<NewEvent>) -> StoreResult<Vec<AppendOutcome>> {
         let queue = self.group_commit.queue(tenant);
         let (reply, mut outcome) = oneshot::channel();
         queue
@@ -112,20 +107,20 @@ impl Store {
         loop {
             let turn = tokio::select! {
                 biased;
-                result = &mut outcome => return result.unwrap_or_else(|_| Err(not_recorded())),
+                result = &mut outcome => return result.unwrap_or_else(|_| Err(not_recorded(tenant))),
                 turn = queue.turn.clone().lock_owned() => turn,
             };
             // An earlier turn may already have recorded this batch.
             match outcome.try_recv() {
                 Ok(result) => return result,
-                Err(TryRecvError::Closed) => return Err(not_recorded()),
+                Err(TryRecvError::Closed) => return Err(not_recorded(tenant)),
                 Err(TryRecvError::Empty) => {}
             }
             let group = take_group(&queue);
             if group.is_empty() {
                 // A group in flight took this batch.
                 drop(turn);
-                return outcome.await.unwrap_or_else(|_| Err(not_recorded()));
+                return outcome.await.unwrap_or_else(|_| Err(not_recorded(tenant)));
             }
             // The group is recorded in a task of its own, which holds the
             // turn until the group is planned, so a caller that gives up

@@ -18,7 +18,7 @@ use crate::store::commits::{Committed, announce};
 use crate::store::insert::insert_events;
 use crate::store::sequencer::{Head, lock_head, lock_head_now, set_head};
 use crate::store::tree::{grow_tree, insert_nodes, push_rows, tree_size_of};
-use crate::store::{Store, now_micros, sessions};
+use crate::store::{Store, StoreError, StoreResult, now_micros, sessions};
 use crate::tenant::TenantId;
 
 /// Longest a group written ahead waits for a row lock before it fails
@@ -82,7 +82,7 @@ impl Store {
         batches: Vec<Vec<NewEvent>>,
         predecessor: Option<Predecessor>,
         planned: impl FnOnce(Tail),
-    ) -> Result<Vec<Vec<AppendOutcome>>, DbErr> {
+    ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
         let (_writer, txn, start) = self.open_group(tenant, predecessor.as_ref()).await?;
         let Head {
             head_seq: head,
@@ -103,7 +103,7 @@ impl Store {
             } = assign_seqs(tenant, batches, recorded, head, recorded_at);
             if rows.is_empty() {
                 // Duplicates only; their answers may come from the predecessor.
-                await_predecessor(predecessor).await?;
+                await_predecessor(tenant, predecessor).await?;
                 return Ok((outcomes, None));
             }
             let (tree, nodes) = self
@@ -156,7 +156,7 @@ impl Store {
         &self,
         tenant: &TenantId,
         predecessor: Option<&Predecessor>,
-    ) -> Result<(Option<MutexGuard<'_, ()>>, DatabaseTransaction, Head), DbErr> {
+    ) -> StoreResult<(Option<MutexGuard<'_, ()>>, DatabaseTransaction, Head)> {
         match predecessor {
             None => {
                 let (writer, txn) = self.begin_write().await?;
@@ -185,7 +185,7 @@ impl Store {
         tree_size: i64,
         last_seq: i64,
         rows: &[audit_event::Model],
-    ) -> Result<(Option<CompactTree>, Vec<(NodeId, Hash)>), DbErr> {
+    ) -> StoreResult<(Option<CompactTree>, Vec<(NodeId, Hash)>)> {
         Ok(match predecessor.and_then(|p| p.tail.tree.clone()) {
             _ if !self.maintains_tree() => (None, Vec::new()),
             Some(mut tree) => {
@@ -193,9 +193,10 @@ impl Store {
                 (Some(tree), nodes)
             }
             None if predecessor.is_some() => {
-                return Err(DbErr::Custom(
-                    "the group before this one did not extend the tree".into(),
-                ));
+                return Err(StoreError::Conflict {
+                    tenant: tenant.clone(),
+                    what: "the group before this one did not extend the tree".into(),
+                });
             }
             None => {
                 let (tree, nodes) = grow_tree(txn, tenant, tree_size, last_seq, rows).await?;
@@ -305,21 +306,24 @@ async fn confirm_predecessor(
     predecessor: Option<Predecessor>,
     head: i64,
     tree_size: i64,
-) -> Result<(), DbErr> {
-    await_predecessor(predecessor).await?;
+) -> StoreResult<()> {
+    await_predecessor(tenant, predecessor).await?;
     let locked = lock_head_now(txn, tenant).await?;
     if locked.head_seq != head || locked.tree_size != tree_size {
-        return Err(DbErr::Custom(format!(
-            "tenant {tenant}: the log moved to head {} while this group was written for head {head}",
-            locked.head_seq
-        )));
+        return Err(StoreError::Conflict {
+            tenant: tenant.clone(),
+            what: format!(
+                "the log moved to head {} while this group was written for head {head}",
+                locked.head_seq
+            ),
+        });
     }
     Ok(())
 }
 
 /// Waits for the group this one is written on top of (if any) to commit;
 /// fails if it did not.
-async fn await_predecessor(predecessor: Option<Predecessor>) -> Result<(), DbErr> {
+async fn await_predecessor(tenant: &TenantId, predecessor: Option<Predecessor>) -> StoreResult<()> {
     let Some(mut predecessor) = predecessor else {
         return Ok(());
     };
@@ -332,7 +336,10 @@ async fn await_predecessor(predecessor: Option<Predecessor>) -> Result<(), DbErr
     if committed {
         Ok(())
     } else {
-        Err(DbErr::Custom("the group before this one did not commit".into()))
+        Err(StoreError::Conflict {
+            tenant: tenant.clone(),
+            what: "the group before this one did not commit".into(),
+        })
     }
 }
 
