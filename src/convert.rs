@@ -14,10 +14,25 @@ const MAX_SECONDS: i64 = 253_402_300_799;
 
 /// A timestamp from unix microseconds.
 pub fn micros_to_timestamp(micros: i64) -> Timestamp {
+    let nanos = micros.rem_euclid(MICROS_PER_SECOND) * 1000;
     Timestamp {
         seconds: micros.div_euclid(MICROS_PER_SECOND),
-        nanos: (micros.rem_euclid(MICROS_PER_SECOND) * 1000) as i32,
+        nanos: i32::try_from(nanos).expect("rem_euclid keeps nanos below 10^9 < i32::MAX"),
     }
+}
+
+/// A stored seq (or count of a log's events: a head, a tree size) as the
+/// protobuf `uint64` that carries it. The sequencer hands out seqs from 1,
+/// so a negative one was written outside the service: it reads as 0, never
+/// as a wrapped huge seq.
+pub fn seq_to_proto(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or_default()
+}
+
+/// A client's `uint64` seq as stored; INVALID_ARGUMENT naming `field` when
+/// it is above every seq the store can hold.
+pub fn seq_from_proto(seq: u64, field: &str) -> Result<i64, Error> {
+    i64::try_from(seq).map_err(|_| Error::invalid(field, "is larger than any seq"))
 }
 
 /// Unix microseconds of a valid timestamp (sub-microsecond digits are
@@ -97,7 +112,7 @@ pub fn event_to_proto(event: audit_event::Model) -> proto::AuditEvent {
     proto::AuditEvent {
         id: event.id.to_string(),
         tenant_id: event.tenant_id.into_string(),
-        seq: u64::try_from(event.seq).unwrap_or_default(),
+        seq: seq_to_proto(event.seq),
         occurred_at: event.occurred_at.map(micros_to_timestamp),
         recorded_at: Some(micros_to_timestamp(event.recorded_at)),
         actor: Some(proto::Actor {
@@ -138,6 +153,17 @@ mod tests {
             assert!((0..1_000_000_000).contains(&ts.nanos));
             assert_eq!(timestamp_to_micros(&ts, "t").unwrap(), micros);
         }
+    }
+
+    #[test]
+    fn stored_seqs_convert_without_wrapping() {
+        let largest = u64::try_from(i64::MAX).unwrap();
+        assert_eq!(seq_to_proto(1), 1);
+        assert_eq!(seq_to_proto(i64::MAX), largest);
+        assert_eq!(seq_to_proto(-1), 0, "not u64::MAX");
+        assert_eq!(seq_from_proto(0, "after_seq").unwrap(), 0);
+        assert_eq!(seq_from_proto(largest, "after_seq").unwrap(), i64::MAX);
+        assert!(seq_from_proto(largest + 1, "after_seq").is_err());
     }
 
     #[test]

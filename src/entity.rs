@@ -64,40 +64,66 @@ pub mod audit_event {
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "audit_events")]
     pub struct Model {
+        /// The tenant whose log holds the event.
         #[sea_orm(primary_key, auto_increment = false)]
         pub tenant_id: crate::tenant::TenantId,
+        /// Position in the tenant's log: 1, 2, 3, … with no gaps, in commit order.
         #[sea_orm(primary_key, auto_increment = false)]
         pub seq: i64,
+        /// The event's UUIDv7, assigned by the service; unique across tenants.
         #[sea_orm(unique)]
         pub id: Uuid,
+        /// When it happened by the producer's clock, in unix microseconds; NULL once erased.
         pub occurred_at: Option<i64>,
+        /// When the service committed it, in unix microseconds.
         pub recorded_at: i64,
+        /// Stable identifier of the actor.
         pub actor_id: Option<String>,
+        /// The actor's `ActorType` enum value.
         pub actor_type: Option<i32>,
+        /// The actor's display name.
         pub actor_name: Option<String>,
+        /// The actor's email address, when it has one.
         pub actor_email: Option<String>,
+        /// Dotted lowercase verb such as `user.login`.
         pub action: Option<String>,
+        /// Kind of resource acted on, for example `document`.
         pub resource_type: Option<String>,
+        /// Identifier of the resource acted on.
         pub resource_id: Option<String>,
+        /// Display name of the resource acted on.
         pub resource_name: Option<String>,
+        /// The event's `Outcome` enum value.
         pub outcome: Option<i32>,
+        /// Protocol method of the request, for example `POST`.
         pub request_method: Option<String>,
+        /// Request path or route.
         #[sea_orm(column_type = "Text", nullable)]
         pub request_path: Option<String>,
+        /// Response status code (HTTP or gRPC), 0 when not applicable.
         pub request_status_code: Option<i32>,
+        /// Client IP address (IPv4 or IPv6) as text.
         pub request_client_ip: Option<String>,
+        /// Client user agent.
         #[sea_orm(column_type = "Text", nullable)]
         pub request_user_agent: Option<String>,
+        /// Correlation id of the request.
         pub request_id: Option<String>,
+        /// The emitting service.
         pub source: Option<String>,
+        /// Free-text justification.
         #[sea_orm(column_type = "Text", nullable)]
         pub reasoning: Option<String>,
+        /// Arbitrary structured detail, as JSON.
         #[sea_orm(column_type = "JsonBinary", nullable)]
         pub metadata: Option<Json>,
+        /// The producer's idempotency key, unique per tenant; kept after `Delete`.
         pub idempotency_key: Option<String>,
+        /// When `Delete` erased the event's content, in unix microseconds; NULL while it is whole.
         pub deleted_at: Option<i64>,
     }
 
+    /// Relations to other tables: none (sea-orm requires the enum).
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 
@@ -162,28 +188,51 @@ pub mod audit_event {
     /// the protobuf event of the row.
     #[derive(Clone, Debug, PartialEq)]
     pub struct EventFields<'a> {
+        /// [`Model::id`].
         pub id: Uuid,
+        /// [`Model::tenant_id`], as text.
         pub tenant_id: &'a str,
+        /// [`Model::seq`].
         pub seq: i64,
+        /// [`Model::occurred_at`].
         pub occurred_at: Option<i64>,
+        /// [`Model::recorded_at`].
         pub recorded_at: i64,
+        /// [`Model::actor_id`], empty when NULL.
         pub actor_id: &'a str,
+        /// [`Model::actor_type`], 0 when NULL.
         pub actor_type: i32,
+        /// [`Model::actor_name`], empty when NULL.
         pub actor_name: &'a str,
+        /// [`Model::actor_email`], empty when NULL.
         pub actor_email: &'a str,
+        /// [`Model::action`], empty when NULL.
         pub action: &'a str,
+        /// [`Model::resource_type`], empty when NULL.
         pub resource_type: &'a str,
+        /// [`Model::resource_id`], empty when NULL.
         pub resource_id: &'a str,
+        /// [`Model::resource_name`], empty when NULL.
         pub resource_name: &'a str,
+        /// [`Model::outcome`], 0 when NULL.
         pub outcome: i32,
+        /// [`Model::request_method`], empty when NULL.
         pub request_method: &'a str,
+        /// [`Model::request_path`], empty when NULL.
         pub request_path: &'a str,
+        /// [`Model::request_status_code`], 0 when NULL.
         pub request_status_code: i32,
+        /// [`Model::request_client_ip`], empty when NULL.
         pub request_client_ip: &'a str,
+        /// [`Model::request_user_agent`], empty when NULL.
         pub request_user_agent: &'a str,
+        /// [`Model::request_id`], empty when NULL.
         pub request_id: &'a str,
+        /// [`Model::source`], empty when NULL.
         pub source: &'a str,
+        /// [`Model::reasoning`], empty when NULL.
         pub reasoning: &'a str,
+        /// [`Model::metadata`].
         pub metadata: Option<Cow<'a, Json>>,
     }
 
@@ -305,13 +354,16 @@ pub mod tenant_head {
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "tenant_heads")]
     pub struct Model {
+        /// The tenant whose log this head counts.
         #[sea_orm(primary_key, auto_increment = false)]
         pub tenant_id: crate::tenant::TenantId,
+        /// The highest `seq` handed out in the tenant's log (0 before its first event).
         pub head_seq: i64,
         /// Leaves in the tenant's Merkle tree (`head_seq` once caught up).
         pub tree_size: i64,
     }
 
+    /// Relations to other tables: none (sea-orm requires the enum).
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 
@@ -330,15 +382,20 @@ pub mod merkle_node {
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "merkle_nodes")]
     pub struct Model {
+        /// The tenant whose tree holds the subtree.
         #[sea_orm(primary_key, auto_increment = false)]
         pub tenant_id: crate::tenant::TenantId,
+        /// Height of the subtree above the leaves (0 is a leaf).
         #[sea_orm(primary_key, auto_increment = false)]
         pub level: i32,
+        /// Position of the subtree among those of its level.
         #[sea_orm(primary_key, auto_increment = false)]
         pub idx: i64,
+        /// The subtree's RFC 9162 SHA-256 hash (32 bytes).
         pub hash: Vec<u8>,
     }
 
+    /// Relations to other tables: none (sea-orm requires the enum).
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 
@@ -355,16 +412,22 @@ pub mod merkle_checkpoint {
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "merkle_checkpoints")]
     pub struct Model {
+        /// The tenant whose tree the checkpoint signs.
         #[sea_orm(primary_key, auto_increment = false)]
         pub tenant_id: crate::tenant::TenantId,
+        /// Number of leaves of the tree the checkpoint signs.
         #[sea_orm(primary_key, auto_increment = false)]
         pub tree_size: i64,
+        /// The tree's RFC 9162 SHA-256 root hash (32 bytes).
         pub root_hash: Vec<u8>,
+        /// When the service signed it, in unix microseconds.
         pub signed_at: i64,
+        /// The signed checkpoint note, as served to clients.
         #[sea_orm(column_type = "Text")]
         pub note: String,
     }
 
+    /// Relations to other tables: none (sea-orm requires the enum).
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 
@@ -381,12 +444,16 @@ pub mod service_secret {
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "service_secrets")]
     pub struct Model {
+        /// What the secret is for, for example the page-token key.
         #[sea_orm(primary_key, auto_increment = false)]
         pub name: String,
+        /// The secret's bytes.
         pub value: Vec<u8>,
+        /// When it was created, in unix microseconds.
         pub created_at: i64,
     }
 
+    /// Relations to other tables: none (sea-orm requires the enum).
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 
@@ -401,17 +468,24 @@ pub mod api_key {
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "api_keys")]
     pub struct Model {
+        /// Key id, shown by `keys list` and used by `keys revoke`.
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: Uuid,
+        /// The tenant the key acts for.
         pub tenant_id: crate::tenant::TenantId,
         /// Space-separated scope names.
         pub scopes: String,
+        /// SHA-256 of the key's secret.
         pub secret_hash: Vec<u8>,
+        /// When it was minted, in unix microseconds.
         pub created_at: i64,
+        /// When it last authenticated a call, in unix microseconds.
         pub last_used_at: Option<i64>,
+        /// When it was revoked, in unix microseconds; NULL while it is valid.
         pub revoked_at: Option<i64>,
     }
 
+    /// Relations to other tables: none (sea-orm requires the enum).
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
 

@@ -19,7 +19,7 @@ use prost::encoding::{
 use prost::{DecodeError, Message};
 use serde_json::Value as Json;
 
-use crate::convert::micros_to_timestamp;
+use crate::convert::{micros_to_timestamp, seq_to_proto};
 use crate::entity::audit_event::EventFields;
 use crate::store::PageSink;
 
@@ -176,7 +176,7 @@ impl EventFields<'_> {
         let metadata = self.metadata.as_deref().map(|json| StructView::of(json).len());
         let event = message_len(1, uuid::fmt::Hyphenated::LENGTH)
             + str_len(2, self.tenant_id)
-            + uint64_len(3, self.seq as u64)
+            + uint64_len(3, seq_to_proto(self.seq))
             + occurred_at.map_or(0, |len| message_len(4, len))
             + message_len(5, recorded_at)
             + message_len(6, actor)
@@ -202,7 +202,7 @@ impl EventFields<'_> {
         let mut id = [0; uuid::fmt::Hyphenated::LENGTH];
         put_str(1, self.id.hyphenated().encode_lower(&mut id), buf);
         put_str(2, self.tenant_id, buf);
-        put_uint64(3, self.seq as u64, buf);
+        put_uint64(3, seq_to_proto(self.seq), buf);
         if let (Some(micros), Some(len)) = (self.occurred_at, lens.occurred_at) {
             put_timestamp(4, micros, len, buf);
         }
@@ -346,13 +346,13 @@ fn put_value(value: &Json, buf: &mut impl BufMut) {
 /// each omitted when zero.
 fn timestamp_len(micros: i64) -> usize {
     let ts = micros_to_timestamp(micros);
-    uint64_len(1, ts.seconds as u64) + int32_len(2, ts.nanos)
+    uint64_len(1, ts.seconds.cast_unsigned()) + int32_len(2, ts.nanos)
 }
 
 fn put_timestamp(tag: u32, micros: i64, len: usize, buf: &mut impl BufMut) {
     let ts = micros_to_timestamp(micros);
     put_message_key(tag, len, buf);
-    put_uint64(1, ts.seconds as u64, buf);
+    put_uint64(1, ts.seconds.cast_unsigned(), buf);
     put_int32(2, ts.nanos, buf);
 }
 
@@ -396,7 +396,7 @@ fn uint64_len(tag: u32, value: u64) -> usize {
 
 /// int32 and enums: negative values are sign-extended to ten bytes.
 fn int32_len(tag: u32, value: i32) -> usize {
-    uint64_len(tag, i64::from(value) as u64)
+    uint64_len(tag, i64::from(value).cast_unsigned())
 }
 
 fn put_uint64(tag: u32, value: u64, buf: &mut impl BufMut) {
@@ -407,7 +407,7 @@ fn put_uint64(tag: u32, value: u64, buf: &mut impl BufMut) {
 }
 
 fn put_int32(tag: u32, value: i32, buf: &mut impl BufMut) {
-    put_uint64(tag, i64::from(value) as u64, buf);
+    put_uint64(tag, i64::from(value).cast_unsigned(), buf);
 }
 
 #[cfg(test)]
@@ -524,8 +524,8 @@ mod tests {
             Some(json!(null)),
             Some(json!([1, "two", false])),
         ];
-        for (seq, metadata) in metadata.into_iter().enumerate() {
-            assert_encodes_as_prost(&event(seq as i64 + 1, metadata));
+        for (seq, metadata) in (1..).zip(metadata) {
+            assert_encodes_as_prost(&event(seq, metadata));
         }
         assert_encodes_as_prost(&erased(7));
         // Before 1970, negative enums and status codes, the largest seq.
@@ -537,6 +537,8 @@ mod tests {
             request_status_code: Some(-1),
             ..event(i64::MAX, None)
         });
+        // A seq written outside the service: 0, as `event_to_proto` says.
+        assert_encodes_as_prost(&event(-1, None));
         // Whole seconds: nanos omitted; the epoch: an empty timestamp.
         assert_encodes_as_prost(&audit_event::Model {
             occurred_at: Some(0),
@@ -657,7 +659,12 @@ mod tests {
     #[test]
     fn a_page_takes_events_while_they_fit_its_budget() {
         let models: Vec<_> = (1..=10)
-            .map(|seq| event(seq, Some(json!({"pad": "x".repeat(100 * seq as usize)}))))
+            .map(|n: u8| {
+                event(
+                    i64::from(n),
+                    Some(json!({"pad": "x".repeat(100 * usize::from(n))})),
+                )
+            })
             .collect();
         let sizes: Vec<usize> = models
             .iter()

@@ -464,15 +464,17 @@ mod tests {
             .expect("config")
             .expect("a verifier");
         let unix_now = || {
-            std::time::SystemTime::now()
+            let secs = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .expect("clock")
-                .as_secs() as i64
+                .as_secs();
+            i64::try_from(secs).expect("unix seconds fit i64")
         };
+        let leeway = i64::try_from(jwt::LEEWAY_SECS).expect("leeway fits i64");
         // Retried when a second boundary falls between the checks.
         for _ in 0..3 {
             let now = unix_now();
-            let still = now - jwt::LEEWAY_SECS as i64;
+            let still = now - leeway;
             let lapsed = still - 1;
             let accepted = verifier.verify(&token_with_exp(still));
             let refused = verifier.verify(&token_with_exp(lapsed));
@@ -480,10 +482,11 @@ mod tests {
                 continue;
             }
             let token = accepted.expect("within the leeway");
-            assert_eq!(token.expires_at, still as u64);
+            assert_eq!(i64::try_from(token.expires_at), Ok(still));
             assert!(jwt::lapses_at(token.expires_at) > std::time::SystemTime::now());
             assert!(refused.is_err());
-            assert!(jwt::lapses_at(lapsed as u64) <= std::time::SystemTime::now());
+            let lapsed = u64::try_from(lapsed).expect("after 1970");
+            assert!(jwt::lapses_at(lapsed) <= std::time::SystemTime::now());
             return;
         }
         panic!("the clock kept crossing second boundaries");

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::convert::seq_to_proto;
 use crate::integrity::merkle::{CompactTree, Hash};
 use crate::integrity::{VerifierKey, event_leaf};
 use crate::store::{DELETION_ACTION, DELETION_RESOURCE_TYPE, LogRow, Store};
@@ -150,7 +151,7 @@ pub async fn verify(
         let rows = store.log_rows(tenant, after, PAGE).await?;
         let Some(last) = rows.last() else { break };
         after = last.seq();
-        let last_seq = u64::try_from(after).unwrap_or_default();
+        let last_seq = seq_to_proto(after);
         // From the next expected seq, so leaves of missing rows are at hand.
         let stored_leaves: HashMap<u64, Vec<u8>> = store
             .stored_leaves(tenant, expected_seq - 1, last_seq + 1 - expected_seq)
@@ -158,7 +159,7 @@ pub async fn verify(
             .into_iter()
             .collect();
         for row in rows {
-            let seq = u64::try_from(row.seq()).unwrap_or_default();
+            let seq = seq_to_proto(row.seq());
             report.events += 1;
             while expected_seq < seq {
                 report.problem(
@@ -191,7 +192,7 @@ pub async fn verify(
                     continue;
                 }
             };
-            let in_tree = seq <= u64::try_from(tree_size).unwrap_or_default();
+            let in_tree = seq <= seq_to_proto(tree_size);
             let leaf = if row.deleted_at.is_some() {
                 erased.push((seq, row.id.to_string()));
                 match stored {
@@ -232,7 +233,7 @@ pub async fn verify(
         .next_back()
         .copied()
         .unwrap_or(0)
-        .max(u64::try_from(head_seq).unwrap_or_default());
+        .max(seq_to_proto(head_seq));
     if claimed > rows_end {
         report.problem(
             Some(rows_end + 1),

@@ -60,7 +60,9 @@ fn split_point(n: u64) -> u64 {
 /// A range of leaves `start..end` as the RFC's recursion meets it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeafRange {
+    /// Index of the first leaf in the range.
     pub start: u64,
+    /// Index one past the last leaf in the range.
     pub end: u64,
 }
 
@@ -229,7 +231,7 @@ mod tests {
             0 => empty_root(),
             1 => leaves[0],
             n => {
-                let k = split_point(n as u64) as usize;
+                let k = usize::try_from(split_point(n as u64)).expect("below n");
                 node_hash(&reference_root(&leaves[..k]), &reference_root(&leaves[k..]))
             }
         }
@@ -256,7 +258,7 @@ mod tests {
         let mut tree = CompactTree::new();
         for leaf in &all {
             for (node, hash) in tree.push(*leaf) {
-                let start = (node.index << node.level) as usize;
+                let start = usize::try_from(node.index << node.level).expect("within 33 leaves");
                 let end = start + (1usize << node.level);
                 assert_eq!(hash, reference_root(&all[start..end]), "{node:?}");
             }

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 pub use credential::CredentialCheck;
 pub use outbox::{STALL_AFTER, STREAM_BUFFER_BYTES, WatchStream};
 
-use crate::convert::event_to_proto;
+use crate::convert::{event_to_proto, seq_from_proto};
 use crate::entity::audit_event;
 use crate::error::Error;
 use crate::filter::EventMatcher;
@@ -299,22 +299,19 @@ impl WatchHub {
             _ => return,
         };
         let from = first.max(known + 1);
+        // Empty only when the announcement is malformed (`first > last`).
+        let Ok(rows) = u64::try_from(last - from + 1) else {
+            return;
+        };
         let mut batch = BatchBuilder::new(self.feed_bytes.clone());
         let mut complete = true;
         let read = self
             .store
-            .scan_events(
-                &tenant,
-                Condition::all(),
-                from - 1,
-                last,
-                (last - from + 1) as u64,
-                |model| {
-                    let step = batch.add(model);
-                    complete = step.is_continue();
-                    step
-                },
-            )
+            .scan_events(&tenant, Condition::all(), from - 1, last, rows, |model| {
+                let step = batch.add(model);
+                complete = step.is_continue();
+                step
+            })
             .await;
         match read {
             Ok(_) => self.route(&tenant, batch.finish(from, last, complete)),
@@ -366,9 +363,8 @@ impl WatchHub {
         let matcher = EventMatcher::new(filter, "filter")?;
         let condition = matcher.condition(self.store.backend());
         let after_seq = after_seq
-            .map(i64::try_from)
-            .transpose()
-            .map_err(|_| Error::invalid("after_seq", "is larger than any seq"))?;
+            .map(|seq| seq_from_proto(seq, "after_seq"))
+            .transpose()?;
         let (live, slot) = self.register(&tenant)?;
         // From now: the head read after joining the live feed; nothing
         // before it is owed, and anything after it arrives live (or, after a

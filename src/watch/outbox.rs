@@ -462,22 +462,17 @@ mod tests {
         let budget = WatchBudget::new(4 * STREAM_BUFFER_BYTES);
         let (outbox, mut stream) = outbox(budget.clone());
         let size = message_bytes(&message(100_000));
-        let mut queued = 0;
+        let mut queued = 0usize;
         while let Some(mut reservation) = outbox.try_reserve(size) {
-            outbox.push(message(100_000), Some(queued + 1), size, &mut reservation);
             queued += 1;
+            let seq = i64::try_from(queued).expect("a few seqs");
+            outbox.push(message(100_000), Some(seq), size, &mut reservation);
         }
-        assert_eq!(queued as usize, STREAM_BUFFER_BYTES / size);
+        assert_eq!(queued, STREAM_BUFFER_BYTES / size);
         assert!(outbox.room_for(size).is_none());
-        assert_eq!(
-            budget.available(),
-            4 * STREAM_BUFFER_BYTES - queued as usize * size
-        );
+        assert_eq!(budget.available(), 4 * STREAM_BUFFER_BYTES - queued * size);
         stream.next().await.expect("a message").expect("not a status");
-        assert_eq!(
-            budget.available(),
-            4 * STREAM_BUFFER_BYTES - (queued as usize - 1) * size
-        );
+        assert_eq!(budget.available(), 4 * STREAM_BUFFER_BYTES - (queued - 1) * size);
         assert!(outbox.try_reserve(size).is_some());
     }
 

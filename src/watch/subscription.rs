@@ -14,7 +14,7 @@ use tonic::Status;
 use super::credential::CredentialCheck;
 use super::outbox::{Outbox, Reservation, STALL_AFTER, STREAM_BUFFER_BYTES, message_bytes};
 use super::{LiveBatch, StreamSlot};
-use crate::convert::{event_to_proto, micros_to_timestamp};
+use crate::convert::{event_to_proto, micros_to_timestamp, seq_to_proto};
 use crate::error::Error;
 use crate::filter::EventMatcher;
 use crate::proto::{self, WatchResponse, watch_response};
@@ -228,7 +228,7 @@ impl Subscription {
         }
         let beat = WatchResponse {
             kind: Some(watch_response::Kind::Heartbeat(proto::Heartbeat {
-                head_seq: self.cursor as u64,
+                head_seq: seq_to_proto(self.cursor),
                 time: Some(micros_to_timestamp(now_micros())),
             })),
         };
@@ -294,7 +294,7 @@ impl Subscription {
         reader: OwnedSemaphorePermit,
     ) -> Result<(), Stop> {
         let budget = reservation.bytes();
-        let rows = (budget / self.row_bytes.max(1)).clamp(1, CATCH_UP_ROWS as usize) as u64;
+        let rows = ((budget / self.row_bytes.max(1)) as u64).clamp(1, CATCH_UP_ROWS);
         let mut page: Vec<(i64, i64, WatchResponse, usize)> = Vec::new();
         let mut kept = 0usize;
         let mut largest = 0usize;

@@ -3,7 +3,9 @@
 //! exactly those `EventMatcher::matches` accepts in memory. One server per
 //! backend, a fresh tenant per case.
 
-use audit_service::convert::{struct_to_json, timestamp_to_micros};
+use audit_service::convert::{
+    micros_to_timestamp, seq_from_proto, seq_to_proto, struct_to_json, timestamp_to_micros,
+};
 use audit_service::entity::audit_event;
 use audit_service::filter::EventMatcher;
 use audit_service::proto::{self, ActorType, AuditEvent, EventFilter, EventInput, Outcome};
@@ -60,7 +62,7 @@ fn database_filter_agrees_with_in_memory_matcher(backend: Backend) {
                 let expected: Vec<u64> = models
                     .iter()
                     .filter(|m| matcher.matches(m))
-                    .map(|m| m.seq as u64)
+                    .map(|m| seq_to_proto(m.seq))
                     .collect();
                 let got: Vec<u64> = caller
                     .query_all(filter.clone(), "seq asc", 1000)
@@ -90,7 +92,7 @@ fn model_of(event: &AuditEvent) -> audit_event::Model {
     let request = event.request.clone().unwrap_or_default();
     audit_event::Model {
         tenant_id: audit_service::tenant::TenantId::parse(&event.tenant_id, "tenant_id").expect("tenant"),
-        seq: event.seq as i64,
+        seq: seq_from_proto(event.seq, "seq").expect("a stored seq"),
         id: uuid::Uuid::parse_str(&event.id).expect("uuid"),
         occurred_at: micros(&event.occurred_at),
         recorded_at: micros(&event.recorded_at).expect("recorded_at"),
@@ -232,10 +234,7 @@ fn event() -> impl Strategy<Value = EventInput> {
         let (action, actor_id, actor_type, name, email, resource_type, resource_id, outcome, source) = who;
         let (method, path, status_code, ip, request_id, reasoning, time) = request;
         EventInput {
-            occurred_at: Some(prost_types::Timestamp {
-                seconds: time.div_euclid(1_000_000),
-                nanos: (time.rem_euclid(1_000_000) * 1000) as i32,
-            }),
+            occurred_at: Some(micros_to_timestamp(time)),
             actor: Some(proto::Actor {
                 id: actor_id.into(),
                 r#type: actor_type,
@@ -417,20 +416,16 @@ fn filter() -> impl Strategy<Value = EventFilter> {
             ..Default::default()
         };
         if let Some((action, outcomes, email, start, end)) = structured {
-            let ts = |micros: i64| prost_types::Timestamp {
-                seconds: micros.div_euclid(1_000_000),
-                nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-            };
             filter.actions = action.map(|a| vec![a.to_owned()]).unwrap_or_default();
             filter.outcomes = outcomes;
             filter.actor_email = email.unwrap_or_default().to_owned();
             if let (Some(start), Some(end)) = (start, end)
                 && end >= start
             {
-                filter.start_time = Some(ts(start));
-                filter.end_time = Some(ts(end));
+                filter.start_time = Some(micros_to_timestamp(start));
+                filter.end_time = Some(micros_to_timestamp(end));
             } else {
-                filter.start_time = start.map(ts);
+                filter.start_time = start.map(micros_to_timestamp);
             }
         }
         filter

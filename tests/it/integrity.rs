@@ -334,7 +334,9 @@ impl Auditor {
             .filter(|e| e.action == "audit.event.deleted")
             .filter_map(|e| e.metadata.as_ref()?.fields.get("deleted_seq"))
             .filter_map(|v| match v.kind {
-                Some(prost_types::value::Kind::NumberValue(n)) => Some(n as u64),
+                // JSON numbers arrive as f64; a whole, non-negative one
+                // prints as its digits.
+                Some(prost_types::value::Kind::NumberValue(n)) => n.to_string().parse().ok(),
                 _ => None,
             })
             .collect();
@@ -435,8 +437,9 @@ async fn inclusion_proofs_verify_by_seq_and_by_id_against_every_tree_size(backen
     auditor.append(8).await;
     let events = auditor.events().await;
     let leaves: Vec<Hash> = events.iter().map(leaf_of).collect();
-    for size in 1..=events.len() as u64 {
-        let root = root_of(&leaves[..size as usize]);
+    for len in 1..=events.len() {
+        let size = u64::try_from(len).expect("a few events");
+        let root = root_of(&leaves[..len]);
         for event in events.iter().filter(|e| e.seq <= size) {
             for target in [Target::Seq(event.seq), Target::EventId(event.id.clone())] {
                 let proof = auditor.inclusion(target, size).await.expect("proof");

@@ -58,7 +58,9 @@ fn large_event(index: usize) -> EventInput {
     fields.insert(
         "index".to_owned(),
         Value {
-            kind: Some(Kind::NumberValue(index as f64)),
+            kind: Some(Kind::NumberValue(f64::from(
+                u32::try_from(index).expect("a small index"),
+            ))),
         },
     );
     EventInput {

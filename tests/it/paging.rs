@@ -42,7 +42,7 @@ const EVENTS: u64 = 1200;
 /// `occurred_at` offset (seconds) of the event with `seq`: not in seq
 /// order, with four events on each of 300 distinct seconds.
 fn scrambled_offset(seq: u64) -> i64 {
-    ((seq - 1) * 7919 % 300) as i64
+    i64::try_from((seq - 1) * 7919 % 300).expect("below 300")
 }
 
 /// A server holding 1200 events appended in seq order whose `occurred_at`
@@ -91,7 +91,7 @@ async fn paging_through_1200_events_in_every_order_has_no_duplicate_and_no_gap(b
             let occurred_at = e.occurred_at.as_ref().expect("occurred_at");
             assert_eq!(
                 micros(occurred_at),
-                keys[(e.seq - 1) as usize].0,
+                keys[usize::try_from(e.seq - 1).expect("a seq below 1200")].0,
                 "occurred_at of seq {}",
                 e.seq
             );

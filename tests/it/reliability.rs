@@ -41,7 +41,9 @@ fn batch_event(batch: &str, size: usize, i: usize) -> EventInput {
             (
                 "size".to_owned(),
                 prost_types::Value {
-                    kind: Some(prost_types::value::Kind::NumberValue(size as f64)),
+                    kind: Some(prost_types::value::Kind::NumberValue(f64::from(
+                        u32::try_from(size).expect("a batch size"),
+                    ))),
                 },
             ),
         ]
@@ -125,8 +127,8 @@ async fn acknowledged_appends_survive_sigkill_with_no_gap_and_no_half_batch(back
     let mut batches: HashMap<String, (usize, usize)> = HashMap::new();
     for e in &stored {
         let batch = metadata_text(e, "batch").expect("batch");
-        let size: f64 = metadata_text(e, "size").expect("size").parse().unwrap();
-        let entry = batches.entry(batch).or_insert((0, size as usize));
+        let size: usize = metadata_text(e, "size").expect("size").parse().unwrap();
+        let entry = batches.entry(batch).or_insert((0, size));
         entry.0 += 1;
     }
     for (batch, (count, size)) in batches {

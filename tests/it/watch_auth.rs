@@ -139,7 +139,8 @@ async fn stream_of_a_jwt_ends_unauthenticated_once_exp_and_the_leeway_pass(backe
     writer.append(vec![event("user.login", "alice")]).await;
     // Past its exp but within the leeway verification allows: accepted now,
     // and refused by verification a few seconds from now.
-    let exp = now_secs() - LEEWAY_SECS as i64 + 4;
+    let leeway = i64::try_from(LEEWAY_SECS).expect("leeway fits i64");
+    let exp = now_secs() - leeway + 4;
     let claims = serde_json::json!({ "sub": "tester", "tenant_id": tenant, "scope": ALL_SCOPES, "exp": exp });
     let mut reader = server
         .caller_with(&tenant, Credential::Bearer(hs256_token(&claims)))
@@ -153,8 +154,5 @@ async fn stream_of_a_jwt_ends_unauthenticated_once_exp_and_the_leeway_pass(backe
     // the stream would go on for ever.
     let status = end_status(&mut stream, 60).await;
     assert_status(&status, Code::Unauthenticated, "UNAUTHENTICATED", None);
-    assert!(
-        now_secs() > exp + LEEWAY_SECS as i64,
-        "the stream ended before exp + leeway"
-    );
+    assert!(now_secs() > exp + leeway, "the stream ended before exp + leeway");
 }

@@ -27,7 +27,7 @@ fn large_event(i: usize) -> EventInput {
     let mut e = event("document.update", &format!("writer-{i}"));
     let text = |salt: usize, len: usize| -> String {
         (0..len)
-            .map(|n| char::from(b'a' + ((n * 7 + salt * 13 + i) % 26) as u8))
+            .map(|n| char::from(b'a' + u8::try_from((n * 7 + salt * 13 + i) % 26).expect("below 26")))
             .collect()
     };
     e.metadata = Some(prost_types::Struct {
