@@ -17,7 +17,7 @@ pub use validate::{
 };
 
 use crate::auth::{Scope, caller, stream_credential};
-use crate::convert::{event_to_proto, micros_to_timestamp};
+use crate::convert::{event_to_proto, micros_to_timestamp, seq_to_proto};
 use crate::error::Error;
 use crate::filter::EventMatcher;
 use crate::filter::expr::{Field, FieldKind, METADATA_FIELD};
@@ -89,7 +89,7 @@ impl AuditService for AuditApi {
             .into_iter()
             .map(|o| AppendResult {
                 id: o.id.to_string(),
-                seq: o.seq as u64,
+                seq: seq_to_proto(o.seq),
                 duplicate: o.duplicate,
             })
             .collect();
@@ -219,7 +219,7 @@ impl AuditService for AuditApi {
         let deletion = self.store.delete(&caller.tenant, id, deletion).await?;
         Ok(Response::new(DeleteResponse {
             id: deletion.erased_id.to_string(),
-            seq: deletion.erased_seq as u64,
+            seq: seq_to_proto(deletion.erased_seq),
             deletion_event: Some(event_to_proto(deletion.event)),
         }))
     }

@@ -143,7 +143,8 @@ pub fn stats_query(request: &StatsRequest) -> Result<StatsQuery, Error> {
         };
         if let (Some(from), Some(to)) = (spec.from, spec.to)
             && to > from
-            && (spec.bucket_of(to - 1) - spec.bucket_of(from)) / width >= MAX_BUCKETS as i64
+            && u64::try_from((spec.bucket_of(to - 1) - spec.bucket_of(from)) / width)
+                .is_ok_and(|buckets| buckets >= MAX_BUCKETS)
         {
             violations.add(
                 "bucket",

@@ -35,8 +35,11 @@ pub struct Deletion {
 /// Who asked for a deletion, as the deletion event's actor.
 #[derive(Debug, Clone)]
 pub struct DeletionRequest {
+    /// The caller's id (the credential's subject).
     pub actor_id: String,
+    /// The caller's kind (`audit.v1.ActorType`).
     pub actor_type: i32,
+    /// Why the event is deleted: the deletion event's reasoning.
     pub reason: String,
 }
 

@@ -17,7 +17,7 @@ use crate::filter::{EventMatcher, TimeBounds};
 use crate::tenant::TenantId;
 
 /// Most index entries a time-range probe counts (see [`time_bounds`]).
-pub const RANGE_PROBE_CAP: u64 = 1000;
+pub const RANGE_PROBE_CAP: i64 = 1000;
 
 /// Bytes reserved per event of a page before writing it (an event with a
 /// few metadata keys takes 300-500).
@@ -234,8 +234,8 @@ async fn read_page<S: PageSink>(
             return Ok(EventPage { events, next: None });
         }
         wanted -= read;
-        let size = ((events.byte_len() - bytes_before) / read as usize).max(1);
-        let fit = (limits.bytes.saturating_sub(events.byte_len()) / size) as u64;
+        let size = ((events.byte_len() - bytes_before) / usize::try_from(read).unwrap_or(usize::MAX)).max(1);
+        let fit = u64::try_from(limits.bytes.saturating_sub(events.byte_len()) / size).unwrap_or(u64::MAX);
         rows = Ord::min(fit + fit / 4 + 1, wanted);
     }
 }
@@ -364,7 +364,7 @@ async fn time_bounds<C: ConnectionTrait>(
 }
 
 /// Events at the head of a walk that the time-range probe looks at.
-pub const HEAD_SAMPLE: u64 = 64;
+pub const HEAD_SAMPLE: i64 = 64;
 
 /// The placeholder of `value`, bound after the tenant (`$1`) and the
 /// `values` before it. Numbered, as sqlx's SQLite driver binds an unnumbered
@@ -391,7 +391,7 @@ fn time_terms(values: &mut Vec<Value>, (from, to): (Option<i64>, Option<i64>)) -
 /// that many entries of the `occurred_at` index.
 fn capped_count(values: &mut Vec<Value>, range: (Option<i64>, Option<i64>)) -> String {
     let terms = time_terms(values, range);
-    let cap = parameter(values, RANGE_PROBE_CAP as i64);
+    let cap = parameter(values, RANGE_PROBE_CAP);
     format!("(SELECT COUNT(*) FROM (SELECT 1 FROM audit_events WHERE tenant_id = $1{terms} LIMIT {cap}))")
 }
 
@@ -406,7 +406,7 @@ fn head_agrees(values: &mut Vec<Value>, newest_first: bool, bound: i64) -> Strin
         ("<", "ASC")
     };
     let bound = parameter(values, bound);
-    let sample = parameter(values, HEAD_SAMPLE as i64);
+    let sample = parameter(values, HEAD_SAMPLE);
     format!(
         "(SELECT SUM(occurred_at {side} {bound}) * 2 >= COUNT(*) FROM (SELECT occurred_at FROM audit_events \
          WHERE tenant_id = $1 ORDER BY seq {direction} LIMIT {sample}))"
@@ -626,7 +626,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_probe_stops_counting_at_its_cap() {
-        let cap = RANGE_PROBE_CAP as i64;
+        let cap = RANGE_PROBE_CAP;
         let (_dir, store, tenant) = store_with(2 * cap + 500).await;
         let db = store.connection();
         // Both sides hold more than the cap: they tie and the range index,
@@ -731,7 +731,7 @@ mod tests {
                         let Some(cursor) = page.next else { break };
                         // The token continues exactly after the page's last event.
                         let last = events.last().unwrap();
-                        assert_eq!(cursor.seq, last.seq as i64, "{context}");
+                        assert_eq!(cursor.seq, i64::try_from(last.seq).unwrap(), "{context}");
                         assert_eq!(
                             Some(micros_to_timestamp(cursor.occurred_at)),
                             last.occurred_at,

@@ -333,7 +333,7 @@ fn series(spec: &BucketSpec, non_empty: &[BucketCount]) -> StoreResult<Vec<Bucke
         return Ok(Vec::new());
     }
     let span = (last - first) / spec.width + 1;
-    if span as u64 > spec.max_buckets {
+    if u64::try_from(span).unwrap_or(u64::MAX) > spec.max_buckets {
         return Err(too_many());
     }
     let counts: BTreeMap<i64, u64> = non_empty.iter().map(|b| (b.start, b.count)).collect();

@@ -103,6 +103,17 @@ pub(super) fn tree_size_of(tree: &CompactTree) -> i64 {
     i64::try_from(tree.size()).unwrap_or(i64::MAX)
 }
 
+/// A node's level as stored (levels are below 64).
+fn stored_level(id: NodeId) -> i32 {
+    i32::try_from(id.level).unwrap_or(i32::MAX)
+}
+
+/// A leaf index, node index or tree size as stored: each is at most a tree
+/// size, which the store keeps as an `i64`.
+fn stored_index(index: u64) -> i64 {
+    i64::try_from(index).unwrap_or(i64::MAX)
+}
+
 fn missing_event(tenant: &TenantId, seq: i64) -> StoreError {
     StoreError::Corrupt {
         tenant: tenant.clone(),
@@ -135,8 +146,8 @@ pub(super) async fn insert_nodes(
         let rows = chunk.iter().map(|(id, hash)| {
             merkle_node::Model {
                 tenant_id: tenant.clone(),
-                level: id.level as i32,
-                idx: id.index as i64,
+                level: stored_level(*id),
+                idx: stored_index(id.index),
                 hash: hash.to_vec(),
             }
             .into_active_model()
@@ -202,8 +213,8 @@ async fn fetch_nodes<C: ConnectionTrait>(
         for id in chunk {
             any = any.add(
                 Condition::all()
-                    .add(merkle_node::Column::Level.eq(id.level as i32))
-                    .add(merkle_node::Column::Idx.eq(id.index as i64)),
+                    .add(merkle_node::Column::Level.eq(stored_level(*id)))
+                    .add(merkle_node::Column::Idx.eq(stored_index(id.index))),
             );
         }
         let rows = merkle_node::Entity::of_tenant(tenant)
@@ -211,8 +222,12 @@ async fn fetch_nodes<C: ConnectionTrait>(
             .all(conn)
             .await?;
         for row in rows {
-            if let Ok(hash) = Hash::try_from(row.hash.as_slice()) {
-                found.insert(NodeId::new(row.level as u32, row.idx as u64), hash);
+            if let (Ok(hash), Ok(level), Ok(index)) = (
+                Hash::try_from(row.hash.as_slice()),
+                u32::try_from(row.level),
+                u64::try_from(row.idx),
+            ) {
+                found.insert(NodeId::new(level, index), hash);
             }
         }
     }
@@ -377,7 +392,7 @@ impl Store {
         });
         merkle_checkpoint::Entity::insert(merkle_checkpoint::ActiveModel {
             tenant_id: Set(tenant.clone()),
-            tree_size: Set(size as i64),
+            tree_size: Set(stored_index(size)),
             root_hash: Set(root.to_vec()),
             signed_at: Set(signed.checkpoint.time_micros),
             note: Set(signed.note.clone()),
@@ -404,7 +419,7 @@ impl Store {
         size: u64,
     ) -> Result<Option<merkle_checkpoint::Model>, DbErr> {
         merkle_checkpoint::Entity::of_tenant(tenant)
-            .filter(merkle_checkpoint::Column::TreeSize.eq(size as i64))
+            .filter(merkle_checkpoint::Column::TreeSize.eq(stored_index(size)))
             .one(&self.db)
             .await
     }
@@ -427,12 +442,15 @@ impl Store {
     ) -> StoreResult<Vec<(u64, Vec<u8>)>> {
         let rows = merkle_node::Entity::of_tenant(tenant)
             .filter(merkle_node::Column::Level.eq(0))
-            .filter(merkle_node::Column::Idx.gte(from as i64))
+            .filter(merkle_node::Column::Idx.gte(stored_index(from)))
             .order_by_asc(merkle_node::Column::Idx)
             .limit(limit)
             .all(&self.db)
             .await?;
-        Ok(rows.into_iter().map(|n| (n.idx as u64, n.hash)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|n| (u64::try_from(n.idx).unwrap_or_default(), n.hash))
+            .collect())
     }
 
     /// Up to `limit` of the tenant's stored rows, erased ones included,

@@ -19,25 +19,45 @@ use crate::tenant::TenantId;
 /// A validated event to record, as the producer described it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NewEvent {
+    /// When it happened, unix microseconds; `None` takes the time it is recorded.
     pub occurred_at: Option<i64>,
+    /// Who did it: the actor's id.
     pub actor_id: String,
+    /// The actor's kind (`audit.v1.ActorType`).
     pub actor_type: i32,
+    /// The actor's display name.
     pub actor_name: String,
+    /// The actor's email.
     pub actor_email: String,
+    /// What was done, for example `user.login`.
     pub action: String,
+    /// The kind of thing it was done to.
     pub resource_type: String,
+    /// The id of the thing it was done to.
     pub resource_id: String,
+    /// The display name of the thing it was done to.
     pub resource_name: String,
+    /// How it ended (`audit.v1.Outcome`).
     pub outcome: i32,
+    /// The request's method, for example `POST`.
     pub request_method: String,
+    /// The request's path.
     pub request_path: String,
+    /// The request's status code (0 when none).
     pub request_status_code: i32,
+    /// The address the request came from.
     pub request_client_ip: String,
+    /// The request's user agent.
     pub request_user_agent: String,
+    /// The producer's id of the request.
     pub request_id: String,
+    /// The service that reported the event.
     pub source: String,
+    /// Why it was done, in the actor's words.
     pub reasoning: String,
+    /// Further details, a JSON object.
     pub metadata: Option<serde_json::Value>,
+    /// A retry with the same key answers with the event already recorded under it.
     pub idempotency_key: Option<String>,
 }
 

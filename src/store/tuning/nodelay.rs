@@ -55,7 +55,7 @@ fn set_nodelay(fd: i32) -> bool {
             libc::IPPROTO_TCP,
             libc::TCP_NODELAY,
             (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            C_INT_LEN,
         )
     };
     rc == 0
@@ -69,7 +69,7 @@ mod tests {
 
     fn nodelay(fd: i32) -> libc::c_int {
         let mut value: libc::c_int = -1;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let mut len = C_INT_LEN;
         // SAFETY: getsockopt writes at most `len` bytes into `value`.
         let rc = unsafe {
             libc::getsockopt(
@@ -96,3 +96,16 @@ mod tests {
         assert_ne!(nodelay(server.as_raw_fd()), 0);
     }
 }
+
+/// The length of a C `int` option value, as `setsockopt` takes it.
+#[cfg(target_os = "linux")]
+const C_INT_LEN: libc::socklen_t = {
+    let len = std::mem::size_of::<libc::c_int>();
+    assert!(len <= 64);
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "checked just above: a C int is a few bytes"
+    )]
+    let len = len as libc::socklen_t;
+    len
+};

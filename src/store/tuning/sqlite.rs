@@ -48,18 +48,19 @@ fn sqlite_on_mimalloc() -> std::ffi::c_int {
     use libmimalloc_sys as mi;
 
     // SAFETY (all four): SQLite passes sizes > 0 and only pointers these
-    // functions returned, as its allocator contract says.
+    // functions returned, as its allocator contract says. (A size that
+    // does not convert asks for 0 bytes, which mimalloc serves.)
     unsafe extern "C" fn malloc(size: c_int) -> *mut c_void {
-        unsafe { mi::mi_malloc(size as usize) }
+        unsafe { mi::mi_malloc(usize::try_from(size).unwrap_or(0)) }
     }
     unsafe extern "C" fn free(p: *mut c_void) {
         unsafe { mi::mi_free(p) }
     }
     unsafe extern "C" fn realloc(p: *mut c_void, size: c_int) -> *mut c_void {
-        unsafe { mi::mi_realloc(p, size as usize) }
+        unsafe { mi::mi_realloc(p, usize::try_from(size).unwrap_or(0)) }
     }
     unsafe extern "C" fn size(p: *mut c_void) -> c_int {
-        unsafe { mi::mi_usable_size(p) as c_int }
+        c_int::try_from(unsafe { mi::mi_usable_size(p) }).unwrap_or(c_int::MAX)
     }
     unsafe extern "C" fn roundup(size: c_int) -> c_int {
         (size + 7) & !7
