@@ -30,7 +30,9 @@ use tokio::sync::{Mutex, MutexGuard, broadcast};
 
 pub use api_keys::ApiKeyInfo;
 pub use page_token::{PageCursor, PageTokenKey};
-pub use query::{EventOrder, EventPage, PageLimits, PageSink, page_query};
+#[cfg(feature = "bench")]
+pub use query::page_query;
+pub use query::{EventOrder, EventPage, PageLimits, PageSink};
 pub use sequencer::{
     AppendOutcome, Committed, DELETION_ACTION, DELETION_RESOURCE_TYPE, DeleteOutcome, Deletion,
     DeletionRequest, NOTIFY_CHANNEL, NewEvent, SERVICE_ACTION_PREFIX,
