@@ -1,6 +1,7 @@
-//! Generates the tonic server and client of `proto/audit/v1/*.proto` and the
-//! file descriptor set served by reflection, without a system `protoc`
-//! (the protos are parsed by `protox`, in Rust).
+//! Generates the messages and tonic clients of `proto/audit/v1/*.proto`, the
+//! one tonic server the service runs, and the file descriptor set served by
+//! reflection, without a system `protoc` (the protos are parsed by `protox`,
+//! in Rust).
 
 use std::path::PathBuf;
 
@@ -15,8 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("audit_descriptor.bin"), fds.encode_to_vec())?;
 
+    // Messages and clients only (`crate::proto`): the servers are generated
+    // once, below, as the service runs them.
     tonic_prost_build::configure()
-        .build_server(true)
+        .build_server(false)
         .build_client(true)
         .compile_fds(fds.clone())?;
 

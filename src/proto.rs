@@ -1,5 +1,6 @@
-//! Generated protobuf types, the tonic server and client of `audit.v1`, and
-//! the file descriptor set that reflection serves.
+//! Generated protobuf types and tonic clients of `audit.v1`, and the file
+//! descriptor set that reflection serves. The servers the service runs are
+//! generated once, into `wire::server`.
 
 #![allow(missing_docs, clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 

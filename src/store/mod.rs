@@ -40,7 +40,9 @@ pub use commits::{Committed, NOTIFY_CHANNEL};
 pub use delete::{DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion, DeletionRequest, SERVICE_ACTION_PREFIX};
 pub use error::{StoreError, StoreResult};
 pub use page_token::{PageCursor, PageTokenKey};
-pub use query::{EventOrder, EventPage, PageLimits, PageSink, page_query};
+#[cfg(feature = "bench")]
+pub use query::page_query;
+pub use query::{EventOrder, EventPage, PageLimits, PageSink};
 pub use reads::{READ_DEADLINE, events_of};
 use reads::{fetch_event, fetch_events, within_deadline};
 pub use sessions::{

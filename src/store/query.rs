@@ -246,6 +246,7 @@ async fn read_page<S: PageSink>(
 /// ([`time_bounds`]; a statement of its own on SQLite, nothing elsewhere).
 /// The Query path reads a page with this one statement on SQLite, and on
 /// PostgreSQL when it holds fewer than 64 events ([`Store::query_page`]).
+#[cfg(feature = "bench")]
 pub async fn page_query<C: ConnectionTrait>(
     db: &C,
     tenant: &TenantId,

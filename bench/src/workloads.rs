@@ -61,7 +61,7 @@ pub async fn raw_insert(
     let next_seq = Arc::new(AtomicI64::new(0));
     let writer = writer.clone();
     closed_loop(clients, duration, move |_, _| {
-        let first = next_seq.fetch_add(batch as i64, Ordering::Relaxed);
+        let first = next_seq.fetch_add(i64::try_from(batch).unwrap_or(i64::MAX), Ordering::Relaxed);
         let recorded_at = now_micros();
         let rows: Vec<audit_event::Model> = template
             .iter()
@@ -114,7 +114,7 @@ pub async fn prefill(channels: &[Channel], tenant: &str, events: u64) -> anyhow:
                     break;
                 }
                 let first = index * BATCH;
-                let count = BATCH.min(events - first) as usize;
+                let count = usize::try_from(BATCH.min(events - first)).unwrap_or(usize::MAX);
                 let begun = Instant::now();
                 let results = caller.append(sample_batch(first, count, events)).await?;
                 latencies.push(begun.elapsed());
@@ -253,7 +253,10 @@ pub async fn walk_to_page(caller: &Caller, page: u32) -> anyhow::Result<DeepPage
         }
         remaining -= size;
         token = response.next_page_token;
-        before_seq = response.events.last().map_or(0, |e| e.seq as i64);
+        before_seq = response
+            .events
+            .last()
+            .map_or(0, |e| i64::try_from(e.seq).unwrap_or(i64::MAX));
     }
     walk.elapsed = start.elapsed();
     Ok(DeepPage {
@@ -272,7 +275,7 @@ pub async fn get(caller: &Caller, ids: Vec<String>, duration: Duration) -> anyho
     let ids = Arc::new(ids);
     closed_loop(1, duration, move |_, iteration| {
         let mut caller = caller.clone();
-        let id = ids[iteration as usize % ids.len()].clone();
+        let id = ids[usize::try_from(iteration).unwrap_or_default() % ids.len()].clone();
         async move {
             let request = caller.request(proto::GetRequest { id });
             caller.client.get(request).await.context("Get")?;

@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use audit_service::entity::audit_event;
-use audit_service::proto::audit_service_server::{AuditService, AuditServiceServer};
 use audit_service::proto::{
     AppendRequest, AppendResponse, AuditEvent, DeleteRequest, DeleteResponse, GetFilterMetadataRequest,
     GetFilterMetadataResponse, GetRequest, QueryRequest, QueryResponse, StatsRequest, StatsResponse,
     WatchRequest, WatchResponse,
 };
+use audit_service::wire::EncodedQueryResponse;
+use audit_service::wire::server::audit_service_server::{AuditService, AuditServiceServer};
+use prost::Message as _;
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IntoActiveModel,
     Statement, TransactionTrait,
@@ -209,16 +211,19 @@ impl RpcFloor {
 }
 
 /// An `AuditService` in the bench process whose `Query` answers every call
-/// with `page`, held in memory: what a page costs over gRPC without a
-/// database (building the response, encoding it, the round trip, decoding
-/// it in the client). A service that spent nothing besides its SELECT would
-/// still take about this much on top of it.
+/// with `page`, held in memory already encoded, as the service's own server
+/// answers it (an [`EncodedQueryResponse`]): what a page costs over gRPC
+/// without a database (copying its bytes into the response, the round
+/// trip, decoding it in the client). A service that spent nothing besides
+/// its SELECT would still take about this much on top of it.
 pub async fn page_floor(page: QueryResponse) -> anyhow::Result<InProcessServer> {
-    let service = AuditServiceServer::new(MemoryPage(Arc::new(page)));
+    let encoded =
+        EncodedQueryResponse::decode(page.encode_to_vec().as_slice()).context("re-reading the page")?;
+    let service = AuditServiceServer::new(MemoryPage(Arc::new(encoded)));
     InProcessServer::start(Server::builder().add_service(service), "page-floor").await
 }
 
-struct MemoryPage(Arc<QueryResponse>);
+struct MemoryPage(Arc<EncodedQueryResponse>);
 
 fn query_only() -> Status {
     Status::unimplemented("the page floor serves Query only")
@@ -226,8 +231,8 @@ fn query_only() -> Status {
 
 #[tonic::async_trait]
 impl AuditService for MemoryPage {
-    async fn query(&self, _: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
-        Ok(Response::new(QueryResponse::clone(&self.0)))
+    async fn query(&self, _: Request<QueryRequest>) -> Result<Response<EncodedQueryResponse>, Status> {
+        Ok(Response::new(EncodedQueryResponse::clone(&self.0)))
     }
 
     async fn append(&self, _: Request<AppendRequest>) -> Result<Response<AppendResponse>, Status> {

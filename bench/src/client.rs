@@ -9,7 +9,7 @@ use audit_service::convert::{struct_to_json, timestamp_to_micros};
 use audit_service::entity::audit_event;
 use audit_service::proto::audit_service_client::AuditServiceClient;
 use audit_service::proto::{self, EventInput};
-use prost_types::{Struct, Timestamp, Value, value::Kind};
+use prost_types::{Struct, Value, value::Kind};
 use tonic::Request;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -100,8 +100,9 @@ impl Caller {
 /// `occurred_at` spreads the events evenly over one day (2026-11-22 UTC).
 pub fn sample_event(i: u64, total: u64) -> EventInput {
     let actor = i % ACTORS;
-    let step = DAY_MICROS / total.max(1) as i64;
-    let occurred = DAY_START_MICROS + (i as i64 % total.max(1) as i64) * step;
+    let total = i64::try_from(total.max(1)).unwrap_or(i64::MAX);
+    let step = DAY_MICROS / total;
+    let occurred = DAY_START_MICROS + (i64::try_from(i).unwrap_or(i64::MAX) % total) * step;
     let metadata = Struct {
         fields: [
             ("attempt".to_owned(), number((i % 5) as f64)),
@@ -114,17 +115,14 @@ pub fn sample_event(i: u64, total: u64) -> EventInput {
         .collect(),
     };
     EventInput {
-        occurred_at: Some(Timestamp {
-            seconds: occurred.div_euclid(1_000_000),
-            nanos: (occurred.rem_euclid(1_000_000) * 1000) as i32,
-        }),
+        occurred_at: Some(audit_service::convert::micros_to_timestamp(occurred)),
         actor: Some(proto::Actor {
             id: actor_id(actor),
             r#type: proto::ActorType::User as i32,
             name: format!("User {actor}"),
             email: format!("user-{actor}@example.com"),
         }),
-        action: ACTIONS[(i % ACTIONS.len() as u64) as usize].to_owned(),
+        action: ACTIONS[usize::try_from(i).unwrap_or_default() % ACTIONS.len()].to_owned(),
         resource: Some(proto::Resource {
             r#type: "document".to_owned(),
             id: format!("doc-{}", i % 5000),

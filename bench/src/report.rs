@@ -145,7 +145,15 @@ pub fn millis(duration: Duration) -> String {
 
 /// A rate with thousands separators and a unit: `12,345 ev/s`.
 pub fn rate(value: f64, unit: &str) -> String {
-    format!("{} {unit}", grouped(value.round() as u64))
+    // A rate is finite and non-negative; the saturating float-to-int
+    // conversion keeps any other value printable.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "rounded, saturating"
+    )]
+    let whole = value.round() as u64;
+    format!("{} {unit}", grouped(whole))
 }
 
 /// `1234567` as `1,234,567`.

@@ -163,7 +163,7 @@ impl ServiceProcess {
             .spawn()
             .with_context(|| {
                 format!(
-                    "starting {} (build it with `cargo build --release --bins`, or pass --server-bin)",
+                    "starting {} (build it with `cargo build --release --workspace`, or pass --server-bin)",
                     binary.display()
                 )
             })?;

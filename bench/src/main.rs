@@ -5,10 +5,14 @@
 //! events/s, p50/p95/p99, the baseline, the ratio and the issue's target.
 //!
 //! ```sh
-//! cargo build --release --bins
+//! cargo build --release --workspace    # both binaries, in target/release/
 //! target/release/audit-bench --quick --backend both      # CI-sized smoke run
 //! target/release/audit-bench --backend both              # 1M events per backend
 //! ```
+#![expect(
+    clippy::cast_precision_loss,
+    reason = "rates, sizes in MiB and percentiles are f64 approximations of counts by design"
+)]
 
 mod baseline;
 mod client;
@@ -64,7 +68,8 @@ struct Options {
     /// (and afterwards drop) its own database `audit_bench_<pid>`.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     postgres_url: String,
-    /// The service binary (default: `audit-service` beside this binary).
+    /// The service binary (default: `audit-service` beside this binary,
+    /// where `cargo build --workspace` puts both).
     #[arg(long)]
     server_bin: Option<PathBuf>,
     /// Only the Append rows (each beside its raw INSERT), e.g. to compare
@@ -451,7 +456,7 @@ async fn query_rows(
     table: &mut Table,
 ) -> anyhow::Result<()> {
     let pages = settings.events.div_ceil(workloads::PAGE_SIZE as u64);
-    let deep = DEEP_PAGE.min(pages as u32).max(2);
+    let deep = DEEP_PAGE.min(u32::try_from(pages).unwrap_or(u32::MAX)).max(2);
     let walked = workloads::walk_to_page(reader, deep).await?;
     eprintln!(
         "  followed tokens past {} events in {} calls ({:.1} s)",
@@ -618,8 +623,9 @@ fn notes(settings: &Settings, backend: Backend) -> Vec<String> {
          five slices each after one uncounted warm-up slice each, so drift of the machine falls on \
          both. The deep page is reached by following page tokens (in pages of up to 1000 events; \
          tokens are bound to filter and order, not page size) and then re-requested with its token. \
-         The page served from memory is the first page, answered by a tonic `AuditService` in the \
-         bench process that clones it into each response: the gRPC cost of a page with no database \
+         The page served from memory is the first page, answered in the bench process by the \
+         service's own generated server with the page's encoded events, copied into each response \
+         as the service sends the events it has written: the gRPC cost of a page with no database \
          at all; its ratio is to the first page's SQL."
             .to_owned(),
         "Get: ratio = Get p99 ÷ p99 of a bare tonic unary call served in the bench process.".to_owned(),
@@ -675,10 +681,7 @@ fn latency_ratio(a: Duration, b: Duration) -> f64 {
 }
 
 fn timestamp(micros: i64) -> Timestamp {
-    Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-    }
+    audit_service::convert::micros_to_timestamp(micros)
 }
 
 /// `4 min 05 s`.
