@@ -272,7 +272,9 @@ mod tests {
     #[test]
     fn copy_csv_quotes_text_and_leaves_nulls_empty() {
         let input = crate::client::sample_event(0, 10);
-        let mut row = crate::client::stored_row(&input, "t\"1", 5, 9).unwrap();
+        let mut row = crate::client::stored_row(&input, "t1", 5, 9).unwrap();
+        // Text that needs quoting, as COPY's CSV would read it back.
+        row.tenant_id = audit_service::tenant::TenantId::stored("t\"1".into());
         row.reasoning = None;
         let csv = copy_csv(&[row.clone()]);
         assert!(csv.starts_with(&format!("\"t\"\"1\",5,{},", row.id)));
