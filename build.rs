@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/audit/v1/audit.proto", "proto/audit/v1/integrity.proto"];
+    let protos = [
+        "proto/audit/v1/audit.proto",
+        "proto/audit/v1/integrity.proto",
+        "proto/audit/v1/policy.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
 
     // Source info keeps the proto comments, so `grpcurl describe` shows them.

@@ -151,6 +151,14 @@ pub struct ServeConfig {
         default_value_t = DEFAULT_WATCH_BUFFER_MIB
     )]
     pub watch_buffer_mib: usize,
+    /// Seconds between retention runs (each erases what tenants' retention
+    /// periods make due; `audit-service retention apply` runs one now).
+    #[arg(
+        long = "retention-interval-secs",
+        env = "AUDIT_RETENTION_INTERVAL_SECS",
+        default_value_t = DEFAULT_RETENTION_INTERVAL_SECS
+    )]
+    pub retention_interval_secs: u64,
     /// Seconds SIGTERM waits for in-flight calls and streams before exiting.
     #[arg(
         long = "shutdown-grace-secs",
@@ -159,6 +167,9 @@ pub struct ServeConfig {
     )]
     pub shutdown_grace_secs: u64,
 }
+
+/// Default of `--retention-interval-secs`: ten minutes.
+pub const DEFAULT_RETENTION_INTERVAL_SECS: u64 = 600;
 
 /// Default of `--watch-buffer-mib`.
 pub const DEFAULT_WATCH_BUFFER_MIB: usize = 64;
@@ -177,8 +188,14 @@ impl ServeConfig {
             max_streams: 10_000,
             max_streams_per_tenant: 2_000,
             watch_buffer_mib: DEFAULT_WATCH_BUFFER_MIB,
+            retention_interval_secs: DEFAULT_RETENTION_INTERVAL_SECS,
             shutdown_grace_secs: 30,
         }
+    }
+
+    /// Interval between retention runs.
+    pub fn retention_interval(&self) -> Duration {
+        Duration::from_secs(self.retention_interval_secs.max(1))
     }
 
     /// Interval between Watch heartbeats.

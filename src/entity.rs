@@ -48,6 +48,12 @@ macro_rules! tenant_scoped {
             pub fn of_tenant(tenant: &crate::tenant::TenantId) -> Select<Entity> {
                 Entity::find().filter(Column::TenantId.eq(tenant.clone()))
             }
+
+            /// An UPDATE of the tenant's rows of this table, already bound
+            /// to the tenant (narrow it further with `filter`).
+            pub fn update_of_tenant(tenant: &crate::tenant::TenantId) -> sea_orm::UpdateMany<Entity> {
+                Entity::update_many().filter(Column::TenantId.eq(tenant.clone()))
+            }
         }
     };
 }
@@ -130,6 +136,31 @@ pub mod audit_event {
     impl ActiveModelBehavior for ActiveModel {}
 
     tenant_scoped!();
+
+    /// The columns that hold an event's content: NULL once it is erased
+    /// (what [`Model::erased`] clears). The idempotency key stays, so a
+    /// producer's retry of an erased event is still known as a duplicate.
+    pub const CONTENT_COLUMNS: [Column; 19] = [
+        Column::OccurredAt,
+        Column::ActorId,
+        Column::ActorType,
+        Column::ActorName,
+        Column::ActorEmail,
+        Column::Action,
+        Column::ResourceType,
+        Column::ResourceId,
+        Column::ResourceName,
+        Column::Outcome,
+        Column::RequestMethod,
+        Column::RequestPath,
+        Column::RequestStatusCode,
+        Column::RequestClientIp,
+        Column::RequestUserAgent,
+        Column::RequestId,
+        Column::Source,
+        Column::Reasoning,
+        Column::Metadata,
+    ];
 
     impl Model {
         /// Decodes a row of `Entity::find()` (every column, in declaration
@@ -494,6 +525,89 @@ pub mod api_key {
     tenant_scoped!();
 }
 
+/// A tenant's retention period, whether it is locked, and the retention
+/// task's progress through the tenant's log.
+pub mod retention_policy {
+    use sea_orm::entity::prelude::*;
+
+    /// One tenant's policy; no row (or a NULL period) keeps events forever.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "retention_policies")]
+    pub struct Model {
+        /// The tenant the policy is for.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: crate::tenant::TenantId,
+        /// Events older than this many seconds (by `recorded_at`) are
+        /// erased; NULL keeps them forever.
+        pub period_secs: Option<i64>,
+        /// Once set, the period only grows and is never unset.
+        pub locked: bool,
+        /// When the policy was last set, in unix microseconds.
+        pub updated_at: i64,
+        /// Who set it last (the caller's subject).
+        pub updated_by: String,
+        /// Every event up to this seq was erased, or was held when the
+        /// retention task passed it (a released hold sends it back to 0).
+        pub scanned_through: i64,
+        /// Lowest seq the run in progress erased.
+        pub run_first_seq: Option<i64>,
+        /// Highest seq the run in progress erased.
+        pub run_last_seq: Option<i64>,
+        /// Events the run in progress erased.
+        pub run_erased: i64,
+    }
+
+    /// Relations to other tables: none (sea-orm requires the enum).
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+
+    tenant_scoped!();
+}
+
+/// Legal holds: filters whose matching events neither retention nor
+/// `Delete` may erase while the hold is active.
+pub mod legal_hold {
+    use sea_orm::entity::prelude::*;
+
+    /// One hold, active until released.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "legal_holds")]
+    pub struct Model {
+        /// The tenant whose events it holds.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: crate::tenant::TenantId,
+        /// The hold's UUIDv7.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        /// The `audit.v1.EventFilter` of the held events, protobuf-encoded.
+        pub filter: Vec<u8>,
+        /// Why the events are held.
+        #[sea_orm(column_type = "Text")]
+        pub reason: String,
+        /// When it was created, in unix microseconds.
+        pub created_at: i64,
+        /// Who created it (the caller's subject).
+        pub created_by: String,
+        /// When it was released, in unix microseconds; NULL while active.
+        pub released_at: Option<i64>,
+        /// Who released it.
+        pub released_by: Option<String>,
+        /// Why it was released.
+        #[sea_orm(column_type = "Text", nullable)]
+        pub release_reason: Option<String>,
+    }
+
+    /// Relations to other tables: none (sea-orm requires the enum).
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+
+    tenant_scoped!();
+}
+
 #[cfg(test)]
 mod tests {
     use sea_orm::{DbBackend, EntityTrait, QueryTrait, Value};
@@ -527,6 +641,14 @@ mod tests {
                     merkle_checkpoint::Entity::of_tenant(&tenant).build(backend),
                 ),
                 ("api_keys", api_key::Entity::of_tenant(&tenant).build(backend)),
+                (
+                    "retention_policies",
+                    retention_policy::Entity::of_tenant(&tenant).build(backend),
+                ),
+                (
+                    "legal_holds",
+                    legal_hold::Entity::of_tenant(&tenant).build(backend),
+                ),
             ];
             for (table, statement) in statements {
                 let condition = format!("WHERE \"{table}\".\"tenant_id\" = {placeholder}");
@@ -538,6 +660,71 @@ mod tests {
                 let values = statement.values.expect("bound values").0;
                 assert_eq!(values, vec![Value::from("acme")], "{backend:?} {table}");
             }
+        }
+    }
+
+    #[test]
+    fn erasing_clears_exactly_the_content_columns() {
+        use sea_orm::{IdenStatic, Iterable, ModelTrait};
+
+        let whole = audit_event::Model {
+            tenant_id: acme(),
+            seq: 7,
+            id: uuid::Uuid::now_v7(),
+            occurred_at: Some(1),
+            recorded_at: 2,
+            actor_id: Some("a".into()),
+            actor_type: Some(1),
+            actor_name: Some("n".into()),
+            actor_email: Some("e".into()),
+            action: Some("x.y".into()),
+            resource_type: Some("r".into()),
+            resource_id: Some("i".into()),
+            resource_name: Some("m".into()),
+            outcome: Some(2),
+            request_method: Some("GET".into()),
+            request_path: Some("/".into()),
+            request_status_code: Some(200),
+            request_client_ip: Some("192.0.2.1".into()),
+            request_user_agent: Some("ua".into()),
+            request_id: Some("q".into()),
+            source: Some("s".into()),
+            reasoning: Some("why".into()),
+            metadata: Some(serde_json::json!({"k": "v"})),
+            idempotency_key: Some("k".into()),
+            deleted_at: None,
+        };
+        let erased = whole.clone().erased(3);
+        for column in audit_event::Column::iter() {
+            let cleared = erased.get(column) != whole.get(column);
+            let content = audit_event::CONTENT_COLUMNS
+                .iter()
+                .any(|c| c.as_str() == column.as_str());
+            assert_eq!(
+                cleared,
+                content || matches!(column, audit_event::Column::DeletedAt),
+                "{column:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tenant_update_binds_its_tenant() {
+        use sea_orm::sea_query::Expr;
+
+        for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
+            let statement = retention_policy::Entity::update_of_tenant(&acme())
+                .col_expr(retention_policy::Column::RunErased, Expr::val(0i64))
+                .build(backend);
+            assert!(
+                statement
+                    .sql
+                    .contains("WHERE \"retention_policies\".\"tenant_id\" ="),
+                "{}",
+                statement.sql
+            );
+            let values = statement.values.expect("bound values").0;
+            assert_eq!(values.last(), Some(&Value::from("acme")), "{backend:?}");
         }
     }
 

@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_create_audit_log;
 mod m20261123_000002_create_api_keys;
 mod m20261123_000003_create_merkle_tree;
+mod m20261202_000004_create_policies;
 
 /// Every migration of the service, oldest first.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_create_audit_log::Migration),
             Box::new(m20261123_000002_create_api_keys::Migration),
             Box::new(m20261123_000003_create_merkle_tree::Migration),
+            Box::new(m20261202_000004_create_policies::Migration),
         ]
     }
 }

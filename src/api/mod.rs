@@ -2,6 +2,7 @@
 //! call the store, convert. No SQL and no credential parsing here.
 
 mod integrity;
+mod policy;
 mod validate;
 
 use std::pin::Pin;
@@ -12,6 +13,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 pub use integrity::IntegrityApi;
+pub use policy::{MAX_RETENTION_SECS, PolicyApi};
 pub use validate::{
     DEFAULT_STATS_LIMIT, MAX_BATCH, MAX_BUCKETS, MAX_METADATA_BYTES, MAX_STATS_LIMIT, is_valid_action,
 };
@@ -28,7 +30,7 @@ use crate::proto::{
 };
 use crate::store::page_token::QueryFingerprint;
 use crate::store::stats::{GroupField, GroupValue};
-use crate::store::{DeletionRequest, EventOrder, PageLimits, Store};
+use crate::store::{ChangeRequest, EventOrder, PageLimits, Store};
 use crate::watch::WatchHub;
 use crate::wire::server::audit_service_server::AuditService;
 use crate::wire::{EncodedQueryResponse, PageEvents};
@@ -211,7 +213,7 @@ impl AuditService for AuditApi {
         violations.text(|| "reason".to_owned(), &request.reason, validate::MAX_REASONING);
         violations.finish()?;
 
-        let deletion = DeletionRequest {
+        let deletion = ChangeRequest {
             actor_id: caller.subject.clone(),
             actor_type: caller.actor_type() as i32,
             reason: request.reason,

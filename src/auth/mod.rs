@@ -31,7 +31,11 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// Path prefixes of the services that need a credential; reflection and
 /// health stay open.
-const PROTECTED_SERVICES: &[&str] = &["/audit.v1.AuditService/", "/audit.v1.IntegrityService/"];
+const PROTECTED_SERVICES: &[&str] = &[
+    "/audit.v1.AuditService/",
+    "/audit.v1.IntegrityService/",
+    "/audit.v1.PolicyService/",
+];
 
 /// A permission a credential grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,11 +46,13 @@ pub enum Scope {
     Append,
     /// Delete.
     Write,
+    /// PolicyService: retention and legal holds of the tenant's log.
+    Admin,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Append, Scope::Write];
+    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Append, Scope::Write, Scope::Admin];
 
     /// The scope's name in credentials (`audit:read`, ...).
     pub fn as_str(self) -> &'static str {
@@ -54,6 +60,7 @@ impl Scope {
             Scope::Read => "audit:read",
             Scope::Append => "audit:append",
             Scope::Write => "audit:write",
+            Scope::Admin => "audit:admin",
         }
     }
 

@@ -8,7 +8,9 @@
 //!   leaves differs from the signed one;
 //! - a removed row: a gap in the seqs;
 //! - a truncated log: fewer events than a signed checkpoint counts;
-//! - a row erased without `Delete`: no `audit.event.deleted` event names it;
+//! - a row erased without `Delete` or retention: no `audit.event.deleted`
+//!   event names it and no `audit.retention.applied` event's seq range
+//!   holds it;
 //! - rewritten leaves and tree nodes too: the recomputed roots differ from
 //!   the signed checkpoints; the first bad seq then lies after the largest
 //!   checkpoint that still matches.
@@ -18,7 +20,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use crate::convert::seq_to_proto;
 use crate::integrity::merkle::{CompactTree, Hash};
 use crate::integrity::{VerifierKey, event_leaf};
-use crate::store::{DELETION_ACTION, DELETION_RESOURCE_TYPE, LogRow, Store};
+use crate::store::{
+    DELETION_ACTION, DELETION_RESOURCE_TYPE, LOG_RESOURCE_TYPE, LogRow, RETENTION_ACTION, Store,
+};
 use crate::tenant::TenantId;
 
 /// Rows read per statement.
@@ -143,6 +147,7 @@ pub async fn verify(
 
     let mut tree = CompactTree::new();
     let mut deletions_recorded = HashSet::new();
+    let mut retention_runs: Vec<(u64, u64)> = Vec::new();
     let mut erased: Vec<(u64, String)> = Vec::new();
     let mut expected_seq: u64 = 1;
     let mut after = 0i64;
@@ -220,6 +225,11 @@ pub async fn verify(
                 {
                     deletions_recorded.extend(row.resource_id.clone());
                 }
+                if row.action.as_deref() == Some(RETENTION_ACTION)
+                    && row.resource_type.as_deref() == Some(LOG_RESOURCE_TYPE)
+                {
+                    retention_runs.extend(retention_range(row.metadata.as_ref()));
+                }
                 recomputed
             };
             tree.push(leaf);
@@ -241,14 +251,23 @@ pub async fn verify(
         );
     }
     for (seq, id) in erased {
-        if !deletions_recorded.contains(&id) {
+        let by_retention = retention_runs
+            .iter()
+            .any(|(first, last)| (*first..=*last).contains(&seq));
+        if !deletions_recorded.contains(&id) && !by_retention {
             report.problem(
                 Some(seq),
-                format!("event {id} was erased without an {DELETION_ACTION} event"),
+                format!("event {id} was erased without an {DELETION_ACTION} or {RETENTION_ACTION} event"),
             );
         }
     }
     Ok(report)
+}
+
+/// The seqs a retention run's record says it erased.
+fn retention_range(metadata: Option<&serde_json::Value>) -> Option<(u64, u64)> {
+    let seq = |key: &str| metadata?.get(key)?.as_u64();
+    Some((seq("first_seq")?, seq("last_seq")?))
 }
 
 fn stored_leaf(stored: &HashMap<u64, Vec<u8>>, seq: u64) -> Option<Hash> {

@@ -1,6 +1,8 @@
-//! Builds the gRPC server (AuditService, reflection v1 and v1alpha, health)
-//! and runs it until the shutdown token fires, then drains.
+//! Builds the gRPC server (AuditService, IntegrityService, PolicyService,
+//! reflection v1 and v1alpha, health), starts the retention task, and runs
+//! until the shutdown token fires, then drains.
 
+pub mod retention;
 pub mod signing_key;
 
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::{AuditApi, IntegrityApi};
+use crate::api::{AuditApi, IntegrityApi, PolicyApi};
 use crate::auth::{AuthLayer, Authenticator, JwtVerifier};
 use crate::config::{ServeConfig, TreeMaintenance};
 
@@ -22,11 +24,14 @@ use crate::transport::{MAX_HEADER_BLOCK_BYTES, MetadataLimitLayer};
 use crate::watch::{WatchHub, WatchLimits};
 use crate::wire::server::audit_service_server::AuditServiceServer;
 use crate::wire::server::integrity_service_server::IntegrityServiceServer;
+use crate::wire::server::policy_service_server::PolicyServiceServer;
 
 /// Name under which health reports the audit service.
 pub const AUDIT_SERVICE_NAME: &str = "audit.v1.AuditService";
 /// Name under which health reports the integrity service.
 pub const INTEGRITY_SERVICE_NAME: &str = "audit.v1.IntegrityService";
+/// Name under which health reports the policy service.
+pub const POLICY_SERVICE_NAME: &str = "audit.v1.PolicyService";
 /// Largest request or response message.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 /// Concurrent calls (HTTP/2 streams) one connection may have open.
@@ -72,6 +77,12 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let integrity = IntegrityServiceServer::new(IntegrityApi::new(store.clone(), notary));
+    let policy = PolicyServiceServer::new(PolicyApi::new(store.clone()));
+    tokio::spawn(retention::enforce(
+        store.clone(),
+        config.retention_interval(),
+        shutdown.clone(),
+    ));
     let authenticator = Arc::new(Authenticator::new(
         JwtVerifier::from_config(&config.jwt)?,
         store.clone(),
@@ -104,6 +115,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(audit)
         .add_service(integrity)
+        .add_service(policy)
         .serve_with_incoming_shutdown(incoming(listener), drain_signal);
     tokio::pin!(serve);
     let grace = Duration::from_secs(config.shutdown_grace_secs);
@@ -150,6 +162,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status(AUDIT_SERVICE_NAME, status).await;
     health.set_service_status(INTEGRITY_SERVICE_NAME, status).await;
+    health.set_service_status(POLICY_SERVICE_NAME, status).await;
     health.set_service_status("", status).await;
 }
 

@@ -116,11 +116,15 @@ fn connect_options(
         options.map_sqlx_sqlite_opts(|opts| {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
             // WAL lets readers run beside the writer; FULL makes a commit
-            // durable (fsync) before Append returns.
+            // durable (fsync) before Append returns; `secure_delete`
+            // overwrites what an erasure (Delete, retention) removes with
+            // zeros in the database file, instead of leaving it in free
+            // space until reused.
             opts.create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30))
+                .pragma("secure_delete", "ON")
         });
         options.map_sqlx_sqlite_pool_opts(|pool| {
             pool.after_connect(|connection, _| {

@@ -4,18 +4,15 @@
 use sea_orm::{ActiveModelTrait, ColumnTrait, IntoActiveModel, QueryFilter};
 use uuid::Uuid;
 
-use super::commits::{Committed, announce};
-use super::insert::insert_events;
-use super::sequencer::{Head, lock_head, set_head};
+use super::holds::ActiveHolds;
+use super::policy::policy_row;
+use super::sequencer::{Head, lock_head};
+use super::service_event::{ChangeRequest, SERVICE_ACTION_PREFIX, ServiceEvent, append_service_event};
 use super::tree::extend_tree;
-use super::{NewEvent, Store, StoreError, StoreResult, events_of, fetch_event, now_micros};
+use super::{Store, StoreError, StoreResult, events_of, fetch_event, now_micros};
 use crate::entity::audit_event;
 use crate::tenant::TenantId;
 
-/// Namespace of the actions of the events the service writes itself
-/// (deletions, and later retention and policy changes): producers cannot
-/// append them and `Delete` cannot erase them.
-pub const SERVICE_ACTION_PREFIX: &str = "audit.";
 /// Action of the event that records a deletion.
 pub const DELETION_ACTION: &str = "audit.event.deleted";
 /// Resource type the deletion event names the erased event with.
@@ -32,28 +29,15 @@ pub struct Deletion {
     pub event: audit_event::Model,
 }
 
-/// Who asked for a deletion, as the deletion event's actor.
-#[derive(Debug, Clone)]
-pub struct DeletionRequest {
-    /// The caller's id (the credential's subject).
-    pub actor_id: String,
-    /// The caller's kind (`audit.v1.ActorType`).
-    pub actor_type: i32,
-    /// Why the event is deleted: the deletion event's reasoning.
-    pub reason: String,
-}
-
 impl Store {
     /// Erases one live event's content, keeping its id and seq, and appends
-    /// the `audit.event.deleted` event, in one transaction. Events the
-    /// service wrote itself are never erased ([`StoreError::Protected`]);
-    /// [`StoreError::NotFound`] when the tenant has no live event `id`.
-    pub async fn delete(
-        &self,
-        tenant: &TenantId,
-        id: Uuid,
-        request: DeletionRequest,
-    ) -> StoreResult<Deletion> {
+    /// the `audit.event.deleted` event, in one transaction.
+    /// [`StoreError::NotFound`] when the tenant has no live event `id`;
+    /// refused, with nothing changed, for an event the service wrote itself
+    /// ([`StoreError::Protected`]), one an active legal hold keeps
+    /// ([`StoreError::LegalHold`]), and one younger than a locked retention
+    /// period ([`StoreError::RetentionLocked`]).
+    pub async fn delete(&self, tenant: &TenantId, id: Uuid, request: ChangeRequest) -> StoreResult<Deletion> {
         let (_writer, txn) = self.begin_write().await?;
         let Head {
             head_seq: head,
@@ -65,54 +49,86 @@ impl Store {
             txn.rollback().await?;
             return Err(StoreError::event_not_found(id));
         };
-        if let Some(action) = target
-            .action
-            .as_ref()
-            .filter(|a| a.starts_with(SERVICE_ACTION_PREFIX))
-        {
-            let action = action.clone();
+        let now = now_micros();
+        if let Some(refusal) = refusal(&txn, tenant, &target, now).await? {
             txn.rollback().await?;
-            return Err(StoreError::Protected {
-                id: id.to_string(),
-                action,
-            });
+            return Err(refusal);
         }
         // The erased event's leaf must be in the tree before its content
         // goes: the tree is brought up to the head first, whatever the
         // AUDIT_INTEGRITY setting.
         let tree_size = extend_tree(&txn, tenant, tree_size, head, &[]).await?;
-        let recorded_at = now_micros();
-        let erased = target.clone().erased(recorded_at);
+        let erased = target.clone().erased(now);
         erased.into_active_model().reset_all().update(&txn).await?;
 
-        let deletion = NewEvent {
-            actor_id: request.actor_id,
-            actor_type: request.actor_type,
-            action: DELETION_ACTION.to_owned(),
-            resource_type: DELETION_RESOURCE_TYPE.to_owned(),
-            resource_id: id.to_string(),
-            outcome: crate::proto::Outcome::Success as i32,
-            source: crate::SERVICE_NAME.to_owned(),
-            reasoning: request.reason,
-            metadata: Some(serde_json::json!({ "deleted_seq": target.seq })),
-            ..NewEvent::default()
-        };
-        let event = deletion.into_model(tenant, head + 1, Uuid::now_v7(), recorded_at);
-        let tree_size = extend_tree(&txn, tenant, tree_size, head + 1, std::slice::from_ref(&event)).await?;
-        insert_events(&txn, vec![event.clone()]).await?;
-        set_head(&txn, tenant, head + 1, tree_size).await?;
-        announce(&txn, tenant, head + 1, head + 1).await?;
+        let event = append_service_event(
+            &txn,
+            tenant,
+            Head {
+                head_seq: head,
+                tree_size,
+            },
+            ServiceEvent {
+                by: &request,
+                action: DELETION_ACTION,
+                resource_type: DELETION_RESOURCE_TYPE,
+                resource_id: id.to_string(),
+                metadata: serde_json::json!({ "deleted_seq": target.seq }),
+            },
+        )
+        .await?;
         txn.commit().await?;
-        self.publish(Committed {
-            tenant: tenant.clone(),
-            first_seq: head + 1,
-            last_seq: head + 1,
-            events: vec![event.clone()],
-        });
+        self.publish_one(&event);
         Ok(Deletion {
             erased_id: id,
             erased_seq: target.seq,
             event,
         })
     }
+}
+
+/// Why `target` may not be deleted, if it may not: the log's own record, a
+/// legal hold, or a locked retention period it is still within.
+async fn refusal(
+    txn: &sea_orm::DatabaseTransaction,
+    tenant: &TenantId,
+    target: &audit_event::Model,
+    now: i64,
+) -> StoreResult<Option<StoreError>> {
+    let id = target.id.to_string();
+    if let Some(action) = target
+        .action
+        .as_ref()
+        .filter(|a| a.starts_with(SERVICE_ACTION_PREFIX))
+    {
+        return Ok(Some(StoreError::Protected {
+            id,
+            action: action.clone(),
+        }));
+    }
+    let holds = ActiveHolds::load(txn, tenant).await?;
+    if let Some(hold) = holds
+        .holding(txn, tenant, &[target.seq])
+        .await?
+        .remove(&target.seq)
+    {
+        return Ok(Some(StoreError::LegalHold {
+            id,
+            hold_id: hold.to_string(),
+        }));
+    }
+    if let Some(policy) = policy_row(txn, tenant).await?
+        && policy.locked
+        && let Some(period) = policy.period_secs
+    {
+        let age_secs = now.saturating_sub(target.recorded_at) / 1_000_000;
+        if age_secs < period {
+            return Ok(Some(StoreError::RetentionLocked {
+                message: format!(
+                    "event {id} was recorded {age_secs} s ago; the locked retention keeps every event for {period} s"
+                ),
+            }));
+        }
+    }
+    Ok(None)
 }

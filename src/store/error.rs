@@ -27,6 +27,33 @@ pub enum StoreError {
         /// Its action, for example `audit.event.deleted`.
         action: String,
     },
+    /// `Delete` of an event an active legal hold keeps.
+    #[error("event {id} is kept by legal hold {hold_id}")]
+    LegalHold {
+        /// The event's id.
+        id: String,
+        /// The first active hold (by id) that matches it.
+        hold_id: String,
+    },
+    /// A change the tenant's locked retention forbids: shortening, unsetting
+    /// or unlocking it, or `Delete` of an event younger than its period.
+    #[error("{message}")]
+    RetentionLocked {
+        /// What was refused and why.
+        message: String,
+    },
+    /// `ReleaseLegalHold` of a hold released already.
+    #[error("legal hold {id} was released already")]
+    HoldReleased {
+        /// The hold's id.
+        id: String,
+    },
+    /// The tenant already has the most active legal holds it may have.
+    #[error("at most {max} legal holds may be active at once; release one first")]
+    TooManyHolds {
+        /// The limit.
+        max: u64,
+    },
     /// A concurrent writer changed what this write was built on (the
     /// tenant's log moved, the group written before it did not commit);
     /// nothing of it was stored, and it may be retried.
@@ -88,6 +115,22 @@ impl From<StoreError> for Error {
                 metadata: vec![("action", action.clone())],
                 message: error.to_string(),
             },
+            StoreError::LegalHold { ref hold_id, .. } => Error::FailedPrecondition {
+                reason: "LEGAL_HOLD",
+                metadata: vec![("hold_id", hold_id.clone())],
+                message: error.to_string(),
+            },
+            StoreError::RetentionLocked { message } => Error::FailedPrecondition {
+                reason: "RETENTION_LOCKED",
+                metadata: Vec::new(),
+                message,
+            },
+            StoreError::HoldReleased { ref id } => Error::FailedPrecondition {
+                reason: "HOLD_RELEASED",
+                metadata: vec![("hold_id", id.clone())],
+                message: error.to_string(),
+            },
+            StoreError::TooManyHolds { .. } => Error::ResourceExhausted(error.to_string()),
             StoreError::Conflict { .. } => {
                 tracing::info!(%error, "write conflicted with a concurrent writer");
                 Error::Aborted(

@@ -10,14 +10,18 @@ mod commits;
 mod connect;
 mod delete;
 mod error;
+mod holds;
 mod insert;
 pub mod page_token;
 mod pg_array;
+mod policy;
 mod query;
 mod reads;
+mod retention;
 mod scan;
 mod secrets;
 mod sequencer;
+mod service_event;
 mod sessions;
 pub mod stats;
 mod tree;
@@ -37,14 +41,24 @@ pub use api_keys::ApiKeyInfo;
 pub use append::{AppendOutcome, NewEvent};
 pub use clock::now_micros;
 pub use commits::{Committed, NOTIFY_CHANNEL};
-pub use delete::{DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion, DeletionRequest, SERVICE_ACTION_PREFIX};
+pub use delete::{DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion};
 pub use error::{StoreError, StoreResult};
+pub use holds::{
+    HOLD_CREATED_ACTION, HOLD_RELEASED_ACTION, HOLD_RESOURCE_TYPE, HoldChange, LegalHold, MAX_ACTIVE_HOLDS,
+    MAX_RELEASED_LISTED,
+};
 pub use page_token::{PageCursor, PageTokenKey};
+pub use policy::{
+    LOG_RESOURCE_TYPE, RETENTION_LOCKED_ACTION, RETENTION_SET_ACTION, Retention, RetentionChange,
+    RetentionPolicy,
+};
 #[cfg(feature = "bench")]
 pub use query::page_query;
 pub use query::{EventOrder, EventPage, PageLimits, PageSink};
 pub use reads::{READ_DEADLINE, events_of};
 use reads::{fetch_event, fetch_events, within_deadline};
+pub use retention::{RETENTION_ACTION, RETENTION_ACTOR, RETENTION_BATCH, RetentionRun};
+pub use service_event::{ChangeRequest, SERVICE_ACTION_PREFIX};
 pub use sessions::{
     APPLICATION_NAME, CLIENT_CHECK_INTERVAL, IDLE_IN_TRANSACTION_LIMIT, LOCK_WAIT_LIMIT, connection_died,
 };

@@ -61,7 +61,7 @@ mod tests {
 
     use super::*;
     use crate::config::DatabaseConfig;
-    use crate::store::{DeletionRequest, NewEvent, Store};
+    use crate::store::{ChangeRequest, NewEvent, Store};
 
     #[tokio::test]
     async fn decoding_by_position_reads_what_decoding_by_name_reads() {
@@ -97,7 +97,7 @@ mod tests {
             .append(&tenant, vec![event("user.login"), event("user.logout")])
             .await
             .unwrap();
-        let request = DeletionRequest {
+        let request = ChangeRequest {
             actor_id: "admin".into(),
             actor_type: 1,
             reason: "test".into(),

@@ -41,7 +41,7 @@ on_both_backends!(
     concurrent_appends_with_shared_keys_and_deletes_keep_log_and_tree_exact,
 );
 
-type Hash = [u8; 32];
+pub(crate) type Hash = [u8; 32];
 
 // ---- an independent RFC 9162 verifier -------------------------------------
 
@@ -58,7 +58,7 @@ fn interior(left: &[u8], right: &[u8]) -> Hash {
 }
 
 /// The leaf of an event as the API returns it: `SHA-256(0x00 || encode())`.
-fn leaf_of(event: &AuditEvent) -> Hash {
+pub(crate) fn leaf_of(event: &AuditEvent) -> Hash {
     sha256(&[&[0], &event.encode_to_vec()])
 }
 
@@ -75,7 +75,7 @@ fn root_of(leaves: &[Hash]) -> Hash {
 }
 
 /// RFC 9162 2.1.3.2: the root an inclusion proof leads to, if well formed.
-fn root_from_inclusion(index: u64, size: u64, leaf: Hash, proof: &[Vec<u8>]) -> Option<Hash> {
+pub(crate) fn root_from_inclusion(index: u64, size: u64, leaf: Hash, proof: &[Vec<u8>]) -> Option<Hash> {
     if index >= size {
         return None;
     }
@@ -100,7 +100,7 @@ fn root_from_inclusion(index: u64, size: u64, leaf: Hash, proof: &[Vec<u8>]) -> 
 }
 
 /// RFC 9162 2.1.4.2.
-fn consistency_holds(
+pub(crate) fn consistency_holds(
     first: u64,
     second: u64,
     first_root: &[u8],
@@ -149,7 +149,7 @@ fn consistency_holds(
 
 /// Checks a checkpoint's signed note with a pinned verifier key
 /// (`name+hash+base64(0x01 || key)`) and returns (size, root) as signed.
-fn open_checkpoint(note: &str, verifier_key: &str) -> Result<(u64, Hash), String> {
+pub(crate) fn open_checkpoint(note: &str, verifier_key: &str) -> Result<(u64, Hash), String> {
     let mut parts = verifier_key.splitn(3, '+');
     let (name, hash, key) = (
         parts.next().unwrap(),
@@ -375,7 +375,7 @@ impl Auditor {
 }
 
 /// Runs `audit-service verify` on the server's database: (exit code, stdout).
-fn run_verify(server: &TestServer, tenant: &str, extra: &[&str]) -> (i32, String) {
+pub(crate) fn run_verify(server: &TestServer, tenant: &str, extra: &[&str]) -> (i32, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_audit-service"))
         .arg("verify")
         .args(["--tenant", tenant])

@@ -20,6 +20,7 @@ mod paging;
 mod reconnect;
 mod reliability;
 mod replicas;
+mod retention;
 mod serving;
 mod shutdown;
 mod stats;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use audit_service::config::{DatabaseConfig, ServeConfig};
 use audit_service::proto::audit_service_client::AuditServiceClient;
+use audit_service::proto::integrity_service_client::IntegrityServiceClient;
+use audit_service::proto::policy_service_client::PolicyServiceClient;
 use audit_service::proto::{self, AppendRequest, AppendResult, EventInput};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -19,6 +21,8 @@ use tonic_types::StatusExt;
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 /// Every scope, as a JWT `scope` claim.
 pub const ALL_SCOPES: &str = "audit:read audit:append audit:write";
+/// Every scope, `audit:admin` (PolicyService) included.
+pub const ADMIN_SCOPES: &str = "audit:read audit:append audit:write audit:admin";
 
 /// Environment variable naming the PostgreSQL database of the test run.
 pub const POSTGRES_URL_VAR: &str = "AUDIT_TEST_DATABASE_URL";
@@ -195,11 +199,13 @@ impl TestServer {
 
     /// A caller of `tenant` presenting `credential`.
     pub async fn caller_with(&self, tenant: &str, credential: Credential) -> Caller {
-        Caller {
-            tenant: tenant.to_owned(),
-            credential,
-            client: self.client().await,
-        }
+        Caller::on(self.channel().await, tenant, credential)
+    }
+
+    /// A caller of `tenant` holding every scope, `audit:admin` included.
+    pub async fn admin_for(&self, tenant: &str) -> Caller {
+        let token = hs256_token(&claims("compliance-officer", tenant, ADMIN_SCOPES));
+        self.caller_with(tenant, Credential::Bearer(token)).await
     }
 
     /// Mints an API key directly in the server's database.
@@ -250,9 +256,31 @@ pub struct Caller {
     pub tenant: String,
     pub credential: Credential,
     pub client: AuditServiceClient<Channel>,
+    pub channel: Channel,
 }
 
 impl Caller {
+    /// A caller of `tenant` presenting `credential` on `channel`.
+    pub fn on(channel: Channel, tenant: &str, credential: Credential) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            credential,
+            client: AuditServiceClient::new(channel.clone()),
+            channel,
+        }
+    }
+
+    /// A PolicyService client on this caller's connection (send requests
+    /// made with [`Caller::request`]).
+    pub fn policy(&self) -> PolicyServiceClient<Channel> {
+        PolicyServiceClient::new(self.channel.clone())
+    }
+
+    /// An IntegrityService client on this caller's connection.
+    pub fn integrity(&self) -> IntegrityServiceClient<Channel> {
+        IntegrityServiceClient::new(self.channel.clone())
+    }
+
     /// `message` with this caller's tenant and credential metadata.
     pub fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
@@ -450,17 +478,23 @@ impl ServerProcess {
 
     /// A caller of `tenant` on this process, holding every scope.
     pub async fn caller_for(&self, tenant: &str) -> Caller {
+        self.caller_with_scopes(tenant, ALL_SCOPES).await
+    }
+
+    /// A caller of `tenant` on this process, holding every scope,
+    /// `audit:admin` included.
+    pub async fn admin_for(&self, tenant: &str) -> Caller {
+        self.caller_with_scopes(tenant, ADMIN_SCOPES).await
+    }
+
+    async fn caller_with_scopes(&self, tenant: &str, scopes: &str) -> Caller {
         let channel = Channel::from_shared(format!("http://{}", self.addr))
             .expect("url")
             .connect()
             .await
             .expect("connect");
-        let token = hs256_token(&claims("tester", tenant, ALL_SCOPES));
-        Caller {
-            tenant: tenant.to_owned(),
-            credential: Credential::Bearer(token),
-            client: AuditServiceClient::new(channel),
-        }
+        let token = hs256_token(&claims("tester", tenant, scopes));
+        Caller::on(channel, tenant, Credential::Bearer(token))
     }
 
     /// The process id.

@@ -1,0 +1,59 @@
+//! The retention task every replica runs: on an interval, a retention run
+//! over each tenant that has a retention period (the store makes replicas
+//! running together take turns, batch by batch).
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{RetentionRun, Store, StoreResult, now_micros};
+use crate::tenant::TenantId;
+
+/// Runs [`run_once`] now and then every `interval` until `shutdown`.
+pub async fn enforce(store: Store, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        if let Err(error) = run_once(&store, &shutdown).await {
+            tracing::warn!(%error, "retention: could not list the tenants with a retention period");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// One retention run over every tenant with a retention period, as of now;
+/// stops between tenants and batches once `stop` is cancelled. A tenant
+/// whose run fails is logged and left for the next run.
+pub async fn run_once(store: &Store, stop: &CancellationToken) -> StoreResult<Vec<(TenantId, RetentionRun)>> {
+    let mut runs = Vec::new();
+    for tenant in store.tenants_with_retention().await? {
+        if stop.is_cancelled() {
+            break;
+        }
+        match store
+            .apply_retention(&tenant, now_micros(), || !stop.is_cancelled())
+            .await
+        {
+            Ok(run) => {
+                if run.erased > 0 || run.event.is_some() {
+                    tracing::info!(
+                        %tenant,
+                        erased = run.erased,
+                        batches = run.batches,
+                        recorded_seq = run.event.as_ref().map(|e| e.seq),
+                        "retention applied"
+                    );
+                }
+                runs.push((tenant, run));
+            }
+            Err(error) => tracing::warn!(%tenant, %error, "retention run failed; the next run continues it"),
+        }
+    }
+    if runs.iter().any(|(_, run)| run.erased > 0)
+        && let Err(error) = store.reclaim_erased_space().await
+    {
+        tracing::warn!(%error, "retention: could not checkpoint the write-ahead log");
+    }
+    Ok(runs)
+}

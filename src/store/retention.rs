@@ -1,0 +1,335 @@
+//! The retention task's work on one tenant: erase, in bounded batches,
+//! every live event older than the retention period (by `recorded_at`)
+//! that no legal hold keeps, exactly as `Delete` erases (content gone, seq
+//! and Merkle leaf kept), and record each run that erased anything with one
+//! `audit.retention.applied` event. The service's own records (`audit.*`:
+//! deletions, retention runs, policy changes) are kept: they explain every
+//! gap in the log and who set its rules, and `Delete` cannot erase them
+//! either.
+//!
+//! Each batch is one transaction holding the tenant's head lock, so `Append`
+//! waits at most one batch, and so replicas enforcing together on one
+//! database take turns: the progress lives in the tenant's
+//! `retention_policies` row (how far the log was scanned, and what the run
+//! in progress erased so far), read and moved under that lock. No event is
+//! erased twice, and a run cut short (a crash, a stopped replica) is
+//! finished, and recorded, by whichever replica runs next.
+
+use sea_orm::sea_query::{Expr, ExprTrait as _};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+
+use super::holds::ActiveHolds;
+use super::policy::{LOG_RESOURCE_TYPE, policy_row};
+use super::sequencer::{Head, lock_head, set_head};
+use super::service_event::{ChangeRequest, SERVICE_ACTION_PREFIX, ServiceEvent, append_service_event};
+use super::tree::extend_tree;
+use super::{Store, StoreResult, events_of};
+use crate::entity::{audit_event, retention_policy};
+use crate::tenant::TenantId;
+
+/// Events one retention batch examines (and at most erases): one
+/// transaction, during which the tenant's appends wait.
+pub const RETENTION_BATCH: u64 = 500;
+/// Action of the event that records a retention run.
+pub const RETENTION_ACTION: &str = "audit.retention.applied";
+/// The actor id of the events retention records.
+pub const RETENTION_ACTOR: &str = "audit-service/retention";
+
+/// What one run over one tenant did.
+#[derive(Debug, Clone, Default)]
+pub struct RetentionRun {
+    /// Events erased by this process's batches.
+    pub erased: u64,
+    /// Batches (transactions) this process ran.
+    pub batches: u64,
+    /// The `audit.retention.applied` event, when this process ended a run
+    /// that erased anything.
+    pub event: Option<audit_event::Model>,
+}
+
+/// What a batch did.
+enum Batch {
+    /// Erased this many events (maybe none: all held); more may be due.
+    More(u64),
+    /// Nothing more is due; erased this many events first, and the run's
+    /// event when the run erased anything.
+    Done(u64, Option<Box<audit_event::Model>>),
+}
+
+/// Makes the retention task look at the tenant's whole log again on its
+/// next run (a released hold's events may now be due). Runs in a
+/// transaction holding the tenant's head lock.
+pub(super) async fn rescan_from_start(txn: &DatabaseTransaction, tenant: &TenantId) -> StoreResult<()> {
+    retention_policy::Entity::update_of_tenant(tenant)
+        .col_expr(retention_policy::Column::ScannedThrough, Expr::val(0i64))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Tenants the retention task has work for: those with a period, and
+    /// those whose last run was cut short before it was recorded. (Not a
+    /// tenant's data: the one read across tenants the task needs.)
+    pub async fn tenants_with_retention(&self) -> StoreResult<Vec<TenantId>> {
+        Ok(retention_policy::Entity::find()
+            .select_only()
+            .column(retention_policy::Column::TenantId)
+            .filter(
+                retention_policy::Column::PeriodSecs
+                    .is_not_null()
+                    .or(retention_policy::Column::RunErased.gt(0)),
+            )
+            .order_by_asc(retention_policy::Column::TenantId)
+            .into_tuple()
+            .all(self.reader())
+            .await?)
+    }
+
+    /// Runs retention over `tenant` as of `now` (unix microseconds), batch
+    /// after batch until nothing is due or `go_on` says to stop (the run is
+    /// then finished by a later one).
+    pub async fn apply_retention(
+        &self,
+        tenant: &TenantId,
+        now: i64,
+        go_on: impl Fn() -> bool,
+    ) -> StoreResult<RetentionRun> {
+        let mut run = RetentionRun::default();
+        while go_on() {
+            run.batches += 1;
+            match self.retention_batch(tenant, now).await? {
+                Batch::More(erased) => run.erased += erased,
+                Batch::Done(erased, event) => {
+                    run.erased += erased;
+                    run.event = event.map(|e| *e);
+                    return Ok(run);
+                }
+            }
+        }
+        Ok(run)
+    }
+
+    async fn retention_batch(&self, tenant: &TenantId, now: i64) -> StoreResult<Batch> {
+        let (_writer, txn) = self.begin_write().await?;
+        let head = lock_head(&txn, tenant).await?;
+        let Some(policy) = policy_row(&txn, tenant).await? else {
+            txn.rollback().await?;
+            return Ok(Batch::Done(0, None));
+        };
+        let Examined { due, last, full } = match policy.period_secs {
+            Some(period) => {
+                let cutoff = now.saturating_sub(period.saturating_mul(1_000_000));
+                examine(&txn, tenant, policy.scanned_through, head.head_seq, cutoff).await?
+            }
+            None => Examined {
+                due: Vec::new(),
+                last: None,
+                full: false,
+            },
+        };
+        let holds = ActiveHolds::load(&txn, tenant).await?;
+        let held = holds.holding(&txn, tenant, &due).await?;
+        let erase: Vec<i64> = due
+            .iter()
+            .copied()
+            .filter(|seq| !held.contains_key(seq))
+            .collect();
+
+        let mut tree_size = head.tree_size;
+        if !erase.is_empty() {
+            // As in `Delete`: the leaves go into the tree before the content goes.
+            tree_size = extend_tree(&txn, tenant, head.tree_size, head.head_seq, &[]).await?;
+            if tree_size != head.tree_size {
+                set_head(&txn, tenant, head.head_seq, tree_size).await?;
+            }
+            erase_events(&txn, tenant, &erase, now).await?;
+        }
+        let erased = u64::try_from(erase.len()).unwrap_or(u64::MAX);
+        let run = retention_policy::Model {
+            scanned_through: last.unwrap_or(policy.scanned_through),
+            run_first_seq: policy.run_first_seq.or_else(|| erase.first().copied()),
+            run_last_seq: erase.last().copied().or(policy.run_last_seq),
+            run_erased: policy.run_erased + i64::try_from(erase.len()).unwrap_or(i64::MAX),
+            ..policy
+        };
+        if full {
+            save_progress(&txn, &run).await?;
+            txn.commit().await?;
+            return Ok(Batch::More(erased));
+        }
+        // The run ends with this batch: record it if it erased anything.
+        let event = match (run.run_first_seq, run.run_last_seq) {
+            (Some(first), Some(last)) if run.run_erased > 0 => {
+                let head = Head {
+                    head_seq: head.head_seq,
+                    tree_size,
+                };
+                Some(record_run(&txn, tenant, head, &run, first, last).await?)
+            }
+            _ => None,
+        };
+        save_progress(
+            &txn,
+            &retention_policy::Model {
+                run_first_seq: None,
+                run_last_seq: None,
+                run_erased: 0,
+                ..run
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        if let Some(event) = &event {
+            self.publish_one(event);
+        }
+        Ok(Batch::Done(erased, event.map(Box::new)))
+    }
+
+    /// Makes erased content's space reusable at once where the database
+    /// needs telling: on SQLite, the write-ahead log (which still holds the
+    /// pages as they were before the erasure) is checkpointed into the
+    /// database file and truncated; erased cells there are zeroed as they
+    /// go (`secure_delete`). PostgreSQL's autovacuum reclaims the old row
+    /// versions by itself.
+    pub async fn reclaim_erased_space(&self) -> StoreResult<()> {
+        if self.backend() == sea_orm::DbBackend::Sqlite {
+            let _writer = self.write_guard().await;
+            self.db
+                .execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)")
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The live events after `scanned` (up to `head`) that are older than
+/// `cutoff`, in seq order, at most [`RETENTION_BATCH`] of them.
+struct Examined {
+    /// The seqs of those retention erases (not the service's own records).
+    due: Vec<i64>,
+    /// The last seq examined, if any: the scan resumes after it.
+    last: Option<i64>,
+    /// Whether the batch was full: more may be due.
+    full: bool,
+}
+
+async fn examine(
+    txn: &DatabaseTransaction,
+    tenant: &TenantId,
+    scanned: i64,
+    head: i64,
+    cutoff: i64,
+) -> StoreResult<Examined> {
+    let rows: Vec<(i64, i64, Option<String>)> = events_of(tenant)
+        .select_only()
+        .column(audit_event::Column::Seq)
+        .column(audit_event::Column::RecordedAt)
+        .column(audit_event::Column::Action)
+        .filter(audit_event::Column::Seq.gt(scanned))
+        .filter(audit_event::Column::Seq.lte(head))
+        .order_by_asc(audit_event::Column::Seq)
+        .limit(RETENTION_BATCH)
+        .into_tuple()
+        .all(txn)
+        .await?;
+    // Seqs follow commit order, and so (but for clocks of replicas that
+    // disagree) do the times they were recorded at: the first event not due
+    // ends the run, and what follows it waits for the next one.
+    let older: Vec<&(i64, i64, Option<String>)> = rows
+        .iter()
+        .take_while(|(_, recorded_at, _)| *recorded_at < cutoff)
+        .collect();
+    Ok(Examined {
+        // The service's own records (deletions, retention runs, policy
+        // changes) stay: they explain the log's gaps and who set its rules.
+        due: older
+            .iter()
+            .filter(|(_, _, action)| {
+                !action
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(SERVICE_ACTION_PREFIX))
+            })
+            .map(|(seq, _, _)| *seq)
+            .collect(),
+        last: older.last().map(|(seq, _, _)| *seq),
+        full: u64::try_from(older.len()).is_ok_and(|n| n == RETENTION_BATCH),
+    })
+}
+
+/// Erases the events `seqs` as `Delete` does: every content column NULL,
+/// `deleted_at` set; seq, id, `recorded_at` and idempotency key kept.
+async fn erase_events(
+    txn: &DatabaseTransaction,
+    tenant: &TenantId,
+    seqs: &[i64],
+    now: i64,
+) -> StoreResult<()> {
+    let mut update = audit_event::Entity::update_of_tenant(tenant)
+        .col_expr(audit_event::Column::DeletedAt, Expr::val(now));
+    for column in audit_event::CONTENT_COLUMNS {
+        update = update.col_expr(column, Expr::cust("NULL"));
+    }
+    update
+        .filter(audit_event::Column::Seq.is_in(seqs.iter().copied()))
+        .filter(audit_event::Column::DeletedAt.is_null())
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+async fn save_progress(txn: &DatabaseTransaction, run: &retention_policy::Model) -> StoreResult<()> {
+    retention_policy::Entity::update_of_tenant(&run.tenant_id)
+        .col_expr(
+            retention_policy::Column::ScannedThrough,
+            Expr::val(run.scanned_through),
+        )
+        .col_expr(
+            retention_policy::Column::RunFirstSeq,
+            Expr::val(run.run_first_seq),
+        )
+        .col_expr(retention_policy::Column::RunLastSeq, Expr::val(run.run_last_seq))
+        .col_expr(retention_policy::Column::RunErased, Expr::val(run.run_erased))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+/// Appends the `audit.retention.applied` event of a run.
+async fn record_run(
+    txn: &DatabaseTransaction,
+    tenant: &TenantId,
+    head: Head,
+    run: &retention_policy::Model,
+    first: i64,
+    last: i64,
+) -> StoreResult<audit_event::Model> {
+    let by = ChangeRequest {
+        actor_id: RETENTION_ACTOR.to_owned(),
+        actor_type: crate::proto::ActorType::System as i32,
+        reason: format!(
+            "retention: events recorded more than {} s ago are erased",
+            run.period_secs.unwrap_or_default()
+        ),
+    };
+    append_service_event(
+        txn,
+        tenant,
+        head,
+        ServiceEvent {
+            by: &by,
+            action: RETENTION_ACTION,
+            resource_type: LOG_RESOURCE_TYPE,
+            resource_id: tenant.to_string(),
+            metadata: serde_json::json!({
+                "first_seq": first,
+                "last_seq": last,
+                "count": run.run_erased,
+                "period_seconds": run.period_secs,
+            }),
+        },
+    )
+    .await
+}
