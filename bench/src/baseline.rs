@@ -10,9 +10,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use audit_service::entity::audit_event;
 use audit_service::proto::{
-    AppendRequest, AppendResponse, AuditEvent, DeleteRequest, DeleteResponse, GetFilterMetadataRequest,
-    GetFilterMetadataResponse, GetRequest, QueryRequest, QueryResponse, StatsRequest, StatsResponse,
-    WatchRequest, WatchResponse,
+    AppendRequest, AppendResponse, AuditEvent, DeleteRequest, DeleteResponse, ExportRequest, ExportResponse,
+    GetFilterMetadataRequest, GetFilterMetadataResponse, GetRequest, QueryRequest, QueryResponse,
+    StatsRequest, StatsResponse, WatchRequest, WatchResponse,
 };
 use audit_service::wire::EncodedQueryResponse;
 use audit_service::wire::server::audit_service_server::{AuditService, AuditServiceServer};
@@ -261,6 +261,12 @@ impl AuditService for MemoryPage {
     type WatchStream = tokio_stream::Empty<Result<WatchResponse, Status>>;
 
     async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        Err(query_only())
+    }
+
+    type ExportStream = tokio_stream::Empty<Result<ExportResponse, Status>>;
+
+    async fn export(&self, _: Request<ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
         Err(query_only())
     }
 }

@@ -7,7 +7,7 @@ use super::event_id;
 use crate::auth::{Scope, caller};
 use crate::convert::micros_to_timestamp;
 use crate::error::Error;
-use crate::integrity::{Notary, SignedCheckpoint};
+use crate::integrity::{Notary, SignedCheckpoint, VerifierKey};
 use crate::proto::{
     Checkpoint, ConsistencyProof, GetCheckpointRequest, GetConsistencyProofRequest, GetInclusionProofRequest,
     InclusionProof, get_inclusion_proof_request::Target,
@@ -29,15 +29,20 @@ impl IntegrityApi {
     }
 
     fn to_proto(&self, signed: SignedCheckpoint) -> Checkpoint {
-        Checkpoint {
-            origin: signed.checkpoint.origin,
-            tree_size: signed.checkpoint.size,
-            root_hash: signed.checkpoint.root.to_vec(),
-            time: Some(micros_to_timestamp(signed.checkpoint.time_micros)),
-            note: signed.note,
-            signature: signed.signature,
-            verifier_key: self.notary.verifier().encode(),
-        }
+        checkpoint_to_proto(signed, &self.notary.verifier())
+    }
+}
+
+/// A signed checkpoint as the API returns it, with the key that checks it.
+pub(super) fn checkpoint_to_proto(signed: SignedCheckpoint, verifier: &VerifierKey) -> Checkpoint {
+    Checkpoint {
+        origin: signed.checkpoint.origin,
+        tree_size: signed.checkpoint.size,
+        root_hash: signed.checkpoint.root.to_vec(),
+        time: Some(micros_to_timestamp(signed.checkpoint.time_micros)),
+        note: signed.note,
+        signature: signed.signature,
+        verifier_key: verifier.encode(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `audit.v1.AuditService` handlers: check the caller's scope, validate,
 //! call the store, convert. No SQL and no credential parsing here.
 
+mod export;
 mod integrity;
 mod policy;
 mod validate;
@@ -12,6 +13,7 @@ use prost::Message as _;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+pub use export::{EXPORT_CHUNK_BYTES, EXPORT_CHUNK_EVENTS};
 pub use integrity::IntegrityApi;
 pub use policy::{MAX_RETENTION_SECS, PolicyApi};
 pub use validate::{
@@ -23,10 +25,11 @@ use crate::convert::{event_to_proto, micros_to_timestamp, seq_to_proto};
 use crate::error::Error;
 use crate::filter::EventMatcher;
 use crate::filter::expr::{Field, FieldKind, METADATA_FIELD};
+use crate::integrity::Notary;
 use crate::proto::{
     ActorType, AppendRequest, AppendResponse, AppendResult, AuditEvent, DeleteRequest, DeleteResponse,
-    FilterField, GetFilterMetadataRequest, GetFilterMetadataResponse, GetRequest, Outcome, QueryRequest,
-    StatsBucket, StatsGroup, StatsRequest, StatsResponse, WatchRequest, WatchResponse,
+    ExportRequest, FilterField, GetFilterMetadataRequest, GetFilterMetadataResponse, GetRequest, Outcome,
+    QueryRequest, StatsBucket, StatsGroup, StatsRequest, StatsResponse, WatchRequest, WatchResponse,
 };
 use crate::store::page_token::QueryFingerprint;
 use crate::store::stats::{GroupField, GroupValue};
@@ -56,12 +59,14 @@ pub const MAX_FILTER_VALUES: u64 = 1000;
 pub struct AuditApi {
     store: Store,
     watch: WatchHub,
+    notary: Notary,
 }
 
 impl AuditApi {
-    /// Handlers over `store`, with Watch streams served by `watch`.
-    pub fn new(store: Store, watch: WatchHub) -> Self {
-        Self { store, watch }
+    /// Handlers over `store`, with Watch streams served by `watch` and
+    /// exports ending in checkpoints signed by `notary`.
+    pub fn new(store: Store, watch: WatchHub, notary: Notary) -> Self {
+        Self { store, watch, notary }
     }
 }
 
@@ -224,6 +229,20 @@ impl AuditService for AuditApi {
             seq: seq_to_proto(deletion.erased_seq),
             deletion_event: Some(event_to_proto(deletion.event)),
         }))
+    }
+
+    type ExportStream = export::ExportStream;
+
+    async fn export(&self, request: Request<ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
+        let caller = caller(&request, Scope::Read)?;
+        let stream = export::export(
+            self.store.clone(),
+            &self.notary,
+            caller.tenant,
+            request.into_inner(),
+        )
+        .await?;
+        Ok(Response::new(stream))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;

@@ -85,6 +85,23 @@ impl LeafRange {
         pieces
     }
 
+    /// Any range as the fewest aligned perfect subtrees, left to right:
+    /// from each position the largest subtree that starts there and fits.
+    /// Pushed in order onto a [`CompactTree`] of `start` leaves
+    /// ([`CompactTree::push_subtree`]), they add the range's leaves.
+    pub fn aligned_subtrees(self) -> Vec<NodeId> {
+        let mut pieces = Vec::new();
+        let mut at = self.start;
+        while at < self.end {
+            let aligned = if at == 0 { 63 } else { at.trailing_zeros() };
+            let fits = 63 - (self.end - at).leading_zeros();
+            let level = aligned.min(fits);
+            pieces.push(NodeId::new(level, at >> level));
+            at += 1 << level;
+        }
+        pieces
+    }
+
     /// `MTH(D[start:end])` from the hashes of [`subtrees`](Self::subtrees),
     /// given in the same order: the rightmost pieces are combined first.
     pub fn hash_of(pieces: &[Hash]) -> Hash {
@@ -209,6 +226,29 @@ impl CompactTree {
         completed
     }
 
+    /// Adds the `2^level` leaves of a perfect subtree given by its hash, as
+    /// if they were pushed one by one; `None` (and nothing added) when the
+    /// tree's size is not a multiple of `2^level`, so the subtree would not
+    /// be one of the tree's own.
+    pub fn push_subtree(&mut self, level: u32, hash: Hash) -> Option<()> {
+        let width = 1u64.checked_shl(level)?;
+        if !self.size.is_multiple_of(width) || self.size.checked_add(width).is_none() {
+            return None;
+        }
+        let mut hash = hash;
+        let mut bit = level;
+        // The size's bits below `level` are zero: the edge's last entries
+        // are the subtrees of its bits from `level` up.
+        while bit < 64 && self.size & (1 << bit) != 0 {
+            let left = self.edge.pop()?;
+            hash = node_hash(&left, &hash);
+            bit += 1;
+        }
+        self.edge.push(hash);
+        self.size += width;
+        Some(())
+    }
+
     /// The root hash of the leaves so far.
     pub fn root(&self) -> Hash {
         LeafRange::hash_of(&self.edge)
@@ -224,6 +264,43 @@ pub fn frontier(size: u64) -> Vec<NodeId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pushing_a_subtree_is_pushing_its_leaves() {
+        let all = leaves(37);
+        for start in 0..37u64 {
+            for end in start..=37u64 {
+                // Leaves before `start`, the range as its aligned subtrees
+                // where the range allows, leaves after.
+                let mut tree = CompactTree::new();
+                for leaf in &all[..usize::try_from(start).unwrap()] {
+                    tree.push(*leaf);
+                }
+                for id in (LeafRange { start, end }).aligned_subtrees() {
+                    let from = usize::try_from(id.index << id.level).unwrap();
+                    let to = from + (1 << id.level);
+                    tree.push_subtree(id.level, reference_root(&all[from..to]))
+                        .unwrap();
+                }
+                for leaf in &all[usize::try_from(end).unwrap()..] {
+                    tree.push(*leaf);
+                }
+                assert_eq!(tree.size(), 37);
+                assert_eq!(tree.root(), reference_root(&all), "{start}..{end}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_misaligned_subtree_is_refused() {
+        let mut tree = CompactTree::new();
+        tree.push(leaf_hash(b"a"));
+        assert_eq!(tree.push_subtree(1, leaf_hash(b"b")), None);
+        assert_eq!(tree.size(), 1);
+        assert_eq!(tree.push_subtree(0, leaf_hash(b"b")), Some(()));
+        assert_eq!(tree.push_subtree(1, leaf_hash(b"c")), Some(()));
+        assert_eq!(tree.size(), 4);
+    }
 
     /// Root by the RFC's recursive definition, over leaf hashes.
     fn reference_root(leaves: &[Hash]) -> Hash {

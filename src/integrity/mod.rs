@@ -4,6 +4,7 @@
 
 pub mod canonical;
 pub mod checkpoint;
+pub mod export;
 pub mod merkle;
 pub mod notary;
 

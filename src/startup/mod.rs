@@ -73,7 +73,7 @@ pub async fn run(
         buffer_bytes: config.watch_buffer_mib.saturating_mul(1024 * 1024),
     };
     let hub = WatchHub::start(store.clone(), limits, shutdown.clone());
-    let audit = AuditServiceServer::new(AuditApi::new(store.clone(), hub))
+    let audit = AuditServiceServer::new(AuditApi::new(store.clone(), hub, notary.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let integrity = IntegrityServiceServer::new(IntegrityApi::new(store.clone(), notary));

@@ -10,6 +10,7 @@ mod commits;
 mod connect;
 mod delete;
 mod error;
+mod export;
 mod holds;
 mod insert;
 pub mod page_token;
@@ -43,6 +44,7 @@ pub use clock::now_micros;
 pub use commits::{Committed, NOTIFY_CHANNEL};
 pub use delete::{DELETION_ACTION, DELETION_RESOURCE_TYPE, Deletion};
 pub use error::{StoreError, StoreResult};
+pub use export::{ChunkLimits, ExportChunk, ExportStart};
 pub use holds::{
     HOLD_CREATED_ACTION, HOLD_RELEASED_ACTION, HOLD_RESOURCE_TYPE, HoldChange, LegalHold, MAX_ACTIVE_HOLDS,
     MAX_RELEASED_LISTED,

@@ -234,6 +234,19 @@ async fn fetch_nodes<C: ConnectionTrait>(
     Ok(found)
 }
 
+/// The stored hashes of `ids`, in their order; a missing one is corrupt
+/// storage.
+pub(super) async fn node_hashes<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &TenantId,
+    ids: &[NodeId],
+) -> StoreResult<Vec<Hash>> {
+    let stored = fetch_nodes(conn, tenant, ids).await?;
+    ids.iter()
+        .map(|id| stored.get(id).copied().ok_or_else(|| missing_node(tenant, *id)))
+        .collect()
+}
+
 /// The hashes of `ranges` (each `MTH(D[start:end])`), from stored subtrees.
 async fn range_hashes<C: ConnectionTrait>(
     conn: &C,

@@ -9,6 +9,7 @@ mod auth;
 mod backends;
 mod contention;
 mod delete;
+mod export;
 mod expression_property;
 mod expressions;
 mod filter_metadata;

@@ -25,7 +25,7 @@ on_both_backends!(
 const DEFAULT_CLIENT_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Events of the scenario, and how many are appended per call.
-const EVENTS: usize = 1200;
+pub(crate) const EVENTS: usize = 1200;
 const BATCH: usize = 50;
 
 /// Metadata string fields per event, and bytes per field: ~60 KB of JSON.
@@ -35,7 +35,7 @@ const FIELD_BYTES: usize = 1000;
 /// A valid event with ~60 KB of metadata that does not compress well
 /// (PostgreSQL would otherwise store a page of it in a few kilobytes),
 /// marked with its index.
-fn large_event(index: usize) -> EventInput {
+pub(crate) fn large_event(index: usize) -> EventInput {
     let mut state = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut text = |len: usize| -> String {
         (0..len)
@@ -70,7 +70,7 @@ fn large_event(index: usize) -> EventInput {
 }
 
 /// Appends the scenario's events; returns their ids in seq order.
-async fn append_large_events(caller: &mut Caller) -> Vec<String> {
+pub(crate) async fn append_large_events(caller: &mut Caller) -> Vec<String> {
     let mut ids = Vec::with_capacity(EVENTS);
     for start in (0..EVENTS).step_by(BATCH) {
         let batch = (start..start + BATCH).map(large_event).collect();
@@ -164,7 +164,7 @@ async fn large_events_page_through_at_page_size_1000_once_each_in_order_within_4
 /// size, so the peak read afterwards is that of what follows; false where
 /// the kernel does not allow it (the peak then covers the whole run, which
 /// only makes the check stricter).
-fn reset_peak_rss(pid: u32) -> bool {
+pub(crate) fn reset_peak_rss(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 

@@ -1,0 +1,157 @@
+//! `Export`: the tenant's log from `after_seq` to the head as of the call,
+//! streamed chunk by chunk. Each chunk is read from storage only when the
+//! client has taken the previous one (the stream is polled by tonic as the
+//! HTTP/2 window allows), so a slow reader slows the export and the server
+//! holds at most one chunk per stream.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tonic::Status;
+
+use crate::convert::{event_to_proto, seq_from_proto, seq_to_proto};
+use crate::error::Error;
+use crate::filter::EventMatcher;
+use crate::integrity::Notary;
+use crate::proto::export_response::Part;
+use crate::proto::{ExportChunk, ExportHeader, ExportRequest, ExportResponse, TreeNode};
+use crate::store::{ChunkLimits, Store};
+use crate::tenant::TenantId;
+
+/// Most events in one chunk.
+pub const EXPORT_CHUNK_EVENTS: u64 = 1000;
+/// Most bytes of events in one chunk (at least one event).
+pub const EXPORT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// The stream `Export` answers with.
+pub type ExportStream = Pin<Box<dyn Stream<Item = Result<ExportResponse, Status>> + Send>>;
+
+/// Where an export stream is; each step holds the checkpoint that ends it.
+enum Step {
+    Header(ExportResponse, ExportResponse),
+    Chunks {
+        after: i64,
+        /// Most events the next chunk reads: twice what the last chunk
+        /// held when it was cut by bytes, so a statement never produces
+        /// many more rows than a chunk takes.
+        events: u64,
+        checkpoint: ExportResponse,
+    },
+    Checkpoint(ExportResponse),
+    Done,
+}
+
+/// Checks the request, fixes the head (signing its checkpoint) and returns
+/// the stream.
+pub(super) async fn export(
+    store: Store,
+    notary: &Notary,
+    tenant: TenantId,
+    request: ExportRequest,
+) -> Result<ExportStream, Error> {
+    let filter = request.filter.unwrap_or_default();
+    let matcher = EventMatcher::new(&filter, "filter")?;
+    let after = seq_from_proto(request.after_seq, "after_seq")?;
+    let start = store
+        .export_start(
+            &tenant,
+            request.after_seq,
+            &notary.origin_of(&tenant),
+            notary.key(),
+        )
+        .await?;
+    let size = start.checkpoint.checkpoint.size;
+    if request.after_seq > size {
+        return Err(Error::invalid(
+            "after_seq",
+            format!(
+                "the log has {size} events; there is nothing after seq {}",
+                request.after_seq
+            ),
+        ));
+    }
+    let head = seq_from_proto(size, "after_seq")?;
+    let header = ExportResponse {
+        part: Some(Part::Header(ExportHeader {
+            after_seq: request.after_seq,
+            tree_size: size,
+            prefix: start.prefix.iter().map(|h| h.to_vec()).collect(),
+        })),
+    };
+    let checkpoint = ExportResponse {
+        part: Some(Part::Checkpoint(super::integrity::checkpoint_to_proto(
+            start.checkpoint,
+            &notary.verifier(),
+        ))),
+    };
+    let stream = futures::stream::unfold(Step::Header(header, checkpoint), move |step| {
+        let store = store.clone();
+        let matcher = matcher.clone();
+        let tenant = tenant.clone();
+        async move {
+            match step {
+                Step::Header(header, checkpoint) => {
+                    let next = if after >= head {
+                        Step::Checkpoint(checkpoint)
+                    } else {
+                        Step::Chunks {
+                            after,
+                            events: EXPORT_CHUNK_EVENTS,
+                            checkpoint,
+                        }
+                    };
+                    Some((Ok(header), next))
+                }
+                Step::Chunks {
+                    after,
+                    events,
+                    checkpoint,
+                } => {
+                    let limits = ChunkLimits {
+                        events,
+                        bytes: EXPORT_CHUNK_BYTES,
+                    };
+                    match store.export_chunk(&tenant, &matcher, after, head, limits).await {
+                        Ok(chunk) => {
+                            let through = chunk.through;
+                            let held = u64::try_from(chunk.events.len()).unwrap_or(u64::MAX);
+                            let next = if through >= head {
+                                Step::Checkpoint(checkpoint)
+                            } else {
+                                Step::Chunks {
+                                    after: through,
+                                    events: held.saturating_mul(2).clamp(2, EXPORT_CHUNK_EVENTS),
+                                    checkpoint,
+                                }
+                            };
+                            Some((Ok(chunk_to_proto(chunk)), next))
+                        }
+                        Err(error) => Some((Err(Status::from(Error::from(error))), Step::Done)),
+                    }
+                }
+                Step::Checkpoint(message) => Some((Ok(message), Step::Done)),
+                Step::Done => None,
+            }
+        }
+    });
+    Ok(Box::pin(stream))
+}
+
+fn chunk_to_proto(chunk: crate::store::ExportChunk) -> ExportResponse {
+    ExportResponse {
+        part: Some(Part::Chunk(ExportChunk {
+            events: chunk.events.into_iter().map(event_to_proto).collect(),
+            leaf_hashes: chunk.leaves.iter().map(|h| h.to_vec()).collect(),
+            skipped: chunk
+                .skipped
+                .into_iter()
+                .map(|(id, hash)| TreeNode {
+                    level: id.level,
+                    index: id.index,
+                    hash: hash.to_vec(),
+                })
+                .collect(),
+            resume_after_seq: seq_to_proto(chunk.through),
+        })),
+    }
+}

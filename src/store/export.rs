@@ -1,0 +1,144 @@
+//! `Export`: a tenant's log from a position to the head as of the call, in
+//! seq order, chunk by chunk, with what rebuilds the Merkle tree offline
+//! (see `integrity::export`): the prefix's subtree hashes, each exported
+//! event's stored leaf hash, and the subtrees covering every run of seqs
+//! exported without content (filtered out, or erased).
+
+use futures::TryStreamExt as _;
+use sea_orm::sea_query::Condition;
+use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait};
+
+use super::tree::node_hashes;
+use super::{Store, StoreResult, within_deadline};
+use crate::entity::audit_event;
+use crate::filter::EventMatcher;
+use crate::integrity::merkle::{Hash, LeafRange, NodeId, frontier};
+use crate::integrity::{SignedCheckpoint, SigningKey, canonical_bytes};
+use crate::tenant::TenantId;
+
+/// Where an export starts and ends.
+#[derive(Debug, Clone)]
+pub struct ExportStart {
+    /// The checkpoint of the tree as of the call: the export ends at its size.
+    pub checkpoint: SignedCheckpoint,
+    /// Hashes of the perfect subtrees of the first `after_seq` leaves,
+    /// largest first.
+    pub prefix: Vec<Hash>,
+}
+
+/// One chunk of an export.
+#[derive(Debug, Clone, Default)]
+pub struct ExportChunk {
+    /// Events in seq order: those the filter matches, whole, and erased
+    /// ones (seq, id and `recorded_at` only), so every gap is explained.
+    pub events: Vec<audit_event::Model>,
+    /// The stored leaf hash of each whole event of `events`, in order.
+    pub leaves: Vec<Hash>,
+    /// Perfect subtrees covering every seq of the chunk not in `events` as
+    /// a whole event, in seq order, with their hashes.
+    pub skipped: Vec<(NodeId, Hash)>,
+    /// Every seq up to this one is covered: where the next chunk starts.
+    pub through: i64,
+}
+
+/// How much one chunk may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkLimits {
+    /// Most events.
+    pub events: u64,
+    /// Most bytes of events (their canonical encoding); at least one event.
+    pub bytes: usize,
+}
+
+impl Store {
+    /// Brings the tree up to the head, signs (or reuses) its checkpoint and
+    /// reads the prefix of `after_seq` leaves (`after_seq` at most the
+    /// tree's size, which the caller checks against the checkpoint).
+    pub async fn export_start(
+        &self,
+        tenant: &TenantId,
+        after_seq: u64,
+        origin: &str,
+        key: &SigningKey,
+    ) -> StoreResult<ExportStart> {
+        let checkpoint = self.checkpoint(tenant, origin, key).await?;
+        let size = checkpoint.checkpoint.size;
+        let prefix = node_hashes(self.reader(), tenant, &frontier(after_seq.min(size))).await?;
+        Ok(ExportStart { checkpoint, prefix })
+    }
+
+    /// The chunk after `after` (up to `head`): at most `limits` of the
+    /// events `matcher` matches and the erased ones, with the hashes that
+    /// cover the rest of its seqs.
+    pub async fn export_chunk(
+        &self,
+        tenant: &TenantId,
+        matcher: &EventMatcher,
+        after: i64,
+        head: i64,
+        limits: ChunkLimits,
+    ) -> StoreResult<ExportChunk> {
+        let reads = self.reader();
+        let select = audit_event::Entity::of_tenant(tenant)
+            .filter(audit_event::Column::Seq.gt(after))
+            .filter(audit_event::Column::Seq.lte(head))
+            .filter(
+                Condition::any()
+                    .add(audit_event::Column::DeletedAt.is_not_null())
+                    .add(matcher.condition(self.backend())),
+            )
+            .order_by_asc(audit_event::Column::Seq)
+            .limit(limits.events);
+        // Rows are decoded one at a time and reading stops at the byte
+        // budget (on SQLite the statement stops there too; PostgreSQL has
+        // produced at most `limits.events` rows, which the caller sizes from
+        // the chunks before).
+        let (events, more) = within_deadline(async {
+            let mut rows = reads.stream_rows(select.build(self.backend())).await?;
+            let mut events = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(row) = rows.try_next().await? {
+                let event = audit_event::Model::from_row(&row)?;
+                bytes += canonical_bytes(&event).len();
+                if bytes > limits.bytes && !events.is_empty() {
+                    return Ok::<_, sea_orm::DbErr>((events, true));
+                }
+                events.push(event);
+            }
+            let full = u64::try_from(events.len()).is_ok_and(|n| n >= limits.events);
+            Ok((events, full))
+        })
+        .await?;
+        let through = match events.last() {
+            Some(last) if more => last.seq,
+            _ => head,
+        };
+
+        // Leaves of the whole events; subtrees over every other seq.
+        let index = |seq: i64| u64::try_from(seq - 1).unwrap_or_default();
+        let whole: Vec<u64> = events
+            .iter()
+            .filter(|e| e.deleted_at.is_none())
+            .map(|e| index(e.seq))
+            .collect();
+        let leaf_ids: Vec<NodeId> = whole.iter().map(|i| NodeId::new(0, *i)).collect();
+        let mut gaps = Vec::new();
+        let mut at = index(after + 1);
+        for next in whole.iter().copied().chain([index(through + 1)]) {
+            if next > at {
+                gaps.extend(LeafRange { start: at, end: next }.aligned_subtrees());
+            }
+            at = next + 1;
+        }
+        let mut ids = leaf_ids.clone();
+        ids.extend(gaps.iter().copied());
+        let mut hashes = node_hashes(reads, tenant, &ids).await?;
+        let skipped = gaps.into_iter().zip(hashes.split_off(leaf_ids.len())).collect();
+        Ok(ExportChunk {
+            events,
+            leaves: hashes,
+            skipped,
+            through,
+        })
+    }
+}
