@@ -21,6 +21,7 @@ mod reconnect;
 mod reliability;
 mod replicas;
 mod retention;
+mod retention_review;
 mod serving;
 mod shutdown;
 mod stats;
