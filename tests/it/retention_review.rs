@@ -20,6 +20,7 @@ on_both_backends!(
     a_hold_released_while_a_run_is_cut_short_leaves_every_erasure_recorded,
     each_hold_keeps_exactly_what_query_returns_for_its_filter,
     many_holds_together_keep_every_event_any_of_them_matches,
+    two_retention_apply_processes_at_once_erase_each_event_once,
 );
 
 /// Far enough in the future that every event recorded now is due.
@@ -265,4 +266,64 @@ async fn many_holds_together_keep_every_event_any_of_them_matches(backend: Backe
         .expect("retention");
     store.close().await.expect("close");
     assert_eq!(live_fixture_seqs(&mut admin).await, union);
+}
+
+/// Starts `audit-service retention apply` on the server's database.
+fn spawn_apply(server: &TestServer) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_audit-service"))
+        .args(["retention", "apply"])
+        .env("DATABASE_URL", &server.database_url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn retention apply")
+}
+
+/// What `retention apply` printed it erased for `tenant`.
+fn erased_by(output: &str, tenant: &str) -> u64 {
+    output
+        .lines()
+        .filter_map(|line| line.strip_prefix(&format!("tenant {tenant}: erased ")))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn two_retention_apply_processes_at_once_erase_each_event_once(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut admins = Vec::new();
+    for _ in 0..2 {
+        let tenant = crate::support::new_tenant();
+        let mut admin = server.admin_for(&tenant).await;
+        for _ in 0..3 {
+            append_as(&mut admin, "old", 1000).await;
+        }
+        admins.push(admin);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for admin in &mut admins {
+        set_retention(admin, Some(1), false).await.expect("set");
+    }
+    let children = [spawn_apply(&server), spawn_apply(&server)];
+    let outputs: Vec<String> = children
+        .into_iter()
+        .map(|child| {
+            let output = child.wait_with_output().expect("wait");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(output.status.success(), "{text}");
+            text
+        })
+        .collect();
+    for admin in &mut admins {
+        let printed: u64 = outputs.iter().map(|o| erased_by(o, &admin.tenant)).sum();
+        assert_eq!(printed, 3000, "each event erased once: {outputs:?}");
+        assert_eq!(erased_seqs(&server, &admin.tenant).await.len(), 3000);
+        let runs = recorded_runs(&live_events(admin).await);
+        assert_eq!(runs.len(), 1, "one run, recorded once: {runs:?}");
+        assert_every_erasure_recorded(&server, admin).await;
+    }
 }
