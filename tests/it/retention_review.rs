@@ -21,6 +21,7 @@ on_both_backends!(
     each_hold_keeps_exactly_what_query_returns_for_its_filter,
     many_holds_together_keep_every_event_any_of_them_matches,
     two_retention_apply_processes_at_once_erase_each_event_once,
+    retention_and_delete_still_run_under_many_holds_of_the_largest_filters,
 );
 
 /// Far enough in the future that every event recorded now is due.
@@ -326,4 +327,54 @@ async fn two_retention_apply_processes_at_once_erase_each_event_once(backend: Ba
         assert_eq!(runs.len(), 1, "one run, recorded once: {runs:?}");
         assert_every_erasure_recorded(&server, admin).await;
     }
+}
+
+/// The largest filter validation accepts, in terms: an expression of
+/// `MAX_TERMS` metadata comparisons and 100 values in each repeated field.
+fn largest_filter(hold: usize) -> EventFilter {
+    let terms: Vec<String> = (0..200).map(|i| format!("metadata.k{i}=\"h\"")).collect();
+    let values = |prefix: &str| {
+        (0..100)
+            .map(|i| format!("{prefix}-{hold}-{i}"))
+            .collect::<Vec<_>>()
+    };
+    EventFilter {
+        expression: terms.join(" OR "),
+        actions: values("held.*"),
+        actor_ids: values("a"),
+        resource_types: values("t"),
+        resource_ids: values("r"),
+        sources: values("s"),
+        ..Default::default()
+    }
+}
+
+async fn retention_and_delete_still_run_under_many_holds_of_the_largest_filters(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let tenant = crate::support::new_tenant();
+    let mut admin = server.admin_for(&tenant).await;
+    let ids: Vec<String> = admin
+        .append(vec![
+            crate::support::event("document.read", "alice"),
+            crate::support::event("document.read", "bob"),
+        ])
+        .await
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    // Holds that keep none of these events, as many as a tenant may have
+    // (each validated alone, as Query validates its filter).
+    for hold in 0..40 {
+        create_hold(&mut admin, largest_filter(hold)).await;
+    }
+    crate::retention::delete(&mut admin, &ids[0])
+        .await
+        .expect("Delete of an event no hold keeps");
+    set_retention(&mut admin, Some(60), false).await.expect("set");
+    let store = store_of(&server).await;
+    let tenant_id = TenantId::parse(&tenant, "tenant").unwrap();
+    let run = store.apply_retention(&tenant_id, far_future(), || true).await;
+    store.close().await.expect("close");
+    let run = run.expect("retention under many holds");
+    assert_eq!(run.erased, 1, "{run:?}");
 }
