@@ -22,6 +22,7 @@ on_both_backends!(
     many_holds_together_keep_every_event_any_of_them_matches,
     two_retention_apply_processes_at_once_erase_each_event_once,
     retention_and_delete_still_run_under_many_holds_of_the_largest_filters,
+    an_erasure_of_a_held_event_inside_a_retention_runs_range_is_tampering,
 );
 
 /// Far enough in the future that every event recorded now is due.
@@ -377,4 +378,63 @@ async fn retention_and_delete_still_run_under_many_holds_of_the_largest_filters(
     store.close().await.expect("close");
     let run = run.expect("retention under many holds");
     assert_eq!(run.erased, 1, "{run:?}");
+}
+
+/// Erases the row at `seq` in the database directly, as Delete would but
+/// without its record: what someone with write access to the database
+/// could do.
+async fn erase_behind_the_services_back(server: &TestServer, tenant: &str, seq: u64) {
+    use sea_orm::{ConnectionTrait, IdenStatic};
+    let columns: Vec<String> = audit_event::CONTENT_COLUMNS
+        .iter()
+        .map(|c| format!("{} = NULL", c.as_str()))
+        .collect();
+    let statement = format!(
+        "UPDATE audit_events SET {}, deleted_at = 1 WHERE tenant_id = '{tenant}' AND seq = {seq}",
+        columns.join(", ")
+    );
+    let store = store_of(server).await;
+    store
+        .connection()
+        .execute_unprepared(&statement)
+        .await
+        .expect("tamper");
+    store.close().await.expect("close");
+}
+
+async fn an_erasure_of_a_held_event_inside_a_retention_runs_range_is_tampering(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let tenant = crate::support::new_tenant();
+    let mut admin = server.admin_for(&tenant).await;
+    // seq 1 the policy, 2..=4 erased, 5 held, 6 the hold's record, 7..=9 erased.
+    set_retention(&mut admin, Some(60), false).await.expect("set");
+    append_as(&mut admin, "bystander", 3).await;
+    let held = append_as(&mut admin, "suspect", 1).await[0];
+    let hold = create_hold(
+        &mut admin,
+        EventFilter {
+            actor_ids: vec!["suspect".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let hold_record = hold.policy_event.expect("record").seq;
+    append_as(&mut admin, "bystander", 3).await;
+    let store = store_of(&server).await;
+    let tenant_id = TenantId::parse(&tenant, "tenant").unwrap();
+    let run = store
+        .apply_retention(&tenant_id, far_future(), || true)
+        .await
+        .expect("retention");
+    store.close().await.expect("close");
+    assert_eq!(run.erased, 6, "{run:?}");
+    let (code, output) = run_verify(&server, &tenant, &[]);
+    assert_eq!(code, 0, "{output}");
+
+    // The held event, and the record of who held it, erased in the
+    // database: neither is an erasure retention made.
+    erase_behind_the_services_back(&server, &tenant, held).await;
+    erase_behind_the_services_back(&server, &tenant, hold_record).await;
+    let (code, output) = run_verify(&server, &tenant, &[]);
+    assert_eq!(code, 2, "verify must report tampering:\n{output}");
 }
