@@ -24,6 +24,7 @@ on_both_backends!(
     retention_and_delete_still_run_under_many_holds_of_the_largest_filters,
     an_erasure_of_a_held_event_inside_a_retention_runs_range_is_tampering,
     a_hold_and_a_delete_between_batches_of_a_run_are_respected,
+    one_tenants_holds_and_locked_retention_never_reach_another,
 );
 
 /// Far enough in the future that every event recorded now is due.
@@ -504,4 +505,76 @@ async fn a_hold_and_a_delete_between_batches_of_a_run_are_respected(backend: Bac
         "everything else erased, once"
     );
     assert_every_erasure_recorded(&server, &mut admin).await;
+}
+
+async fn one_tenants_holds_and_locked_retention_never_reach_another(backend: Backend) {
+    use audit_service::proto::ListLegalHoldsRequest;
+    use tonic::Code;
+
+    let server = TestServer::start(backend).await;
+    let mut a = server.admin_for(&crate::support::new_tenant()).await;
+    let mut b = server.admin_for(&crate::support::new_tenant()).await;
+    // A holds its whole log and locks a year; B keeps events a minute.
+    let hold = create_hold(&mut a, EventFilter::default())
+        .await
+        .hold
+        .expect("hold");
+    set_retention(&mut a, Some(365 * 86_400), true)
+        .await
+        .expect("lock");
+    set_retention(&mut b, Some(60), false).await.expect("set");
+    let a_ids: Vec<String> = a
+        .append(vec![crate::support::event("document.read", "alice")])
+        .await
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let b_ids: Vec<String> = b
+        .append(vec![
+            crate::support::event("document.read", "alice"),
+            crate::support::event("document.read", "alice"),
+        ])
+        .await
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+
+    let refused = crate::retention::delete(&mut a, &a_ids[0])
+        .await
+        .expect_err("held");
+    crate::support::assert_status(&refused, Code::FailedPrecondition, "LEGAL_HOLD", None);
+    crate::retention::delete(&mut b, &b_ids[0])
+        .await
+        .expect("A's hold and lock are not B's");
+    let foreign = b
+        .policy()
+        .release_legal_hold(b.request(ReleaseLegalHoldRequest {
+            id: hold.id.clone(),
+            reason: "not mine".into(),
+        }))
+        .await
+        .expect_err("A's hold");
+    crate::support::assert_status(&foreign, Code::NotFound, "NOT_FOUND", None);
+    let listed = b
+        .policy()
+        .list_legal_holds(b.request(ListLegalHoldsRequest {
+            include_released: true,
+        }))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.holds.is_empty(), "{listed:?}");
+
+    let store = store_of(&server).await;
+    for caller in [&a, &b] {
+        let tenant = TenantId::parse(&caller.tenant, "tenant").unwrap();
+        store
+            .apply_retention(&tenant, far_future(), || true)
+            .await
+            .expect("retention");
+    }
+    store.close().await.expect("close");
+    assert_eq!(erased_seqs(&server, &a.tenant).await, Vec::<i64>::new());
+    assert_eq!(erased_seqs(&server, &b.tenant).await.len(), 2);
+    assert_every_erasure_recorded(&server, &mut b).await;
 }
