@@ -25,6 +25,7 @@ on_both_backends!(
     an_erasure_of_a_held_event_inside_a_retention_runs_range_is_tampering,
     a_hold_and_a_delete_between_batches_of_a_run_are_respected,
     one_tenants_holds_and_locked_retention_never_reach_another,
+    retention_apply_fails_loudly_when_a_tenants_run_fails,
 );
 
 /// Far enough in the future that every event recorded now is due.
@@ -577,4 +578,52 @@ async fn one_tenants_holds_and_locked_retention_never_reach_another(backend: Bac
     assert_eq!(erased_seqs(&server, &a.tenant).await, Vec::<i64>::new());
     assert_eq!(erased_seqs(&server, &b.tenant).await.len(), 2);
     assert_every_erasure_recorded(&server, &mut b).await;
+}
+
+async fn retention_apply_fails_loudly_when_a_tenants_run_fails(backend: Backend) {
+    use sea_orm::ConnectionTrait;
+
+    let server = TestServer::start(backend).await;
+    let tenant = crate::support::new_tenant();
+    let mut admin = server.admin_for(&tenant).await;
+    append_as(&mut admin, "old", 3).await;
+    create_hold(&mut admin, EventFilter::default()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    set_retention(&mut admin, Some(1), false).await.expect("set");
+    // A hold whose stored filter no longer decodes: the tenant's run fails.
+    let store = store_of(&server).await;
+    store
+        .connection()
+        .execute_unprepared(&format!(
+            "UPDATE legal_holds SET filter = {garbage} WHERE tenant_id = '{tenant}'",
+            garbage = match server.backend {
+                Backend::Sqlite => "X'FFFFFFFF'",
+                Backend::Postgres(_) => "'\\xFFFFFFFF'::bytea",
+            }
+        ))
+        .await
+        .expect("corrupt the hold");
+    store.close().await.expect("close");
+
+    let output = spawn_apply(&server).wait_with_output().expect("wait");
+    // Before any assertion: other tests' `retention apply` runs share the
+    // PostgreSQL database, and must not meet this tenant's corrupt hold.
+    let store = store_of(&server).await;
+    store
+        .connection()
+        .execute_unprepared(&format!("DELETE FROM legal_holds WHERE tenant_id = '{tenant}'"))
+        .await
+        .expect("remove the corrupt hold");
+    store.close().await.expect("close");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !output.status.success(),
+        "a run that failed is not a success:\n{text}"
+    );
+    assert!(text.contains(&tenant), "the failed tenant is named:\n{text}");
+    assert_eq!(erased_seqs(&server, &tenant).await, Vec::<i64>::new());
 }
