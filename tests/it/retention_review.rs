@@ -12,7 +12,7 @@ use sea_orm::{ColumnTrait, QueryFilter, QueryOrder};
 use crate::integrity::run_verify;
 use crate::on_both_backends;
 use crate::retention::{
-    append_as, create_hold, live_events, metadata_i64, of_action, set_retention, store_of,
+    append_as, apply_at, create_hold, live_events, metadata_i64, of_action, set_retention, store_of,
 };
 use crate::support::{Backend, Caller, TestServer};
 
@@ -271,13 +271,7 @@ async fn many_holds_together_keep_every_event_any_of_them_matches(backend: Backe
     }
     assert!(holds > 10, "{holds}");
     set_retention(&mut admin, Some(60), false).await.expect("set");
-    let store = store_of(&server).await;
-    let tenant_id = TenantId::parse(&tenant, "tenant").unwrap();
-    store
-        .apply_retention(&tenant_id, far_future(), || true)
-        .await
-        .expect("retention");
-    store.close().await.expect("close");
+    apply_at(&server, &tenant, far_future()).await;
     assert_eq!(live_fixture_seqs(&mut admin).await, union);
 }
 
@@ -385,11 +379,7 @@ async fn retention_and_delete_still_run_under_many_holds_of_the_largest_filters(
         .await
         .expect("Delete of an event no hold keeps");
     set_retention(&mut admin, Some(60), false).await.expect("set");
-    let store = store_of(&server).await;
-    let tenant_id = TenantId::parse(&tenant, "tenant").unwrap();
-    let run = store.apply_retention(&tenant_id, far_future(), || true).await;
-    store.close().await.expect("close");
-    let run = run.expect("retention under many holds");
+    let run = apply_at(&server, &tenant, far_future()).await;
     assert_eq!(run.erased, 1, "{run:?}");
 }
 
@@ -433,13 +423,7 @@ async fn an_erasure_of_a_held_event_inside_a_retention_runs_range_is_tampering(b
     .await;
     let hold_record = hold.policy_event.expect("record").seq;
     append_as(&mut admin, "bystander", 3).await;
-    let store = store_of(&server).await;
-    let tenant_id = TenantId::parse(&tenant, "tenant").unwrap();
-    let run = store
-        .apply_retention(&tenant_id, far_future(), || true)
-        .await
-        .expect("retention");
-    store.close().await.expect("close");
+    let run = apply_at(&server, &tenant, far_future()).await;
     assert_eq!(run.erased, 6, "{run:?}");
     let (code, output) = run_verify(&server, &tenant, &[]);
     assert_eq!(code, 0, "{output}");
@@ -567,15 +551,9 @@ async fn one_tenants_holds_and_locked_retention_never_reach_another(backend: Bac
         .into_inner();
     assert!(listed.holds.is_empty(), "{listed:?}");
 
-    let store = store_of(&server).await;
     for caller in [&a, &b] {
-        let tenant = TenantId::parse(&caller.tenant, "tenant").unwrap();
-        store
-            .apply_retention(&tenant, far_future(), || true)
-            .await
-            .expect("retention");
+        apply_at(&server, &caller.tenant, far_future()).await;
     }
-    store.close().await.expect("close");
     assert_eq!(erased_seqs(&server, &a.tenant).await, Vec::<i64>::new());
     assert_eq!(erased_seqs(&server, &b.tenant).await.len(), 2);
     assert_every_erasure_recorded(&server, &mut b).await;
