@@ -63,7 +63,9 @@ enum Command {
 enum RetentionCommand {
     /// Erase now what the tenants' retention periods make due (what every
     /// replica of `serve` does each --retention-interval-secs), printing
-    /// what each tenant's run erased. Safe beside running replicas.
+    /// what each tenant's run erased. Safe beside running replicas. Exit
+    /// status: 0 when every tenant's run went through, 1 when one failed
+    /// (named on stderr; the next run continues it).
     Apply,
 }
 
@@ -175,10 +177,11 @@ async fn keys(database: DatabaseConfig, command: KeysCommand) -> anyhow::Result<
 
 async fn apply_retention(database: DatabaseConfig) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&database).await?;
-    let runs = startup::retention::run_once(&store, &CancellationToken::new()).await;
+    let pass = startup::retention::run_once(&store, &CancellationToken::new()).await;
     store.close().await?;
-    for (tenant, run) in runs? {
-        match run.event {
+    let pass = pass?;
+    for (tenant, run) in &pass.runs {
+        match &run.event {
             Some(event) => println!(
                 "tenant {tenant}: erased {} events; run recorded at seq {}",
                 run.erased, event.seq
@@ -186,7 +189,14 @@ async fn apply_retention(database: DatabaseConfig) -> anyhow::Result<ExitCode> {
             None => println!("tenant {tenant}: erased {} events", run.erased),
         }
     }
-    Ok(ExitCode::SUCCESS)
+    for (tenant, error) in &pass.failed {
+        eprintln!("tenant {tenant}: retention failed: {error}");
+    }
+    Ok(if pass.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Exit status of `verify` when it finds evidence of tampering.

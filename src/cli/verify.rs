@@ -10,7 +10,9 @@
 //! - a truncated log: fewer events than a signed checkpoint counts;
 //! - a row erased without `Delete` or retention: no `audit.event.deleted`
 //!   event names it and no `audit.retention.applied` event's seq range
-//!   holds it;
+//!   holds it, or more rows in those ranges were erased than the runs
+//!   counted (a range also spans what retention kept: held events, the
+//!   service's own records);
 //! - rewritten leaves and tree nodes too: the recomputed roots differ from
 //!   the signed checkpoints; the first bad seq then lies after the largest
 //!   checkpoint that still matches.
@@ -147,7 +149,7 @@ pub async fn verify(
 
     let mut tree = CompactTree::new();
     let mut deletions_recorded = HashSet::new();
-    let mut retention_runs: Vec<(u64, u64)> = Vec::new();
+    let mut retention_runs: Vec<RetentionRun> = Vec::new();
     let mut erased: Vec<(u64, String)> = Vec::new();
     let mut expected_seq: u64 = 1;
     let mut after = 0i64;
@@ -250,24 +252,55 @@ pub async fn verify(
             format!("log truncated: {claimed} events were recorded, the log ends at seq {rows_end}"),
         );
     }
+    let mut by_retention = 0u64;
     for (seq, id) in erased {
-        let by_retention = retention_runs
-            .iter()
-            .any(|(first, last)| (*first..=*last).contains(&seq));
-        if !deletions_recorded.contains(&id) && !by_retention {
+        if deletions_recorded.contains(&id) {
+            continue;
+        }
+        if retention_runs.iter().any(|run| run.holds(seq)) {
+            by_retention += 1;
+        } else {
             report.problem(
                 Some(seq),
                 format!("event {id} was erased without an {DELETION_ACTION} or {RETENTION_ACTION} event"),
             );
         }
     }
+    let counted: u64 = retention_runs.iter().map(|run| run.count).sum();
+    if by_retention > counted {
+        report.problem(
+            None,
+            format!(
+                "{by_retention} events in the seq ranges of {RETENTION_ACTION} events were erased \
+                 without an {DELETION_ACTION} event, but those runs erased {counted}"
+            ),
+        );
+    }
     Ok(report)
 }
 
-/// The seqs a retention run's record says it erased.
-fn retention_range(metadata: Option<&serde_json::Value>) -> Option<(u64, u64)> {
-    let seq = |key: &str| metadata?.get(key)?.as_u64();
-    Some((seq("first_seq")?, seq("last_seq")?))
+/// What a retention run's record says it erased: how many events, all
+/// within `first..=last`.
+struct RetentionRun {
+    first: u64,
+    last: u64,
+    count: u64,
+}
+
+impl RetentionRun {
+    fn holds(&self, seq: u64) -> bool {
+        (self.first..=self.last).contains(&seq)
+    }
+}
+
+/// What a retention run's record says it erased.
+fn retention_range(metadata: Option<&serde_json::Value>) -> Option<RetentionRun> {
+    let number = |key: &str| metadata?.get(key)?.as_u64();
+    Some(RetentionRun {
+        first: number("first_seq")?,
+        last: number("last_seq")?,
+        count: number("count")?,
+    })
 }
 
 fn stored_leaf(stored: &HashMap<u64, Vec<u8>>, seq: u64) -> Option<Hash> {

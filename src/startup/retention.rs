@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{RetentionRun, Store, StoreResult, now_micros};
+use crate::store::{RetentionRun, Store, StoreError, StoreResult, now_micros};
 use crate::tenant::TenantId;
 
 /// Runs [`run_once`] now and then every `interval` until `shutdown`.
@@ -22,11 +22,22 @@ pub async fn enforce(store: Store, interval: Duration, shutdown: CancellationTok
     }
 }
 
+/// What one retention run over every tenant did: each tenant's run, and
+/// the tenants whose run failed (left for the next run), with the error.
+#[derive(Debug, Default)]
+pub struct RetentionPass {
+    /// The tenants whose run went through, and what it did.
+    pub runs: Vec<(TenantId, RetentionRun)>,
+    /// The tenants whose run failed, and why.
+    pub failed: Vec<(TenantId, StoreError)>,
+}
+
 /// One retention run over every tenant with a retention period, as of now;
 /// stops between tenants and batches once `stop` is cancelled. A tenant
-/// whose run fails is logged and left for the next run.
-pub async fn run_once(store: &Store, stop: &CancellationToken) -> StoreResult<Vec<(TenantId, RetentionRun)>> {
-    let mut runs = Vec::new();
+/// whose run fails is logged, reported in [`RetentionPass::failed`], and
+/// left for the next run.
+pub async fn run_once(store: &Store, stop: &CancellationToken) -> StoreResult<RetentionPass> {
+    let mut pass = RetentionPass::default();
     for tenant in store.tenants_with_retention().await? {
         if stop.is_cancelled() {
             break;
@@ -45,15 +56,18 @@ pub async fn run_once(store: &Store, stop: &CancellationToken) -> StoreResult<Ve
                         "retention applied"
                     );
                 }
-                runs.push((tenant, run));
+                pass.runs.push((tenant, run));
             }
-            Err(error) => tracing::warn!(%tenant, %error, "retention run failed; the next run continues it"),
+            Err(error) => {
+                tracing::warn!(%tenant, %error, "retention run failed; the next run continues it");
+                pass.failed.push((tenant, error));
+            }
         }
     }
-    if runs.iter().any(|(_, run)| run.erased > 0)
+    if pass.runs.iter().any(|(_, run)| run.erased > 0)
         && let Err(error) = store.reclaim_erased_space().await
     {
         tracing::warn!(%error, "retention: could not checkpoint the write-ahead log");
     }
-    Ok(runs)
+    Ok(pass)
 }

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 
 use prost::Message as _;
-use sea_orm::sea_query::{CaseStatement, Condition, Expr};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect,
@@ -78,50 +77,37 @@ impl ActiveHolds {
     }
 
     /// Which of the live events `seqs` a hold keeps, and the first hold (by
-    /// id) keeping each: one statement, the holds' conditions evaluated by
-    /// the database as `Query` evaluates them.
+    /// id) keeping each: the holds' conditions evaluated by the database as
+    /// `Query` evaluates them, one statement per hold (a statement with
+    /// all of them could pass the databases' limits on bound parameters:
+    /// one filter alone binds up to a few thousand values).
     pub(super) async fn holding<C: ConnectionTrait>(
         &self,
         conn: &C,
         tenant: &TenantId,
         seqs: &[i64],
     ) -> StoreResult<HashMap<i64, Uuid>> {
-        if self.holds.is_empty() || seqs.is_empty() {
-            return Ok(HashMap::new());
-        }
+        let mut held = HashMap::new();
+        let mut unheld: Vec<i64> = seqs.to_vec();
         let backend = conn.get_database_backend();
-        // "1 = 1" keeps a hold with an empty filter (the whole log) a
-        // valid condition.
-        let condition = |matcher: &EventMatcher| {
-            Condition::all()
-                .add(Expr::cust("1 = 1"))
-                .add(matcher.condition(backend))
-        };
-        let mut which = CaseStatement::new();
-        let mut any = Condition::any();
-        for (index, (_, matcher)) in self.holds.iter().enumerate() {
-            which = which.case(
-                condition(matcher),
-                Expr::val(i64::try_from(index).unwrap_or(i64::MAX)),
-            );
-            any = any.add(condition(matcher));
+        for (id, matcher) in &self.holds {
+            if unheld.is_empty() {
+                break;
+            }
+            let kept: Vec<i64> = events_of(tenant)
+                .select_only()
+                .column(audit_event::Column::Seq)
+                .filter(audit_event::Column::Seq.is_in(unheld.iter().copied()))
+                .filter(matcher.condition(backend))
+                .into_tuple()
+                .all(conn)
+                .await?;
+            for seq in kept {
+                held.insert(seq, *id);
+            }
+            unheld.retain(|seq| !held.contains_key(seq));
         }
-        let rows: Vec<(i64, i64)> = events_of(tenant)
-            .select_only()
-            .column(audit_event::Column::Seq)
-            .expr_as(which.finally(Expr::val(-1i64)), "hold")
-            .filter(audit_event::Column::Seq.is_in(seqs.iter().copied()))
-            .filter(any)
-            .into_tuple()
-            .all(conn)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(seq, index)| {
-                let hold = usize::try_from(index).ok().and_then(|i| self.holds.get(i))?;
-                Some((seq, hold.0))
-            })
-            .collect())
+        Ok(held)
     }
 }
 

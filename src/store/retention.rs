@@ -148,10 +148,17 @@ impl Store {
             erase_events(&txn, tenant, &erase, now).await?;
         }
         let erased = u64::try_from(erase.len()).unwrap_or(u64::MAX);
+        // A released hold sends the scan back to the start in the middle of
+        // a run, so a batch may erase seqs below what the run erased so far:
+        // the recorded range spans both (`verify` accepts the erasures in it).
         let run = retention_policy::Model {
             scanned_through: last.unwrap_or(policy.scanned_through),
-            run_first_seq: policy.run_first_seq.or_else(|| erase.first().copied()),
-            run_last_seq: erase.last().copied().or(policy.run_last_seq),
+            run_first_seq: policy
+                .run_first_seq
+                .into_iter()
+                .chain(erase.first().copied())
+                .min(),
+            run_last_seq: policy.run_last_seq.into_iter().chain(erase.last().copied()).max(),
             run_erased: policy.run_erased + i64::try_from(erase.len()).unwrap_or(i64::MAX),
             ..policy
         };

@@ -88,7 +88,7 @@ fn fixture_event(
 }
 
 /// Seven events, seqs 1 to 7, chosen so each expression below separates them.
-fn fixture() -> Vec<EventInput> {
+pub(crate) fn fixture() -> Vec<EventInput> {
     use serde_json::json;
     let mut events = vec![
         fixture_event(
@@ -167,7 +167,7 @@ fn fixture() -> Vec<EventInput> {
 }
 
 /// Expressions and the seqs each must return.
-const CASES: &[(&str, &[u64])] = &[
+pub(crate) const CASES: &[(&str, &[u64])] = &[
     // text: exact, prefix, ordering, substring, presence
     (r#"action = "user.login""#, &[1, 2]),
     (r#"action = "user.*""#, &[1, 2, 3, 7]),

@@ -23,6 +23,7 @@ mod reliability;
 mod replicas;
 mod retention;
 mod retention_replicas;
+mod retention_review;
 mod serving;
 mod shutdown;
 mod stats;

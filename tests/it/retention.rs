@@ -36,7 +36,7 @@ on_both_backends!(
 
 // ---- helpers ----------------------------------------------------------------
 
-async fn set_retention(
+pub(crate) async fn set_retention(
     admin: &mut Caller,
     seconds: Option<i64>,
     locked: bool,
@@ -53,7 +53,7 @@ async fn set_retention(
         .map(|r| r.into_inner())
 }
 
-async fn create_hold(admin: &mut Caller, filter: EventFilter) -> CreateLegalHoldResponse {
+pub(crate) async fn create_hold(admin: &mut Caller, filter: EventFilter) -> CreateLegalHoldResponse {
     let request = admin.request(CreateLegalHoldRequest {
         filter: Some(filter),
         reason: "litigation 2026-CV-001".into(),
@@ -66,7 +66,7 @@ async fn create_hold(admin: &mut Caller, filter: EventFilter) -> CreateLegalHold
         .into_inner()
 }
 
-async fn delete(caller: &mut Caller, id: &str) -> Result<(), Status> {
+pub(crate) async fn delete(caller: &mut Caller, id: &str) -> Result<(), Status> {
     let request = caller.request(DeleteRequest {
         id: id.to_owned(),
         reason: "erasure request".into(),
@@ -76,7 +76,7 @@ async fn delete(caller: &mut Caller, id: &str) -> Result<(), Status> {
 
 /// A store on the server's database, as the retention task of another
 /// replica (or `retention apply`) would use it.
-async fn store_of(server: &TestServer) -> Store {
+pub(crate) async fn store_of(server: &TestServer) -> Store {
     Store::connect(&DatabaseConfig::new(server.database_url.clone()))
         .await
         .expect("store")
@@ -84,7 +84,11 @@ async fn store_of(server: &TestServer) -> Store {
 
 /// Runs retention over `tenant` as of `now`: what the task does when its
 /// clock reads `now`.
-async fn apply_at(server: &TestServer, tenant: &str, now: i64) -> audit_service::store::RetentionRun {
+pub(crate) async fn apply_at(
+    server: &TestServer,
+    tenant: &str,
+    now: i64,
+) -> audit_service::store::RetentionRun {
     let store = store_of(server).await;
     let tenant = TenantId::parse(tenant, "tenant").unwrap();
     let run = store
@@ -96,11 +100,11 @@ async fn apply_at(server: &TestServer, tenant: &str, now: i64) -> audit_service:
 }
 
 /// Every event of the log (live ones in full; erased ones are missing).
-async fn live_events(caller: &mut Caller) -> Vec<AuditEvent> {
+pub(crate) async fn live_events(caller: &mut Caller) -> Vec<AuditEvent> {
     caller.query_all(EventFilter::default(), "seq asc", 1000).await
 }
 
-fn metadata_i64(event: &AuditEvent, key: &str) -> Option<i64> {
+pub(crate) fn metadata_i64(event: &AuditEvent, key: &str) -> Option<i64> {
     match event.metadata.as_ref()?.fields.get(key)?.kind {
         // JSON numbers arrive as f64 and these are small and whole.
         #[allow(clippy::cast_possible_truncation)]
@@ -109,22 +113,22 @@ fn metadata_i64(event: &AuditEvent, key: &str) -> Option<i64> {
     }
 }
 
-fn seqs_of(events: &[AuditEvent]) -> Vec<u64> {
+pub(crate) fn seqs_of(events: &[AuditEvent]) -> Vec<u64> {
     events.iter().map(|e| e.seq).collect()
 }
 
-fn of_action<'a>(events: &'a [AuditEvent], action: &str) -> Vec<&'a AuditEvent> {
+pub(crate) fn of_action<'a>(events: &'a [AuditEvent], action: &str) -> Vec<&'a AuditEvent> {
     events.iter().filter(|e| e.action == action).collect()
 }
 
 /// Appends `count` events of `actor` and returns them as stored.
-async fn append_as(caller: &mut Caller, actor: &str, count: usize) -> Vec<u64> {
+pub(crate) async fn append_as(caller: &mut Caller, actor: &str, count: usize) -> Vec<u64> {
     let events: Vec<EventInput> = (0..count).map(|_| event("document.read", actor)).collect();
     caller.append(events).await.iter().map(|r| r.seq).collect()
 }
 
 /// A moment strictly between two appends.
-async fn a_moment_later() -> i64 {
+pub(crate) async fn a_moment_later() -> i64 {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let at = now_micros();
     tokio::time::sleep(Duration::from_millis(5)).await;
