@@ -2,6 +2,7 @@
 //! legal holds. Every change is recorded in the tenant's log by the store,
 //! in the transaction that makes it.
 
+use prost::Message as _;
 use prost_types::Duration;
 use tonic::{Request, Response, Status};
 
@@ -18,6 +19,9 @@ use crate::proto::{
 use crate::store::{self, ChangeRequest, Retention, Store};
 use crate::wire::server::policy_service_server::PolicyService;
 
+/// Largest legal hold filter, protobuf-encoded: the hold's record in the
+/// log carries it, and events are at most 64 KiB of metadata.
+pub const MAX_HOLD_FILTER_BYTES: usize = 16 * 1024;
 /// Longest retention period: 100 years.
 pub const MAX_RETENTION_SECS: i64 = 100 * 366 * 24 * 3600;
 
@@ -139,7 +143,14 @@ impl PolicyService for PolicyApi {
         let caller = caller(&request, Scope::Admin)?;
         let request = request.into_inner();
         let filter = request.filter.unwrap_or_default();
-        let matched = EventMatcher::new(&filter, "filter");
+        let matched = if filter.encoded_len() > MAX_HOLD_FILTER_BYTES {
+            Err(Error::invalid(
+                "filter",
+                format!("must be at most {MAX_HOLD_FILTER_BYTES} bytes encoded (it is recorded in the log)"),
+            ))
+        } else {
+            EventMatcher::new(&filter, "filter")
+        };
         let change = change_request(&caller, request.reason, true);
         let (_, change) = super::validate::both(matched, change)?;
         let created = self.store.create_hold(&caller.tenant, &filter, &change).await?;

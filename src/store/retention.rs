@@ -113,16 +113,18 @@ impl Store {
     }
 
     async fn retention_batch(&self, tenant: &TenantId, now: i64) -> StoreResult<Batch> {
-        let (_writer, txn) = self.begin_write().await?;
-        let head = lock_head(&txn, tenant).await?;
-        let Some(policy) = policy_row(&txn, tenant).await? else {
-            txn.rollback().await?;
+        // The batch is chosen before the tenant's head is locked, so the
+        // walk to it (over erased rows, after a released hold sends the
+        // scan back to the start) never holds up `Append`; under the lock
+        // the batch goes ahead only if no one moved the scan meanwhile.
+        let Some(observed) = policy_row(self.reader(), tenant).await? else {
             return Ok(Batch::Done(0, None));
         };
-        let Examined { due, last, full } = match policy.period_secs {
+        let (head_seq, _) = self.log_heads(tenant).await?;
+        let Examined { due, last, full } = match observed.period_secs {
             Some(period) => {
                 let cutoff = now.saturating_sub(period.saturating_mul(1_000_000));
-                examine(&txn, tenant, policy.scanned_through, head.head_seq, cutoff).await?
+                examine(self.reader(), tenant, observed.scanned_through, head_seq, cutoff).await?
             }
             None => Examined {
                 due: Vec::new(),
@@ -130,6 +132,18 @@ impl Store {
                 full: false,
             },
         };
+
+        let (_writer, txn) = self.begin_write().await?;
+        let head = lock_head(&txn, tenant).await?;
+        let Some(policy) = policy_row(&txn, tenant).await? else {
+            txn.rollback().await?;
+            return Ok(Batch::Done(0, None));
+        };
+        if policy.scanned_through != observed.scanned_through || policy.period_secs != observed.period_secs {
+            // Another replica's batch (or a policy change) got there first.
+            txn.rollback().await?;
+            return Ok(Batch::More(0));
+        }
         let holds = ActiveHolds::load(&txn, tenant).await?;
         let held = holds.holding(&txn, tenant, &due).await?;
         let erase: Vec<i64> = due
@@ -139,15 +153,15 @@ impl Store {
             .collect();
 
         let mut tree_size = head.tree_size;
+        let mut erased = 0;
         if !erase.is_empty() {
             // As in `Delete`: the leaves go into the tree before the content goes.
             tree_size = extend_tree(&txn, tenant, head.tree_size, head.head_seq, &[]).await?;
             if tree_size != head.tree_size {
                 set_head(&txn, tenant, head.head_seq, tree_size).await?;
             }
-            erase_events(&txn, tenant, &erase, now).await?;
+            erased = erase_events(&txn, tenant, &erase, now).await?;
         }
-        let erased = u64::try_from(erase.len()).unwrap_or(u64::MAX);
         // A released hold sends the scan back to the start in the middle of
         // a run, so a batch may erase seqs below what the run erased so far:
         // the recorded range spans both (`verify` accepts the erasures in it).
@@ -159,7 +173,7 @@ impl Store {
                 .chain(erase.first().copied())
                 .min(),
             run_last_seq: policy.run_last_seq.into_iter().chain(erase.last().copied()).max(),
-            run_erased: policy.run_erased + i64::try_from(erase.len()).unwrap_or(i64::MAX),
+            run_erased: policy.run_erased + i64::try_from(erased).unwrap_or(i64::MAX),
             ..policy
         };
         if full {
@@ -223,8 +237,8 @@ struct Examined {
     full: bool,
 }
 
-async fn examine(
-    txn: &DatabaseTransaction,
+async fn examine<C: ConnectionTrait>(
+    conn: &C,
     tenant: &TenantId,
     scanned: i64,
     head: i64,
@@ -240,7 +254,7 @@ async fn examine(
         .order_by_asc(audit_event::Column::Seq)
         .limit(RETENTION_BATCH)
         .into_tuple()
-        .all(txn)
+        .all(conn)
         .await?;
     // Seqs follow commit order, and so (but for clocks of replicas that
     // disagree) do the times they were recorded at: the first event not due
@@ -268,23 +282,25 @@ async fn examine(
 
 /// Erases the events `seqs` as `Delete` does: every content column NULL,
 /// `deleted_at` set; seq, id, `recorded_at` and idempotency key kept.
+/// Returns how many were erased (an event a `Delete` erased since the batch
+/// was chosen is not erased again).
 async fn erase_events(
     txn: &DatabaseTransaction,
     tenant: &TenantId,
     seqs: &[i64],
     now: i64,
-) -> StoreResult<()> {
+) -> StoreResult<u64> {
     let mut update = audit_event::Entity::update_of_tenant(tenant)
         .col_expr(audit_event::Column::DeletedAt, Expr::val(now));
     for column in audit_event::CONTENT_COLUMNS {
         update = update.col_expr(column, Expr::cust("NULL"));
     }
-    update
+    let result = update
         .filter(audit_event::Column::Seq.is_in(seqs.iter().copied()))
         .filter(audit_event::Column::DeletedAt.is_null())
         .exec(txn)
         .await?;
-    Ok(())
+    Ok(result.rows_affected)
 }
 
 async fn save_progress(txn: &DatabaseTransaction, run: &retention_policy::Model) -> StoreResult<()> {
