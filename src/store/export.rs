@@ -8,7 +8,7 @@ use futures::TryStreamExt as _;
 use sea_orm::sea_query::Condition;
 use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait};
 
-use super::tree::node_hashes;
+use super::tree::{leaf_hashes, node_hashes};
 use super::{Store, StoreResult, within_deadline};
 use crate::entity::audit_event;
 use crate::filter::EventMatcher;
@@ -121,7 +121,6 @@ impl Store {
             .filter(|e| e.deleted_at.is_none())
             .map(|e| index(e.seq))
             .collect();
-        let leaf_ids: Vec<NodeId> = whole.iter().map(|i| NodeId::new(0, *i)).collect();
         let mut gaps = Vec::new();
         let mut at = index(after + 1);
         for next in whole.iter().copied().chain([index(through + 1)]) {
@@ -130,13 +129,12 @@ impl Store {
             }
             at = next + 1;
         }
-        let mut ids = leaf_ids.clone();
-        ids.extend(gaps.iter().copied());
-        let mut hashes = node_hashes(reads, tenant, &ids).await?;
-        let skipped = gaps.into_iter().zip(hashes.split_off(leaf_ids.len())).collect();
+        let leaves = leaf_hashes(reads, tenant, &whole).await?;
+        let skipped_hashes = node_hashes(reads, tenant, &gaps).await?;
+        let skipped = gaps.into_iter().zip(skipped_hashes).collect();
         Ok(ExportChunk {
             events,
-            leaves: hashes,
+            leaves,
             skipped,
             through,
         })

@@ -247,6 +247,41 @@ pub(super) async fn node_hashes<C: ConnectionTrait>(
         .collect()
 }
 
+/// The stored leaf hashes of `indices` (ascending), read as one range of
+/// leaves when they fill most of it, else by key.
+pub(super) async fn leaf_hashes<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &TenantId,
+    indices: &[u64],
+) -> StoreResult<Vec<Hash>> {
+    let (Some(first), Some(last)) = (indices.first(), indices.last()) else {
+        return Ok(Vec::new());
+    };
+    let span = last - first + 1;
+    if u64::try_from(indices.len()).unwrap_or(u64::MAX).saturating_mul(2) < span {
+        let ids: Vec<NodeId> = indices.iter().map(|i| NodeId::new(0, *i)).collect();
+        return node_hashes(conn, tenant, &ids).await;
+    }
+    let rows = merkle_node::Entity::of_tenant(tenant)
+        .filter(merkle_node::Column::Level.eq(0))
+        .filter(merkle_node::Column::Idx.between(stored_index(*first), stored_index(*last)))
+        .all(conn)
+        .await?;
+    let stored: HashMap<u64, Hash> = rows
+        .into_iter()
+        .filter_map(|row| Some((u64::try_from(row.idx).ok()?, Hash::try_from(row.hash.as_slice()).ok()?)))
+        .collect();
+    indices
+        .iter()
+        .map(|i| {
+            stored
+                .get(i)
+                .copied()
+                .ok_or_else(|| missing_node(tenant, NodeId::new(0, *i)))
+        })
+        .collect()
+}
+
 /// The hashes of `ranges` (each `MTH(D[start:end])`), from stored subtrees.
 async fn range_hashes<C: ConnectionTrait>(
     conn: &C,
