@@ -486,7 +486,7 @@ fn notes(settings: &Settings, schedule: Schedule, idle: Duration) -> Vec<String>
     vec![
         format!(
             "Retention rows: for each Append load, a fresh tenant gets a backlog of {} events \
-             (Append 1000 × 4, the bench's events); {} s later the baseline phase ({} s) appends \
+             (Append 1000 × 4, the bench's events); {:.1} s later the baseline phase ({} s) appends \
              to it with no run; then `audit-service retention apply` (a child process on the \
              service's database) starts together with the same load, which stops when the \
              process exits. Just before the process starts, the tenant's retention period is set \
