@@ -1,6 +1,7 @@
-//! Callers of the service (HS256 bearer tokens holding every scope) and the
-//! events the bench writes, as Append inputs and as the rows the service
-//! stores for them (for the raw-INSERT baseline).
+//! Callers of the service (HS256 bearer tokens: the data scopes for
+//! AuditService, `audit:admin` for PolicyService) and the events the bench
+//! writes, as Append inputs and as the rows the service stores for them
+//! (for the raw-INSERT baseline).
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use anyhow::Context;
 use audit_service::convert::{struct_to_json, timestamp_to_micros};
 use audit_service::entity::audit_event;
 use audit_service::proto::audit_service_client::AuditServiceClient;
+use audit_service::proto::policy_service_client::PolicyServiceClient;
 use audit_service::proto::{self, EventInput};
 use prost_types::{Struct, Value, value::Kind};
 use tonic::Request;
@@ -43,21 +45,21 @@ pub async fn connect(url: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("connecting to {url}"))
 }
 
-/// A client acting for one tenant with every scope.
+/// The metadata that makes a call one of `tenant`'s, with a bearer token
+/// granting some scopes.
 #[derive(Clone)]
-pub struct Caller {
-    pub client: AuditServiceClient<Channel>,
+struct Credentials {
     tenant: MetadataValue<tonic::metadata::Ascii>,
     authorization: MetadataValue<tonic::metadata::Ascii>,
 }
 
-impl Caller {
-    /// A caller of `tenant` on `channel`.
-    pub fn new(channel: Channel, tenant: &str) -> anyhow::Result<Self> {
+impl Credentials {
+    /// A token of `tenant` granting `scopes` (space-separated), valid for a day.
+    fn new(tenant: &str, scopes: &str) -> anyhow::Result<Self> {
         let claims = serde_json::json!({
             "sub": "audit-bench",
             "tenant_id": tenant,
-            "scope": "audit:read audit:append audit:write",
+            "scope": scopes,
             "exp": chrono::Utc::now().timestamp() + 24 * 3600,
         });
         let token = jsonwebtoken::encode(
@@ -66,21 +68,42 @@ impl Caller {
             &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
         )?;
         Ok(Self {
-            client: AuditServiceClient::new(channel)
-                .max_decoding_message_size(64 * 1024 * 1024)
-                .max_encoding_message_size(64 * 1024 * 1024),
             tenant: tenant.parse().context("tenant id as metadata")?,
             authorization: format!("Bearer {token}").parse().context("token as metadata")?,
         })
     }
 
-    /// `message` with the tenant and credential metadata.
-    pub fn request<T>(&self, message: T) -> Request<T> {
+    fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         let metadata = request.metadata_mut();
         metadata.insert("x-tenant-id", self.tenant.clone());
         metadata.insert("authorization", self.authorization.clone());
         request
+    }
+}
+
+/// A client acting for one tenant with every data scope (read, append,
+/// write).
+#[derive(Clone)]
+pub struct Caller {
+    pub client: AuditServiceClient<Channel>,
+    credentials: Credentials,
+}
+
+impl Caller {
+    /// A caller of `tenant` on `channel`.
+    pub fn new(channel: Channel, tenant: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: AuditServiceClient::new(channel)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+            credentials: Credentials::new(tenant, "audit:read audit:append audit:write")?,
+        })
+    }
+
+    /// `message` with the tenant and credential metadata.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        self.credentials.request(message)
     }
 
     /// Appends `events`; returns the (id, seq) of each.
@@ -93,6 +116,38 @@ impl Caller {
             .into_iter()
             .map(|r| (r.id, r.seq))
             .collect())
+    }
+}
+
+/// A tenant's administrator: PolicyService calls with the scope
+/// `audit:admin` (and no other).
+pub struct Administrator {
+    client: PolicyServiceClient<Channel>,
+    credentials: Credentials,
+}
+
+impl Administrator {
+    /// An administrator of `tenant` on `channel`.
+    pub fn new(channel: Channel, tenant: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: PolicyServiceClient::new(channel),
+            credentials: Credentials::new(tenant, "audit:admin")?,
+        })
+    }
+
+    /// Sets the tenant's retention period, unlocked (`None`: keep events
+    /// forever).
+    pub async fn set_retention(&mut self, period: Option<Duration>, reason: &str) -> anyhow::Result<()> {
+        let period = period
+            .map(|p| prost_types::Duration::try_from(p).context("retention period"))
+            .transpose()?;
+        let request = self.credentials.request(proto::SetRetentionRequest {
+            period,
+            locked: false,
+            reason: reason.to_owned(),
+        });
+        self.client.set_retention(request).await.context("SetRetention")?;
+        Ok(())
     }
 }
 

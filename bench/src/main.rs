@@ -8,6 +8,7 @@
 //! cargo build --release --workspace    # both binaries, in target/release/
 //! target/release/audit-bench --quick --backend both      # CI-sized smoke run
 //! target/release/audit-bench --backend both              # 1M events per backend
+//! target/release/audit-bench --retention --backend both  # issue 19: Append during a retention run
 //! ```
 #![expect(
     clippy::cast_precision_loss,
@@ -18,6 +19,7 @@ mod baseline;
 mod client;
 mod measure;
 mod report;
+mod retention;
 mod server;
 mod workloads;
 
@@ -57,7 +59,8 @@ struct Options {
     #[arg(long)]
     quick: bool,
     /// Events in the tenant the Query, Get and Stats workloads read
-    /// (default 1 000 000; 60 000 with --quick).
+    /// (default 1 000 000; 60 000 with --quick); with --retention, in each
+    /// backlog a run erases (default 200 000).
     #[arg(long)]
     events: Option<u64>,
     /// Seconds each measured phase runs (default 5; 0.5 with --quick).
@@ -76,6 +79,11 @@ struct Options {
     /// two builds of the service taking turns.
     #[arg(long)]
     append_only: bool,
+    /// Only the retention rows (issue 19): Append's latency while
+    /// `audit-service retention apply` erases a backlog of the same
+    /// tenant, beside its latency without a run.
+    #[arg(long, conflicts_with = "append_only")]
+    retention: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,6 +101,7 @@ struct Settings {
     server_bin: PathBuf,
     postgres_url: String,
     append_only: bool,
+    retention: bool,
 }
 
 impl Settings {
@@ -134,9 +143,13 @@ async fn run(options: Options) -> anyhow::Result<()> {
     };
     let settings = Settings {
         quick: options.quick,
-        events: options
-            .events
-            .unwrap_or(if options.quick { 60_000 } else { 1_000_000 }),
+        events: options.events.unwrap_or(if options.retention {
+            retention::DEFAULT_BACKLOG
+        } else if options.quick {
+            60_000
+        } else {
+            1_000_000
+        }),
         phase: Duration::from_secs_f64(options.duration_secs.unwrap_or(if options.quick {
             0.5
         } else {
@@ -145,6 +158,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         server_bin,
         postgres_url: options.postgres_url,
         append_only: options.append_only,
+        retention: options.retention,
     };
     let backends = match options.backend {
         BackendChoice::Sqlite => vec![Backend::Sqlite],
@@ -158,9 +172,15 @@ async fn run(options: Options) -> anyhow::Result<()> {
         tables.push(run_backend(&settings, backend).await?);
     }
     println!(
-        "### audit-bench{} — {} events in the query tenant, {} s phases\n",
+        "### audit-bench{}{} — {} events in {}, {} s phases\n",
         if settings.quick { " --quick" } else { "" },
+        if settings.retention { " --retention" } else { "" },
         grouped(settings.events),
+        if settings.retention {
+            "each retention backlog"
+        } else {
+            "the query tenant"
+        },
         settings.phase.as_secs_f64()
     );
     for table in &tables {
@@ -189,7 +209,11 @@ async fn run_backend(settings: &Settings, backend: Backend) -> anyhow::Result<Ta
         Backend::Postgres => BenchDatabase::postgres(&settings.postgres_url).await?,
     };
     let started = Instant::now();
-    let result = bench(settings, &database).await;
+    let result = if settings.retention {
+        retention::bench(settings, &database).await
+    } else {
+        bench(settings, &database).await
+    };
     let removed = database.remove().await;
     let mut table = result?;
     removed?;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 
 /// Latencies of one phase, and how much work it completed in how long.
 #[derive(Debug, Clone, Default)]
@@ -133,15 +134,40 @@ where
     F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<u64>> + Send + 'static,
 {
+    let deadline = Instant::now() + duration;
+    loops(clients, move || Instant::now() < deadline, call).await
+}
+
+/// [`closed_loop`] until `stop` is cancelled (by whatever the phase lasts
+/// for, such as a process running beside it).
+pub async fn closed_loop_until<F, Fut>(
+    clients: usize,
+    stop: CancellationToken,
+    call: F,
+) -> anyhow::Result<Phase>
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<u64>> + Send + 'static,
+{
+    loops(clients, move || !stop.is_cancelled(), call).await
+}
+
+/// `clients` loops of `call`, each starting another call while `go_on()`.
+async fn loops<G, F, Fut>(clients: usize, go_on: G, call: F) -> anyhow::Result<Phase>
+where
+    G: Fn() -> bool + Clone + Send + 'static,
+    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<u64>> + Send + 'static,
+{
     let start = Instant::now();
-    let deadline = start + duration;
     let mut tasks = Vec::with_capacity(clients);
     for client in 0..clients {
         let call = call.clone();
+        let go_on = go_on.clone();
         tasks.push(tokio::spawn(async move {
             let mut done = Phase::default();
             let mut iteration = 0;
-            while Instant::now() < deadline {
+            while go_on() {
                 let begun = Instant::now();
                 match call(client, iteration).await {
                     Ok(items) => {
@@ -262,6 +288,32 @@ mod tests {
             assert_eq!(phase.items, 6);
             assert_eq!(phase.elapsed, Duration::from_millis(300));
         }
+    }
+
+    #[tokio::test]
+    async fn closed_loop_until_stops_once_cancelled() {
+        let stop = CancellationToken::new();
+        let stopper = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                stop.cancel();
+            })
+        };
+        let phase = tokio::time::timeout(
+            Duration::from_secs(5),
+            closed_loop_until(2, stop, |_, _| async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Ok(1)
+            }),
+        )
+        .await
+        .expect("the loops stop once cancelled")
+        .unwrap();
+        stopper.await.unwrap();
+        assert!(phase.items >= 2, "{phase:?}");
+        assert_eq!(phase.items, phase.latencies.len() as u64);
+        assert!(phase.elapsed >= Duration::from_millis(100), "{phase:?}");
     }
 
     fn ms(values: &[u64]) -> Vec<Duration> {

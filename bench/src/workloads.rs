@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use audit_service::entity::audit_event;
 use audit_service::filter::EventMatcher;
-use audit_service::proto::{self, EventFilter, QueryRequest, WatchRequest, watch_response};
+use audit_service::proto::{self, EventFilter, EventInput, QueryRequest, WatchRequest, watch_response};
 use audit_service::store::{EventOrder, PageCursor, now_micros, page_query};
 use audit_service::tenant::TenantId;
 use sea_orm::{DatabaseConnection, QueryTrait};
@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 
 use crate::baseline::{self, RawWriter};
 use crate::client::{Caller, connect, sample_batch, sample_event, stored_row};
-use crate::measure::{Percentiles, Phase, closed_loop};
+use crate::measure::{Percentiles, Phase, closed_loop, closed_loop_until};
 
 /// Events per page in the Query workloads.
 pub const PAGE_SIZE: i32 = 50;
@@ -30,17 +30,46 @@ pub async fn append(
     clients: usize,
     duration: Duration,
 ) -> anyhow::Result<Phase> {
-    let callers = callers(channels, tenant, clients)?;
-    let template = Arc::new(sample_batch(0, batch, 1_000_000));
-    closed_loop(clients, duration, move |client, _| {
-        let mut caller = callers[client].clone();
-        let events = template.as_ref().clone();
+    let load = AppendLoad::new(channels, tenant, batch, clients)?;
+    closed_loop(clients, duration, move |client, _| load.call(client)).await
+}
+
+/// [`append`] until `stop` is cancelled.
+pub async fn append_until(
+    channels: &[Channel],
+    tenant: &str,
+    batch: usize,
+    clients: usize,
+    stop: CancellationToken,
+) -> anyhow::Result<Phase> {
+    let load = AppendLoad::new(channels, tenant, batch, clients)?;
+    closed_loop_until(clients, stop, move |client, _| load.call(client)).await
+}
+
+/// The calls of the Append loads: each client appends the same batch.
+struct AppendLoad {
+    callers: Arc<Vec<Caller>>,
+    template: Vec<EventInput>,
+}
+
+impl AppendLoad {
+    fn new(channels: &[Channel], tenant: &str, batch: usize, clients: usize) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            callers: callers(channels, tenant, clients)?,
+            template: sample_batch(0, batch, 1_000_000),
+        }))
+    }
+
+    /// One Append by `client`; completes the batch's events.
+    fn call(&self, client: usize) -> impl Future<Output = anyhow::Result<u64>> + Send + use<> {
+        let mut caller = self.callers[client].clone();
+        let events = self.template.clone();
         async move {
+            let count = events.len() as u64;
             caller.append(events).await?;
-            Ok(batch as u64)
+            Ok(count)
         }
-    })
-    .await
+    }
 }
 
 /// The same rows as [`append`], inserted directly into `tenant` (which the
