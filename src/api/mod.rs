@@ -1,6 +1,7 @@
 //! The `audit.v1.AuditService` handlers: check the caller's scope, validate,
 //! call the store, convert. No SQL and no credential parsing here.
 
+pub mod access;
 mod integrity;
 mod policy;
 mod validate;
@@ -12,6 +13,7 @@ use prost::Message as _;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+pub use access::AccessLog;
 pub use integrity::IntegrityApi;
 pub use policy::{MAX_RETENTION_SECS, PolicyApi};
 pub use validate::{
@@ -26,7 +28,7 @@ use crate::filter::expr::{Field, FieldKind, METADATA_FIELD};
 use crate::proto::{
     ActorType, AppendRequest, AppendResponse, AppendResult, AuditEvent, DeleteRequest, DeleteResponse,
     FilterField, GetFilterMetadataRequest, GetFilterMetadataResponse, GetRequest, Outcome, QueryRequest,
-    StatsBucket, StatsGroup, StatsRequest, StatsResponse, WatchRequest, WatchResponse,
+    StatsBucket, StatsGroup, StatsRequest, StatsResponse, WatchRequest, WatchResponse, watch_response,
 };
 use crate::store::page_token::QueryFingerprint;
 use crate::store::stats::{GroupField, GroupValue};
@@ -34,6 +36,7 @@ use crate::store::{ChangeRequest, EventOrder, PageLimits, Store};
 use crate::watch::WatchHub;
 use crate::wire::server::audit_service_server::AuditService;
 use crate::wire::{EncodedQueryResponse, PageEvents};
+use access::{ReadRpc, ReadTarget, Reader};
 
 /// Page size when the request leaves it at 0.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -56,12 +59,14 @@ pub const MAX_FILTER_VALUES: u64 = 1000;
 pub struct AuditApi {
     store: Store,
     watch: WatchHub,
+    access: AccessLog,
 }
 
 impl AuditApi {
-    /// Handlers over `store`, with Watch streams served by `watch`.
-    pub fn new(store: Store, watch: WatchHub) -> Self {
-        Self { store, watch }
+    /// Handlers over `store`, with Watch streams served by `watch` and
+    /// reads recorded by `access`.
+    pub fn new(store: Store, watch: WatchHub, access: AccessLog) -> Self {
+        Self { store, watch, access }
     }
 }
 
@@ -100,6 +105,7 @@ impl AuditService for AuditApi {
 
     async fn query(&self, request: Request<QueryRequest>) -> Result<Response<EncodedQueryResponse>, Status> {
         let caller = caller(&request, Scope::Read)?;
+        let reader = Reader::of(&request, &caller);
         let request = request.into_inner();
         let page_size = page_size(request.page_size)?;
         let order = EventOrder::parse(&request.order_by).ok_or_else(|| {
@@ -126,9 +132,18 @@ impl AuditService for AuditApi {
             events: page_size,
             bytes: MAX_PAGE_BYTES - NEXT_PAGE_TOKEN_BYTES,
         };
-        let page = self
-            .store
-            .query_page::<PageEvents>(&caller.tenant, &matcher, order, after, limits)
+        let target = ReadTarget::Filter {
+            filter: &filter,
+            after_seq: None,
+        };
+        // The setting is read beside the page, not before it.
+        let (read, page) = tokio::join!(
+            self.access.open(reader, ReadRpc::Query, target),
+            self.store
+                .query_page::<PageEvents>(&caller.tenant, &matcher, order, after, limits),
+        );
+        let (read, page) = (read?, page?);
+        read.finish(u64::try_from(page.events.count()).unwrap_or(u64::MAX))
             .await?;
         let next_page_token = page
             .next
@@ -143,8 +158,13 @@ impl AuditService for AuditApi {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<AuditEvent>, Status> {
         let caller = caller(&request, Scope::Read)?;
         let id = event_id(&request.get_ref().id, "id")?;
-        let event = self.store.get(&caller.tenant, id).await?;
-        Ok(Response::new(event_to_proto(event)))
+        let reader = Reader::of(&request, &caller);
+        let (read, found) = tokio::join!(
+            self.access.open(reader, ReadRpc::Get, ReadTarget::Event(id)),
+            self.store.get(&caller.tenant, id),
+        );
+        read?.finish_get(&found).await?;
+        Ok(Response::new(event_to_proto(found?)))
     }
 
     async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
@@ -231,14 +251,27 @@ impl AuditService for AuditApi {
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let caller = caller(&request, Scope::Read)?;
         let credential = stream_credential(&request)?;
+        let reader = Reader::of(&request, &caller);
         let request = request.into_inner();
         let filter = request.filter.unwrap_or_default();
+        let target = ReadTarget::Filter {
+            filter: &filter,
+            after_seq: request.after_seq,
+        };
+        let read = self.access.open(reader, ReadRpc::Watch, target).await?;
         let stream = self
             .watch
             .open(caller.tenant, &filter, request.after_seq, credential)
             .await?;
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(
+            read.follow(stream, events_in_watch_message),
+        )))
     }
+}
+
+/// Events a Watch message carries: one, or none in a heartbeat.
+fn events_in_watch_message(message: &WatchResponse) -> u64 {
+    u64::from(matches!(message.kind, Some(watch_response::Kind::Event(_))))
 }
 
 /// A group key as clients read it: text as stored, enums by value name.
