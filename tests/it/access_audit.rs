@@ -32,6 +32,7 @@ on_both_backends!(
     an_api_key_reader_is_recorded_as_an_api_key,
     a_watch_is_recorded_when_the_client_drops_it,
     a_watch_is_recorded_when_the_server_shuts_down,
+    a_watch_still_open_when_the_server_stops_is_recorded,
     reads_confined_to_access_records_are_not_recorded,
     reads_that_reach_other_events_are_recorded_whatever_they_return,
     a_read_whose_record_cannot_be_written_is_not_answered,
@@ -402,6 +403,51 @@ async fn a_watch_is_recorded_when_the_server_shuts_down(backend: Backend) {
     assert_eq!(found.len(), 1, "{found:#?}");
     assert_record(&found[0], "dashboard", "Watch", 4);
     assert_eq!(metadata(&found[0])["end"], json!("UNAVAILABLE"));
+}
+
+async fn a_watch_still_open_when_the_server_stops_is_recorded(backend: Backend) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database_url = backend.database_url_in(dir.path());
+    let server = TestServer::start_on(backend, database_url.clone(), |config| {
+        config.shutdown_grace_secs = 1;
+    })
+    .await;
+    let (tenant, mut admin) = audited_tenant(&server).await;
+    // Far more than the HTTP/2 windows hold: a client that reads nothing
+    // holds the stream short of its end, past the drain grace.
+    for _ in 0..8 {
+        let batch = (0..50)
+            .map(|_| audit_service::proto::EventInput {
+                reasoning: "x".repeat(8 * 1024),
+                ..event("document.read", "frank")
+            })
+            .collect();
+        admin.append(batch).await;
+    }
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .expect("url")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let mut stalled = reader(&server, &tenant, "stalled-reader").await;
+    stalled.client = audit_service::proto::audit_service_client::AuditServiceClient::new(channel);
+    let stream = watch(&mut stalled, EventFilter::default()).await;
+    // Time to fill the windows.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.stop().await;
+
+    let found = records_in(&database_url, &tenant).await;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(metadata(&found[0])["end"], json!("SERVER_STOPPED"));
+    assert_eq!(metadata(&found[0])["rpc"], json!("Watch"));
+    let returned = metadata(&found[0])["returned"].as_u64().expect("a count");
+    assert!(
+        (1..404).contains(&returned),
+        "handed to the transport: {returned}"
+    );
+    drop(stream);
 }
 
 async fn reads_confined_to_access_records_are_not_recorded(backend: Backend) {
