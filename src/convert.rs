@@ -142,6 +142,59 @@ pub fn event_to_proto(event: audit_event::Model) -> proto::AuditEvent {
     }
 }
 
+/// A filter as the service's own events record it (legal holds, reads):
+/// the parts that are set, in the protobuf JSON names, enums by name and
+/// times in RFC 3339.
+pub fn filter_to_json(filter: &proto::EventFilter) -> serde_json::Value {
+    use serde_json::{Map, Value, json};
+
+    use crate::proto::{ActorType, Outcome};
+
+    let mut out = Map::new();
+    let mut strings = |name: &str, values: &[String]| {
+        if !values.is_empty() {
+            out.insert(name.to_owned(), json!(values));
+        }
+    };
+    strings("actions", &filter.actions);
+    strings("actorIds", &filter.actor_ids);
+    strings("resourceTypes", &filter.resource_types);
+    strings("resourceIds", &filter.resource_ids);
+    strings("sources", &filter.sources);
+    let mut text = |name: &str, value: &str| {
+        if !value.is_empty() {
+            out.insert(name.to_owned(), Value::from(value));
+        }
+    };
+    text("actorEmail", &filter.actor_email);
+    text("requestId", &filter.request_id);
+    text("clientIp", &filter.client_ip);
+    text("expression", &filter.expression);
+    let names = |values: &[i32], name: fn(i32) -> Option<&'static str>| -> Value {
+        values
+            .iter()
+            .map(|v| name(*v).map_or_else(|| Value::from(*v), Value::from))
+            .collect()
+    };
+    if !filter.actor_types.is_empty() {
+        let name = |v| ActorType::try_from(v).ok().map(|t| t.as_str_name());
+        out.insert("actorTypes".to_owned(), names(&filter.actor_types, name));
+    }
+    if !filter.outcomes.is_empty() {
+        let name = |v| Outcome::try_from(v).ok().map(|o| o.as_str_name());
+        out.insert("outcomes".to_owned(), names(&filter.outcomes, name));
+    }
+    for (name, time) in [("startTime", &filter.start_time), ("endTime", &filter.end_time)] {
+        if let Some(time) = time {
+            let nanos = u32::try_from(time.nanos).unwrap_or_default();
+            let rfc3339 = chrono::DateTime::from_timestamp(time.seconds, nanos)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+            out.insert(name.to_owned(), rfc3339.map_or(Value::Null, Value::from));
+        }
+    }
+    Value::Object(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

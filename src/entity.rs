@@ -608,6 +608,35 @@ pub mod legal_hold {
     tenant_scoped!();
 }
 
+/// Whether each tenant's reads are recorded (access auditing).
+pub mod access_audit_setting {
+    use sea_orm::entity::prelude::*;
+
+    /// One tenant's setting; no row means it was never set, so off.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "access_audit_settings")]
+    pub struct Model {
+        /// The tenant whose reads it is about.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: crate::tenant::TenantId,
+        /// While true, each `Query`, `Get`, `Export` and `Watch` call of the
+        /// tenant appends an `audit.log.read` event.
+        pub enabled: bool,
+        /// When it was last set, in unix microseconds.
+        pub updated_at: i64,
+        /// Who set it last (the caller's subject).
+        pub updated_by: String,
+    }
+
+    /// Relations to other tables: none (sea-orm requires the enum).
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+
+    tenant_scoped!();
+}
+
 #[cfg(test)]
 mod tests {
     use sea_orm::{DbBackend, EntityTrait, QueryTrait, Value};
@@ -648,6 +677,10 @@ mod tests {
                 (
                     "legal_holds",
                     legal_hold::Entity::of_tenant(&tenant).build(backend),
+                ),
+                (
+                    "access_audit_settings",
+                    access_audit_setting::Entity::of_tenant(&tenant).build(backend),
                 ),
             ];
             for (table, statement) in statements {

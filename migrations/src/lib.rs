@@ -9,6 +9,7 @@ mod m20261123_000001_create_audit_log;
 mod m20261123_000002_create_api_keys;
 mod m20261123_000003_create_merkle_tree;
 mod m20261202_000004_create_policies;
+mod m20261210_000005_create_access_audit;
 
 /// Every migration of the service, oldest first.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_create_api_keys::Migration),
             Box::new(m20261123_000003_create_merkle_tree::Migration),
             Box::new(m20261202_000004_create_policies::Migration),
+            Box::new(m20261210_000005_create_access_audit::Migration),
         ]
     }
 }

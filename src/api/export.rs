@@ -137,6 +137,16 @@ pub(super) async fn export(
     Ok(Box::pin(stream))
 }
 
+/// Events an export message hands over whole (for its access record).
+pub(super) fn events_in(message: &ExportResponse) -> u64 {
+    match &message.part {
+        Some(Part::Chunk(chunk)) => {
+            u64::try_from(chunk.events.iter().filter(|e| !e.action.is_empty()).count()).unwrap_or(u64::MAX)
+        }
+        _ => 0,
+    }
+}
+
 fn chunk_to_proto(chunk: crate::store::ExportChunk) -> ExportResponse {
     ExportResponse {
         part: Some(Part::Chunk(ExportChunk {

@@ -1,6 +1,7 @@
 //! The `audit.v1.AuditService` handlers: check the caller's scope, validate,
 //! call the store, convert. No SQL and no credential parsing here.
 
+pub mod access;
 mod export;
 mod integrity;
 mod policy;
@@ -13,6 +14,7 @@ use prost::Message as _;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+pub use access::AccessLog;
 pub use export::{EXPORT_CHUNK_BYTES, EXPORT_CHUNK_EVENTS};
 pub use integrity::IntegrityApi;
 pub use policy::{MAX_RETENTION_SECS, PolicyApi};
@@ -28,8 +30,9 @@ use crate::filter::expr::{Field, FieldKind, METADATA_FIELD};
 use crate::integrity::Notary;
 use crate::proto::{
     ActorType, AppendRequest, AppendResponse, AppendResult, AuditEvent, DeleteRequest, DeleteResponse,
-    ExportRequest, FilterField, GetFilterMetadataRequest, GetFilterMetadataResponse, GetRequest, Outcome,
-    QueryRequest, StatsBucket, StatsGroup, StatsRequest, StatsResponse, WatchRequest, WatchResponse,
+    ExportRequest, ExportResponse, FilterField, GetFilterMetadataRequest, GetFilterMetadataResponse,
+    GetRequest, Outcome, QueryRequest, StatsBucket, StatsGroup, StatsRequest, StatsResponse, WatchRequest,
+    WatchResponse, watch_response,
 };
 use crate::store::page_token::QueryFingerprint;
 use crate::store::stats::{GroupField, GroupValue};
@@ -37,6 +40,7 @@ use crate::store::{ChangeRequest, EventOrder, PageLimits, Store};
 use crate::watch::WatchHub;
 use crate::wire::server::audit_service_server::AuditService;
 use crate::wire::{EncodedQueryResponse, PageEvents};
+use access::{ReadRpc, ReadTarget, Reader};
 
 /// Page size when the request leaves it at 0.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -60,13 +64,20 @@ pub struct AuditApi {
     store: Store,
     watch: WatchHub,
     notary: Notary,
+    access: AccessLog,
 }
 
 impl AuditApi {
     /// Handlers over `store`, with Watch streams served by `watch` and
-    /// exports ending in checkpoints signed by `notary`.
-    pub fn new(store: Store, watch: WatchHub, notary: Notary) -> Self {
-        Self { store, watch, notary }
+    /// exports ending in checkpoints signed by `notary`, and reads
+    /// recorded by `access`.
+    pub fn new(store: Store, watch: WatchHub, notary: Notary, access: AccessLog) -> Self {
+        Self {
+            store,
+            watch,
+            notary,
+            access,
+        }
     }
 }
 
@@ -105,6 +116,7 @@ impl AuditService for AuditApi {
 
     async fn query(&self, request: Request<QueryRequest>) -> Result<Response<EncodedQueryResponse>, Status> {
         let caller = caller(&request, Scope::Read)?;
+        let reader = Reader::of(&request, &caller);
         let request = request.into_inner();
         let page_size = page_size(request.page_size)?;
         let order = EventOrder::parse(&request.order_by).ok_or_else(|| {
@@ -131,9 +143,18 @@ impl AuditService for AuditApi {
             events: page_size,
             bytes: MAX_PAGE_BYTES - NEXT_PAGE_TOKEN_BYTES,
         };
-        let page = self
-            .store
-            .query_page::<PageEvents>(&caller.tenant, &matcher, order, after, limits)
+        let target = ReadTarget::Filter {
+            filter: &filter,
+            after_seq: None,
+        };
+        // The setting is read beside the page, not before it.
+        let (read, page) = tokio::join!(
+            self.access.open(reader, ReadRpc::Query, target),
+            self.store
+                .query_page::<PageEvents>(&caller.tenant, &matcher, order, after, limits),
+        );
+        let (read, page) = (read?, page?);
+        read.finish(u64::try_from(page.events.count()).unwrap_or(u64::MAX))
             .await?;
         let next_page_token = page
             .next
@@ -148,8 +169,13 @@ impl AuditService for AuditApi {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<AuditEvent>, Status> {
         let caller = caller(&request, Scope::Read)?;
         let id = event_id(&request.get_ref().id, "id")?;
-        let event = self.store.get(&caller.tenant, id).await?;
-        Ok(Response::new(event_to_proto(event)))
+        let reader = Reader::of(&request, &caller);
+        let (read, found) = tokio::join!(
+            self.access.open(reader, ReadRpc::Get, ReadTarget::Event(id)),
+            self.store.get(&caller.tenant, id),
+        );
+        read?.finish_get(&found).await?;
+        Ok(Response::new(event_to_proto(found?)))
     }
 
     async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
@@ -231,18 +257,20 @@ impl AuditService for AuditApi {
         }))
     }
 
-    type ExportStream = export::ExportStream;
+    type ExportStream = Pin<Box<dyn Stream<Item = Result<ExportResponse, Status>> + Send>>;
 
     async fn export(&self, request: Request<ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
         let caller = caller(&request, Scope::Read)?;
-        let stream = export::export(
-            self.store.clone(),
-            &self.notary,
-            caller.tenant,
-            request.into_inner(),
-        )
-        .await?;
-        Ok(Response::new(stream))
+        let reader = Reader::of(&request, &caller);
+        let request = request.into_inner();
+        let filter = request.filter.clone().unwrap_or_default();
+        let target = ReadTarget::Filter {
+            filter: &filter,
+            after_seq: Some(request.after_seq),
+        };
+        let read = self.access.open(reader, ReadRpc::Export, target).await?;
+        let stream = export::export(self.store.clone(), &self.notary, caller.tenant, request).await?;
+        Ok(Response::new(Box::pin(read.follow(stream, export::events_in))))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
@@ -250,14 +278,27 @@ impl AuditService for AuditApi {
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let caller = caller(&request, Scope::Read)?;
         let credential = stream_credential(&request)?;
+        let reader = Reader::of(&request, &caller);
         let request = request.into_inner();
         let filter = request.filter.unwrap_or_default();
+        let target = ReadTarget::Filter {
+            filter: &filter,
+            after_seq: request.after_seq,
+        };
+        let read = self.access.open(reader, ReadRpc::Watch, target).await?;
         let stream = self
             .watch
             .open(caller.tenant, &filter, request.after_seq, credential)
             .await?;
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(
+            read.follow(stream, events_in_watch_message),
+        )))
     }
+}
+
+/// Events a Watch message carries: one, or none in a heartbeat.
+fn events_in_watch_message(message: &WatchResponse) -> u64 {
+    u64::from(matches!(message.kind, Some(watch_response::Kind::Event(_))))
 }
 
 /// A group key as clients read it: text as stored, enums by value name.

@@ -1,5 +1,5 @@
-//! The `audit.v1.PolicyService` handlers: the tenant's retention policy and
-//! legal holds. Every change is recorded in the tenant's log by the store,
+//! The `audit.v1.PolicyService` handlers: the tenant's retention policy,
+//! legal holds and access auditing. Every change is recorded in the tenant's log by the store,
 //! in the transaction that makes it.
 
 use prost::Message as _;
@@ -12,8 +12,9 @@ use crate::convert::{event_to_proto, micros_to_timestamp};
 use crate::error::Error;
 use crate::filter::EventMatcher;
 use crate::proto::{
-    CreateLegalHoldRequest, CreateLegalHoldResponse, GetRetentionRequest, LegalHold, ListLegalHoldsRequest,
-    ListLegalHoldsResponse, ReleaseLegalHoldRequest, ReleaseLegalHoldResponse, RetentionPolicy,
+    AccessAuditPolicy, CreateLegalHoldRequest, CreateLegalHoldResponse, GetAccessAuditRequest,
+    GetRetentionRequest, LegalHold, ListLegalHoldsRequest, ListLegalHoldsResponse, ReleaseLegalHoldRequest,
+    ReleaseLegalHoldResponse, RetentionPolicy, SetAccessAuditRequest, SetAccessAuditResponse,
     SetRetentionRequest, SetRetentionResponse,
 };
 use crate::store::{self, ChangeRequest, Retention, Store};
@@ -91,6 +92,18 @@ fn policy_to_proto(policy: store::RetentionPolicy) -> RetentionPolicy {
             .period_secs
             .map(|seconds| Duration { seconds, nanos: 0 }),
         locked: policy.retention.locked,
+        update_time,
+        updated_by,
+    }
+}
+
+fn access_audit_to_proto(setting: store::AccessAudit) -> AccessAuditPolicy {
+    let (update_time, updated_by) = match setting.updated {
+        Some((at, by)) => (Some(micros_to_timestamp(at)), by),
+        None => (None, String::new()),
+    };
+    AccessAuditPolicy {
+        enabled: setting.enabled,
         update_time,
         updated_by,
     }
@@ -191,6 +204,32 @@ impl PolicyService for PolicyApi {
         Ok(Response::new(ReleaseLegalHoldResponse {
             hold: Some(hold_to_proto(released.hold)),
             policy_event: Some(event_to_proto(released.event)),
+        }))
+    }
+
+    async fn get_access_audit(
+        &self,
+        request: Request<GetAccessAuditRequest>,
+    ) -> Result<Response<AccessAuditPolicy>, Status> {
+        let caller = caller(&request, Scope::Admin)?;
+        let setting = self.store.access_audit(&caller.tenant).await?;
+        Ok(Response::new(access_audit_to_proto(setting)))
+    }
+
+    async fn set_access_audit(
+        &self,
+        request: Request<SetAccessAuditRequest>,
+    ) -> Result<Response<SetAccessAuditResponse>, Status> {
+        let caller = caller(&request, Scope::Admin)?;
+        let request = request.into_inner();
+        let change = change_request(&caller, request.reason, false)?;
+        let changed = self
+            .store
+            .set_access_audit(&caller.tenant, request.enabled, &change)
+            .await?;
+        Ok(Response::new(SetAccessAuditResponse {
+            access_audit: Some(access_audit_to_proto(changed.setting)),
+            policy_event: Some(event_to_proto(changed.event)),
         }))
     }
 }

@@ -15,7 +15,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::{AuditApi, IntegrityApi, PolicyApi};
+use crate::api::{AccessLog, AuditApi, IntegrityApi, PolicyApi};
 use crate::auth::{AuthLayer, Authenticator, JwtVerifier};
 use crate::config::{ServeConfig, TreeMaintenance};
 
@@ -73,7 +73,8 @@ pub async fn run(
         buffer_bytes: config.watch_buffer_mib.saturating_mul(1024 * 1024),
     };
     let hub = WatchHub::start(store.clone(), limits, shutdown.clone());
-    let audit = AuditServiceServer::new(AuditApi::new(store.clone(), hub, notary.clone()))
+    let access = AccessLog::new(store.clone());
+    let audit = AuditServiceServer::new(AuditApi::new(store.clone(), hub, notary.clone(), access.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let integrity = IntegrityServiceServer::new(IntegrityApi::new(store.clone(), notary));
@@ -124,6 +125,11 @@ pub async fn run(
         () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "drain grace expired; closing remaining calls");
         }
+    }
+    // Streams still open are recorded now, and the records of those that
+    // ended are written, while the pools are open.
+    if tokio::time::timeout(CLOSE_LIMIT, access.close()).await.is_err() {
+        tracing::warn!(limit = ?CLOSE_LIMIT, "records of Watch reads still being written; leaving them");
     }
     // Closing the pools waits for every connection in use, and a call past
     // its grace may be waiting on a lock that nothing will release: it is

@@ -15,9 +15,10 @@ use uuid::Uuid;
 use super::sequencer::lock_head;
 use super::service_event::{ChangeRequest, ServiceEvent, append_service_event};
 use super::{Store, StoreError, StoreResult, events_of, now_micros};
+use crate::convert::filter_to_json;
 use crate::entity::{audit_event, legal_hold};
 use crate::filter::EventMatcher;
-use crate::proto::{ActorType, EventFilter, Outcome};
+use crate::proto::EventFilter;
 use crate::tenant::TenantId;
 
 /// Most holds one tenant may have active at once: each is evaluated by
@@ -177,7 +178,7 @@ impl Store {
                 action: HOLD_CREATED_ACTION,
                 resource_type: HOLD_RESOURCE_TYPE,
                 resource_id: row.id.to_string(),
-                metadata: serde_json::json!({ "filter": filter_json(filter) }),
+                metadata: serde_json::json!({ "filter": filter_to_json(filter) }),
             },
         )
         .await?;
@@ -269,7 +270,7 @@ impl Store {
                 resource_type: HOLD_RESOURCE_TYPE,
                 resource_id: id.to_string(),
                 metadata: serde_json::json!({
-                    "filter": filter_json(&filter),
+                    "filter": filter_to_json(&filter),
                     "created_by": released.created_by,
                     "hold_reason": released.reason,
                 }),
@@ -286,54 +287,4 @@ impl Store {
             event,
         })
     }
-}
-
-/// A filter as the hold events record it: the parts that are set, in the
-/// protobuf JSON names.
-fn filter_json(filter: &EventFilter) -> serde_json::Value {
-    use serde_json::{Map, Value, json};
-
-    let mut out = Map::new();
-    let mut strings = |name: &str, values: &[String]| {
-        if !values.is_empty() {
-            out.insert(name.to_owned(), json!(values));
-        }
-    };
-    strings("actions", &filter.actions);
-    strings("actorIds", &filter.actor_ids);
-    strings("resourceTypes", &filter.resource_types);
-    strings("resourceIds", &filter.resource_ids);
-    strings("sources", &filter.sources);
-    let mut text = |name: &str, value: &str| {
-        if !value.is_empty() {
-            out.insert(name.to_owned(), Value::from(value));
-        }
-    };
-    text("actorEmail", &filter.actor_email);
-    text("requestId", &filter.request_id);
-    text("clientIp", &filter.client_ip);
-    text("expression", &filter.expression);
-    let names = |values: &[i32], name: fn(i32) -> Option<&'static str>| -> Value {
-        values
-            .iter()
-            .map(|v| name(*v).map_or_else(|| Value::from(*v), Value::from))
-            .collect()
-    };
-    if !filter.actor_types.is_empty() {
-        let name = |v| ActorType::try_from(v).ok().map(|t| t.as_str_name());
-        out.insert("actorTypes".to_owned(), names(&filter.actor_types, name));
-    }
-    if !filter.outcomes.is_empty() {
-        let name = |v| Outcome::try_from(v).ok().map(|o| o.as_str_name());
-        out.insert("outcomes".to_owned(), names(&filter.outcomes, name));
-    }
-    for (name, time) in [("startTime", &filter.start_time), ("endTime", &filter.end_time)] {
-        if let Some(time) = time {
-            let nanos = u32::try_from(time.nanos).unwrap_or_default();
-            let rfc3339 = chrono::DateTime::from_timestamp(time.seconds, nanos)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
-            out.insert(name.to_owned(), rfc3339.map_or(Value::Null, Value::from));
-        }
-    }
-    Value::Object(out)
 }

@@ -3,6 +3,7 @@
 //! Every read goes through [`events_of`], which scopes the query to one
 //! tenant and hides erased events, so no query can forget the tenant.
 
+mod access;
 pub mod api_keys;
 mod append;
 mod clock;
@@ -38,6 +39,7 @@ use sea_orm::{
 };
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 
+pub use access::{ACCESS_AUDIT_SET_ACTION, AccessAudit, AccessAuditChange, LogRead, READ_ACTION};
 pub use api_keys::ApiKeyInfo;
 pub use append::{AppendOutcome, NewEvent};
 pub use clock::now_micros;

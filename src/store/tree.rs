@@ -269,7 +269,12 @@ pub(super) async fn leaf_hashes<C: ConnectionTrait>(
         .await?;
     let stored: HashMap<u64, Hash> = rows
         .into_iter()
-        .filter_map(|row| Some((u64::try_from(row.idx).ok()?, Hash::try_from(row.hash.as_slice()).ok()?)))
+        .filter_map(|row| {
+            Some((
+                u64::try_from(row.idx).ok()?,
+                Hash::try_from(row.hash.as_slice()).ok()?,
+            ))
+        })
         .collect();
     indices
         .iter()

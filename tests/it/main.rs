@@ -4,6 +4,7 @@
 
 mod support;
 
+mod access_audit;
 mod append;
 mod auth;
 mod backends;
