@@ -670,7 +670,12 @@ async fn verify_passes_on_an_intact_log_with_a_deletion(backend: Backend) {
 async fn metadata_numbers_are_read_back_bit_for_bit_and_verify(backend: Backend) {
     let server = TestServer::start(backend).await;
     let mut auditor = Auditor::new(&server).await;
-    let numbers: [f64; 4] = [0.098_009_800_000_000_01, 1.071_566_039_146_582_6e-75, 0.1, -2.5e300];
+    let numbers: [f64; 4] = [
+        0.098_009_800_000_000_01,
+        1.071_566_039_146_582_6e-75,
+        0.1,
+        -2.5e300,
+    ];
     let mut input = event("metrics.sampled", "probe");
     input.metadata = Some(audit_service::convert::json_to_struct(
         serde_json::json!({ "values": numbers }),
