@@ -335,9 +335,8 @@ async fn run_export(
     store.close().await?;
     let report = written?;
     eprintln!(
-        "exported tenant {tenant}: seqs {}..={}, {} events whole and {} erased",
-        report.after_seq + 1,
-        report.tree_size,
+        "exported tenant {tenant}: {}, {} events whole and {} erased",
+        seq_range(report.after_seq, report.tree_size),
         report.events,
         report.erased
     );
@@ -362,11 +361,10 @@ fn run_verify_export(args: &VerifyExportArgs) -> anyhow::Result<ExitCode> {
     match verdict {
         ExportVerdict::Intact(summary) => {
             println!(
-                "export of tenant {} (log {}), seqs {}..={}, filter: {}",
+                "export of tenant {} (log {}), {}, filter: {}",
                 summary.tenant,
                 summary.origin,
-                summary.after_seq + 1,
-                summary.tree_size,
+                seq_range(summary.after_seq, summary.tree_size),
                 summary.filter.as_deref().unwrap_or("none")
             );
             println!(
@@ -386,6 +384,15 @@ fn run_verify_export(args: &VerifyExportArgs) -> anyhow::Result<ExitCode> {
             println!("TAMPERED: line {line}: {what}");
             Ok(ExitCode::from(TAMPERED))
         }
+    }
+}
+
+/// The seqs an export after `after_seq` up to `tree_size` covers, in words.
+fn seq_range(after_seq: u64, tree_size: u64) -> String {
+    if after_seq >= tree_size {
+        format!("no seqs (after seq {after_seq}, the head)")
+    } else {
+        format!("seqs {}..={tree_size}", after_seq + 1)
     }
 }
 
