@@ -164,7 +164,10 @@ async fn filtered_export_from_a_resume_point_proves_what_it_holds(backend: Backe
     };
     let export = export(&mut caller, filter.clone(), 700).await.expect("export");
     assert_eq!(export.header.after_seq, 700);
-    assert_eq!(export.header.tenant_id, caller.tenant, "the header names the tenant");
+    assert_eq!(
+        export.header.tenant_id, caller.tenant,
+        "the header names the tenant"
+    );
     assert_eq!(export.header.filter, Some(filter), "and the filter applied");
     let whole: Vec<u64> = export
         .events()

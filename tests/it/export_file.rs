@@ -77,29 +77,26 @@ impl Run {
 
 /// Runs `audit-service ARGS` on the server's database.
 fn run(server: &TestServer, args: &[&str]) -> Run {
+    run_on(&server.database_url, args)
+}
+
+/// Runs `audit-service verify-export FILE --key KEY`, with no database to
+/// reach.
+fn verify_export(file: &Path, key: &str) -> Run {
+    let file = file.to_str().expect("utf-8 path");
+    run_on(
+        "postgres://nobody@127.0.0.1:9/none",
+        &["verify-export", file, "--key", key],
+    )
+}
+
+fn run_on(database_url: &str, args: &[&str]) -> Run {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_audit-service"))
         .args(args)
-        .env("DATABASE_URL", &server.database_url)
+        .env("DATABASE_URL", database_url)
         .env("RUST_LOG", "warn")
         .output()
         .expect("run audit-service");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// Runs `audit-service verify-export FILE --key KEY`, with no database.
-fn verify_export(file: &Path, key: &str) -> Run {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_audit-service"))
-        .arg("verify-export")
-        .arg(file)
-        .args(["--key", key])
-        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:9/none")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run audit-service verify-export");
     Run {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
