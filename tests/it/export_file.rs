@@ -13,6 +13,7 @@ use audit_service::proto::{
 };
 
 use crate::on_both_backends;
+use crate::page_bytes::{EVENTS, append_large_events};
 use crate::support::{Backend, Caller, TestServer, event};
 
 on_both_backends!(
@@ -30,6 +31,7 @@ on_both_backends!(
     export_refuses_a_bad_filter_and_a_position_beyond_the_log,
     metadata_numbers_export_and_verify_exactly,
     progress_is_drawn_on_a_terminal_only,
+    exporting_a_large_log_keeps_memory_flat,
 );
 
 /// The CSV columns, in their documented order (README, docs/export.md).
@@ -762,4 +764,73 @@ async fn progress_is_drawn_on_a_terminal_only(backend: Backend) {
         drawn.contains("1200/1200 seqs"),
         "a finished bar on the terminal:\n{drawn}"
     );
+}
+
+/// Peak resident memory (KiB) of `audit-service ARGS`, by GNU time.
+fn peak_rss_kib(server: &TestServer, args: &[&str]) -> u64 {
+    let output = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "peak %M"])
+        .arg(env!("CARGO_BIN_EXE_audit-service"))
+        .args(args)
+        .env("DATABASE_URL", &server.database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run audit-service under /usr/bin/time");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("peak "))
+        .and_then(|kib| kib.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak in {stderr}"))
+}
+
+async fn exporting_a_large_log_keeps_memory_flat(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut caller = server.caller().await;
+    append_large_events(&mut caller).await;
+    let empty = server.caller().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("large.ndjson");
+    let file_text = file.to_str().expect("utf-8 path");
+
+    let baseline = peak_rss_kib(
+        &server,
+        &[
+            "export",
+            "--tenant",
+            &empty.tenant,
+            "--format",
+            "ndjson",
+            "--output",
+            file_text,
+        ],
+    );
+    let mut peaks = Vec::new();
+    for format in ["ndjson", "csv"] {
+        peaks.push(peak_rss_kib(
+            &server,
+            &[
+                "export",
+                "--tenant",
+                &caller.tenant,
+                "--format",
+                format,
+                "--output",
+                file_text,
+            ],
+        ));
+    }
+    let written = std::fs::metadata(&file).expect("csv file").len();
+    eprintln!(
+        "export of {EVENTS} events (csv {written} bytes): peak RSS {peaks:?} KiB (ndjson, csv), {baseline} KiB for an empty log"
+    );
+    // Each chunk holds at most 1 MiB of events; the whole log is ~70 MB.
+    for peak in peaks {
+        assert!(
+            peak.saturating_sub(baseline) < 32 * 1024,
+            "the export grew by {} KiB over an empty one",
+            peak.saturating_sub(baseline)
+        );
+    }
 }
