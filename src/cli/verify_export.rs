@@ -219,8 +219,14 @@ impl Check<'_> {
 
     /// A line as one of the export's messages: an object whose one key is
     /// `header`, `chunk` or `checkpoint` is an `ExportResponse`; any other
-    /// object an `AuditEvent`.
+    /// object an `AuditEvent`. The line must read as exactly what the
+    /// message it decodes to is written as: no key twice, no field under
+    /// another name, no value in another JSON form. Otherwise a tool
+    /// reading the line could see other values than were proved (a parser
+    /// that keeps the first of two `action` keys, one that knows only
+    /// `tenantId`).
     fn parse(&self, bytes: &[u8]) -> Result<Line, String> {
+        serde_json::from_slice::<UniqueKeys>(bytes).map_err(|e| format!("not JSON with unique keys: {e}"))?;
         let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
         let is_part = value.as_object().is_some_and(|object| {
             object.len() == 1
@@ -228,22 +234,38 @@ impl Check<'_> {
                     .iter()
                     .any(|k| object.contains_key(*k))
         });
-        if is_part {
+        let mut canonical = Vec::new();
+        let line = if is_part {
             let response = self
                 .json
-                .response(value)
+                .response(value.clone())
                 .map_err(|e| format!("not an export message: {e}"))?;
+            self.json
+                .write_response(&mut canonical, &response)
+                .map_err(|e| format!("not an export message: {e:#}"))?;
             response
                 .part
                 .map(|part| Line::Part(Box::new(part)))
-                .ok_or_else(|| "an empty export message".to_owned())
+                .ok_or_else(|| "an empty export message".to_owned())?
         } else {
             let event = self
                 .json
-                .event(value)
+                .event(value.clone())
                 .map_err(|e| format!("not an AuditEvent: {e}"))?;
-            Ok(Line::Event(Box::new(event)))
+            self.json
+                .write_event(&mut canonical, &event)
+                .map_err(|e| format!("not an AuditEvent: {e:#}"))?;
+            Line::Event(Box::new(event))
+        };
+        let canonical: serde_json::Value =
+            serde_json::from_slice(&canonical).map_err(|e| format!("cannot be written back: {e}"))?;
+        if canonical != value {
+            return Err(
+                "not in the form the export writes (a field renamed, repeated or added, or a value written otherwise)"
+                    .into(),
+            );
         }
+        Ok(line)
     }
 
     fn start(&mut self, header: ExportHeader) -> Result<(), Stop> {
@@ -537,4 +559,63 @@ fn width(level: u32) -> u64 {
 /// The first seq under subtree `index` of `level` (saturating).
 fn first_seq(level: u32, index: u64) -> u64 {
     index.saturating_mul(width(level)).saturating_add(1)
+}
+
+/// Any JSON value in which no object has a key twice.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            map.next_value::<UniqueKeys>()?;
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("the key {key:?} appears twice")));
+            }
+        }
+        Ok(UniqueKeys)
+    }
 }

@@ -23,6 +23,7 @@ on_both_backends!(
     a_byte_that_breaks_an_event_line_is_tampering_at_that_line,
     a_removed_event_line_is_tampering,
     swapped_event_lines_are_tampering,
+    an_event_line_that_reads_otherwise_than_it_hashes_is_tampering,
     a_changed_checkpoint_is_tampering_and_another_key_cannot_check,
     an_export_resumed_with_after_seq_holds_the_rest_and_verifies,
     an_interrupted_export_cannot_be_checked_and_says_where_to_resume,
@@ -405,6 +406,32 @@ async fn swapped_event_lines_are_tampering(backend: Backend) {
         swapped.swap(a - 1, b - 1);
         write_lines(&file, &swapped);
         assert_tampered_at(&verify_export(&file, &key), a);
+    }
+}
+
+/// What a SIEM reads from a line must be what was proved: a key given
+/// twice (a parser keeping the first sees another value than one keeping
+/// the last), a field under its proto name beside its JSON name, or a
+/// value in another JSON form than the writer's are not what was written.
+async fn an_event_line_that_reads_otherwise_than_it_hashes_is_tampering(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (file, lines, key) = exported_small_log(&server, dir.path()).await;
+    let target = 13;
+    let original = &lines[target - 1];
+    assert!(original.starts_with('{') && original.contains("\"action\":\"user.logout\""));
+    let edits = [
+        original.replacen('{', "{\"action\":\"user.deleted_everything\",", 1),
+        original.replacen('{', "{\"tenant_id\":\"another-tenant\",", 1),
+        original.replacen("\"seq\":\"12\"", "\"seq\":12", 1),
+    ];
+    for edited in edits {
+        let mut tampered = lines.clone();
+        tampered[target - 1] = edited.clone();
+        write_lines(&file, &tampered);
+        let run = verify_export(&file, &key);
+        assert!(run.code == 2, "{edited}\n{}", run.output());
+        assert_tampered_at(&run, target);
     }
 }
 
