@@ -1,16 +1,25 @@
 //! `audit-service`: the command line. `serve` (the default) runs the gRPC
 //! service; `keys` manages API keys; `verify` checks a tenant's log against
-//! its signed checkpoints; `retention apply` runs the retention task now.
+//! its signed checkpoints; `export` writes a tenant's log to a file and
+//! `verify-export` checks such a file offline; `retention apply` runs the
+//! retention task now.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context as _;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use audit_service::auth::Scope;
+use audit_service::cli::export::{self, ExportFormat};
 use audit_service::cli::verify;
+use audit_service::cli::verify_export::{self, ExportVerdict};
 use audit_service::config::{DatabaseConfig, IntegrityConfig, ServeConfig};
 use audit_service::integrity::VerifierKey;
+use audit_service::proto::{EventFilter, ExportRequest};
 use audit_service::startup::signing_key::load_notary;
 use audit_service::store::Store;
 use audit_service::tenant::TenantId;
@@ -52,6 +61,15 @@ enum Command {
     /// against its signed checkpoints. Exit status: 0 intact, 2 tampered,
     /// 1 could not check.
     Verify(Box<VerifyArgs>),
+    /// Write a tenant's log to a file from the database, chunk by chunk:
+    /// NDJSON (the events with what proves them offline, for
+    /// `verify-export`) or CSV (the events only). A progress bar is drawn
+    /// when standard error is a terminal.
+    Export(Box<ExportArgs>),
+    /// Check an NDJSON export offline, with no database, against the
+    /// service's verifier key. Exit status: 0 intact, 2 tampered (naming
+    /// the first bad line), 1 could not check.
+    VerifyExport(Box<VerifyExportArgs>),
     /// The retention task, run now from the command line.
     Retention {
         #[command(subcommand)]
@@ -83,6 +101,41 @@ struct VerifyArgs {
     /// to catch a signer replaced in the database.
     #[arg(long = "verifier-key")]
     verifier_key: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Tenant whose log to export.
+    #[arg(long)]
+    tenant: String,
+    /// Filter expression (the syntax of `EventFilter.expression`): matching
+    /// events are written whole; the other seqs are covered by subtree
+    /// hashes (NDJSON) or left out (CSV). Erased events are always written,
+    /// as erased.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Export the events after this seq (0: from the start). To resume an
+    /// interrupted NDJSON export, its last chunk line's `resumeAfterSeq`;
+    /// to continue a finished one later, its header's `treeSize`.
+    #[arg(long = "after-seq", default_value_t = 0)]
+    after_seq: u64,
+    /// The file format.
+    #[arg(long, value_enum)]
+    format: ExportFormat,
+    /// The file to write (created, or truncated); standard output when absent.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct VerifyExportArgs {
+    /// The NDJSON export to check.
+    file: PathBuf,
+    /// The verifier key (`<name>+<hash>+<key>`) of the service that wrote
+    /// the export, pinned out of band (GetCheckpoint's `verifier_key`, or
+    /// what `export` printed), never the one the file names.
+    #[arg(long)]
+    key: String,
 }
 
 #[derive(Subcommand)]
@@ -128,6 +181,8 @@ async fn main() -> ExitCode {
         Some(Command::Serve(config)) => serve(serve_with(*config)).await,
         Some(Command::Keys { command }) => keys(database, command).await,
         Some(Command::Verify(args)) => run_verify(*args, database, integrity).await,
+        Some(Command::Export(args)) => run_export(*args, database, integrity).await,
+        Some(Command::VerifyExport(args)) => run_verify_export(&args),
         Some(Command::Retention {
             command: RetentionCommand::Apply,
         }) => apply_retention(database).await,
@@ -250,6 +305,105 @@ async fn run_verify(
         }
     }
     Ok(ExitCode::from(TAMPERED))
+}
+
+async fn run_export(
+    args: ExportArgs,
+    database: DatabaseConfig,
+    integrity: IntegrityConfig,
+) -> anyhow::Result<ExitCode> {
+    let tenant = TenantId::parse(&args.tenant, "--tenant")?;
+    let request = ExportRequest {
+        filter: Some(EventFilter {
+            expression: args.filter.clone().unwrap_or_default(),
+            ..Default::default()
+        }),
+        after_seq: args.after_seq,
+    };
+    let store = Store::connect(&database).await?;
+    let notary = load_notary(&integrity, &store).await?;
+    let written = async {
+        let mut out: Box<dyn Write> = match &args.output {
+            Some(path) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+            )),
+            None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        };
+        let progress = export::progress_bar();
+        export::export(
+            store.clone(),
+            &notary,
+            tenant.clone(),
+            request,
+            args.format,
+            &mut out,
+            &progress,
+        )
+        .await
+    }
+    .await;
+    store.close().await?;
+    let report = written?;
+    eprintln!(
+        "exported tenant {tenant}: {}, {} events whole and {} erased",
+        seq_range(report.after_seq, report.tree_size),
+        report.events,
+        report.erased
+    );
+    if args.format == ExportFormat::Ndjson {
+        eprintln!(
+            "check it offline with: audit-service verify-export FILE --key {}",
+            report.verifier_key
+        );
+    }
+    eprintln!(
+        "the next export can continue with --after-seq {}",
+        report.tree_size
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_verify_export(args: &VerifyExportArgs) -> anyhow::Result<ExitCode> {
+    let key = VerifierKey::parse(&args.key).context("--key")?;
+    let file = std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
+    let verdict = verify_export::verify_export(std::io::BufReader::new(file), &key)
+        .with_context(|| format!("cannot check {}", args.file.display()))?;
+    match verdict {
+        ExportVerdict::Intact(summary) => {
+            println!(
+                "export of tenant {} (log {}), {}, filter: {}",
+                summary.tenant,
+                summary.origin,
+                seq_range(summary.after_seq, summary.tree_size),
+                summary.filter.as_deref().unwrap_or("none")
+            );
+            println!(
+                "{} whole events (leaves recomputed), {} erased (shown, not proved), {} seqs covered by subtree hashes",
+                summary.whole, summary.erased, summary.skipped
+            );
+            println!(
+                "OK: every whole event is in the log signed at tree size {}, unchanged, at its seq (root {}, signed by key {} at {})",
+                summary.tree_size,
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, summary.root),
+                key.name(),
+                time(Some(summary.signed_at_micros))
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ExportVerdict::Tampered { line, what } => {
+            println!("TAMPERED: line {line}: {what}");
+            Ok(ExitCode::from(TAMPERED))
+        }
+    }
+}
+
+/// The seqs an export after `after_seq` up to `tree_size` covers, in words.
+fn seq_range(after_seq: u64, tree_size: u64) -> String {
+    if after_seq >= tree_size {
+        format!("no seqs (after seq {after_seq}, the head)")
+    } else {
+        format!("seqs {}..={tree_size}", after_seq + 1)
+    }
 }
 
 async fn run_keys(store: &Store, command: KeysCommand) -> anyhow::Result<()> {

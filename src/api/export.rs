@@ -28,7 +28,7 @@ pub type ExportStream = Pin<Box<dyn Stream<Item = Result<ExportResponse, Status>
 
 /// Where an export stream is; each step holds the checkpoint that ends it.
 enum Step {
-    Header(ExportResponse, ExportResponse),
+    Header(Box<ExportResponse>, ExportResponse),
     Chunks {
         after: i64,
         /// Most events the next chunk reads: twice what the last chunk
@@ -41,9 +41,10 @@ enum Step {
     Done,
 }
 
-/// Checks the request, fixes the head (signing its checkpoint) and returns
-/// the stream.
-pub(super) async fn export(
+/// Checks the request, fixes the head (signing its checkpoint with
+/// `notary`) and returns the stream: what the RPC sends, and what
+/// `audit-service export` writes to a file.
+pub async fn export(
     store: Store,
     notary: &Notary,
     tenant: TenantId,
@@ -76,6 +77,8 @@ pub(super) async fn export(
             after_seq: request.after_seq,
             tree_size: size,
             prefix: start.prefix.iter().map(|h| h.to_vec()).collect(),
+            tenant_id: tenant.as_str().to_owned(),
+            filter: Some(filter),
         })),
     };
     let checkpoint = ExportResponse {
@@ -84,7 +87,7 @@ pub(super) async fn export(
             &notary.verifier(),
         ))),
     };
-    let stream = futures::stream::unfold(Step::Header(header, checkpoint), move |step| {
+    let stream = futures::stream::unfold(Step::Header(Box::new(header), checkpoint), move |step| {
         let store = store.clone();
         let matcher = matcher.clone();
         let tenant = tenant.clone();
@@ -100,7 +103,7 @@ pub(super) async fn export(
                             checkpoint,
                         }
                     };
-                    Some((Ok(header), next))
+                    Some((Ok(*header), next))
                 }
                 Step::Chunks {
                     after,

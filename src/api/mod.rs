@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 pub use access::AccessLog;
-pub use export::{EXPORT_CHUNK_BYTES, EXPORT_CHUNK_EVENTS};
+pub use export::{EXPORT_CHUNK_BYTES, EXPORT_CHUNK_EVENTS, ExportStream, export as export_stream};
 pub use integrity::IntegrityApi;
 pub use policy::{MAX_RETENTION_SECS, PolicyApi};
 pub use validate::{

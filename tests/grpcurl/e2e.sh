@@ -115,6 +115,36 @@ check "the erased event still has its inclusion proof" "$out" "(lambda p: p['seq
 out=$("$bin" verify --tenant acme 2>&1 || true)
 check "verify finds the log intact" "$out" "'OK: the log is intact' in out and 'checkpoint of 2 events: root matches' in out"
 
+# A server stream prints one JSON object per message: as a JSON array.
+messages() { OUT="$1" python3 -c "
+import json, os
+text, decoder, at, found = os.environ['OUT'], json.JSONDecoder(), 0, []
+while True:
+    while at < len(text) and text[at].isspace():
+        at += 1
+    if at >= len(text):
+        break
+    message, at = decoder.raw_decode(text, at)
+    found.append(message)
+print(json.dumps(found))" 2>/dev/null || echo "$1"; }
+
+out=$(messages "$(call -d '{}' "$addr" audit.v1.AuditService/Export)")
+check "Export streams a header, the events in a chunk, and the signed checkpoint" "$out" "(lambda m: [list(p) for p in m] == [['header'], ['chunk'], ['checkpoint']] and m[0]['header']['treeSize'] == '2' and m[0]['header']['tenantId'] == 'acme' and [e['seq'] for e in m[1]['chunk']['events']] == ['1', '2'] and 'action' not in m[1]['chunk']['events'][0] and len(m[1]['chunk']['leafHashes']) == 1 and m[1]['chunk']['resumeAfterSeq'] == '2' and m[2]['checkpoint']['treeSize'] == '2')(json.loads(out))"
+
+vkey=$(call -d '{}' "$addr" audit.v1.IntegrityService/GetCheckpoint | python3 -c "import json,sys; print(json.load(sys.stdin)['verifierKey'])" 2>/dev/null || true)
+out=$("$bin" export --tenant acme --format ndjson --output "$work/acme.ndjson" 2>&1 && cat "$work/acme.ndjson" || true)
+check "export writes header, event lines, chunk line and checkpoint line" "$out" "(lambda l: list(json.loads(l[0])) == ['header'] and [json.loads(x)['seq'] for x in l[1:3]] == ['1', '2'] and list(json.loads(l[3])) == ['chunk'] and list(json.loads(l[4])) == ['checkpoint'])([x for x in out.splitlines() if x.startswith('{')])"
+
+out=$("$bin" verify-export "$work/acme.ndjson" --key "$vkey" 2>&1; echo "exit=$?")
+check "verify-export finds the export intact, offline" "$out" "'OK: every whole event' in out and '1 whole events' in out and '1 erased' in out and out.endswith('exit=0')"
+
+sed "s/audit.event.deleted/audit.event.deletex/" "$work/acme.ndjson" >"$work/edited.ndjson" 2>/dev/null || true
+out=$("$bin" verify-export "$work/edited.ndjson" --key "$vkey" 2>&1; echo "exit=$?")
+check "verify-export names the edited line" "$out" "'TAMPERED: line 3: ' in out and out.endswith('exit=2')"
+
+out=$("$bin" export --tenant acme --format csv 2>/dev/null || true)
+check "export --format csv writes the header row and one row per event" "$out" "(lambda r: r[0][:4] == ['seq', 'id', 'occurred_at', 'recorded_at'] and [x[0] for x in r[1:]] == ['1', '2'] and r[1][-1] == 'true' and r[2][8] == 'audit.event.deleted')(list(__import__('csv').reader(__import__('io').StringIO(out))))"
+
 out=$(grpcurl -plaintext "$addr" describe audit.v1.PolicyService 2>&1)
 check "describe shows the policy RPCs" "$out" "all(f'rpc {r}' in out for r in ['GetRetention', 'SetRetention', 'CreateLegalHold', 'ListLegalHolds', 'ReleaseLegalHold'])"
 

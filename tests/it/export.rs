@@ -162,8 +162,13 @@ async fn filtered_export_from_a_resume_point_proves_what_it_holds(backend: Backe
         actions: vec!["user.logout".into()],
         ..Default::default()
     };
-    let export = export(&mut caller, filter, 700).await.expect("export");
+    let export = export(&mut caller, filter.clone(), 700).await.expect("export");
     assert_eq!(export.header.after_seq, 700);
+    assert_eq!(
+        export.header.tenant_id, caller.tenant,
+        "the header names the tenant"
+    );
+    assert_eq!(export.header.filter, Some(filter), "and the filter applied");
     let whole: Vec<u64> = export
         .events()
         .filter(|e| !e.action.is_empty())

@@ -14,6 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::Verifier as _;
 use prost::Message as _;
+use prost_types::value as proto_value;
 use sea_orm::ConnectionTrait;
 use sha2::{Digest, Sha256};
 use tonic::Code;
@@ -39,6 +40,7 @@ on_both_backends!(
     row_whose_id_was_rewritten_is_tampered_not_unreadable,
     truncation_that_rewrites_the_tree_is_caught_by_a_saved_checkpoint,
     concurrent_appends_with_shared_keys_and_deletes_keep_log_and_tree_exact,
+    metadata_numbers_are_read_back_bit_for_bit_and_verify,
 );
 
 pub(crate) type Hash = [u8; 32];
@@ -659,6 +661,43 @@ async fn verify_passes_on_an_intact_log_with_a_deletion(backend: Backend) {
         output.contains("checkpoint of 9 events: root matches"),
         "{output}"
     );
+}
+
+/// Numbers in metadata are stored as JSON text (SQLite) or jsonb
+/// (PostgreSQL) and parsed back: a parser that is off by one bit returns
+/// another value than was appended, and the event no longer hashes to its
+/// leaf.
+async fn metadata_numbers_are_read_back_bit_for_bit_and_verify(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut auditor = Auditor::new(&server).await;
+    let numbers: [f64; 4] = [
+        0.098_009_800_000_000_01,
+        1.071_566_039_146_582_6e-75,
+        0.1,
+        -2.5e300,
+    ];
+    let mut input = event("metrics.sampled", "probe");
+    input.metadata = Some(audit_service::convert::json_to_struct(
+        serde_json::json!({ "values": numbers }),
+    ));
+    auditor.caller.append(vec![input]).await;
+    let stored = auditor.events().await.remove(0);
+    let values = stored.metadata.expect("metadata").fields["values"].clone();
+    let read: Vec<u64> = match values.kind {
+        Some(proto_value::Kind::ListValue(list)) => list
+            .values
+            .iter()
+            .map(|v| match v.kind {
+                Some(proto_value::Kind::NumberValue(n)) => n.to_bits(),
+                _ => panic!("a number: {v:?}"),
+            })
+            .collect(),
+        other => panic!("a list: {other:?}"),
+    };
+    let appended: Vec<u64> = numbers.iter().map(|n| n.to_bits()).collect();
+    assert_eq!(read, appended, "read back bit for bit");
+    let (code, output) = run_verify(&server, auditor.tenant(), &[]);
+    assert_eq!(code, 0, "{output}");
 }
 
 /// Sixteen appenders (whose groups overlap on PostgreSQL) racing on shared

@@ -11,6 +11,7 @@ mod backends;
 mod contention;
 mod delete;
 mod export;
+mod export_file;
 mod expression_property;
 mod expressions;
 mod filter_metadata;
