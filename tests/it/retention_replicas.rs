@@ -259,12 +259,14 @@ async fn a_retention_run_over_a_200000_event_backlog_leaves_append_served(backen
     let mut producer = server.caller_for(&tenant).await;
     let mut probe = server.caller_for(&tenant).await;
     let mut started = false;
+    let mut appended: u64 = 0;
     let mut during = Vec::new();
     let mut slowest = Duration::ZERO;
     let deadline = Instant::now() + Duration::from_secs(600);
     let run = loop {
         let sent = Instant::now();
         let seq = producer.append(vec![event("user.login", "during")]).await[0].seq;
+        appended += 1;
         let took = sent.elapsed();
         if started {
             during.push(seq);
@@ -293,16 +295,21 @@ async fn a_retention_run_over_a_200000_event_backlog_leaves_append_served(backen
         served >= 20,
         "only {served} appends were acknowledged during the run"
     );
-    assert_eq!(metadata_u64(&run, "count"), BACKLOG);
-    assert_eq!(
-        (metadata_u64(&run, "first_seq"), metadata_u64(&run, "last_seq")),
-        (1, BACKLOG)
+    // On the shared PostgreSQL database another test's server, starting,
+    // may join the run with a later clock and so also erase appends made
+    // during it: the run then counts those too.
+    let (first, last, count) = (
+        metadata_u64(&run, "first_seq"),
+        metadata_u64(&run, "last_seq"),
+        metadata_u64(&run, "count"),
     );
+    assert_eq!(first, 1);
+    assert!(last >= BACKLOG && count >= BACKLOG, "{first}..={last}: {count}");
     // Later runs erase the appends made during this one (1 s old by then),
     // never more than those.
     let erased = Erased::of(&server.database_url, &tenant).await.count().await;
     assert!(
-        erased >= BACKLOG && erased <= BACKLOG + during.len() as u64,
+        erased >= BACKLOG && erased <= BACKLOG + appended,
         "{erased} erased"
     );
 }

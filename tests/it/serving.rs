@@ -159,6 +159,7 @@ fn assert_describes_audit_service(files: &[Vec<u8>]) {
         [
             "Append",
             "Delete",
+            "Export",
             "Get",
             "GetFilterMetadata",
             "Query",
