@@ -172,6 +172,45 @@ struct PendingRecord {
 }
 
 impl PendingRecord {
+    /// The record of `reader`'s read of `target` through `rpc`, opened at
+    /// `opened` (unix microseconds), before its count and end are known.
+    fn of(reader: Reader, rpc: ReadRpc, target: ReadTarget<'_>, opened: i64) -> Self {
+        let mut metadata = json!({ "rpc": rpc.name() });
+        let (resource_type, resource_id) = match target {
+            ReadTarget::Filter { filter, after_seq } => {
+                metadata["filter"] = filter_to_json(filter);
+                if matches!(rpc, ReadRpc::Watch | ReadRpc::Export) {
+                    metadata["after_seq"] = after_seq.into();
+                }
+                (LOG_RESOURCE_TYPE, reader.tenant.to_string())
+            }
+            // Resources named as `Delete` names an event.
+            ReadTarget::Event(id) => {
+                metadata["id"] = id.to_string().into();
+                (DELETION_RESOURCE_TYPE, id.to_string())
+            }
+        };
+        if matches!(rpc, ReadRpc::Watch | ReadRpc::Export) {
+            let opened = crate::convert::micros_to_timestamp(opened);
+            metadata["opened_at"] = rfc3339(&opened).into();
+        }
+        let read = LogRead {
+            actor_id: reader.actor_id,
+            actor_type: reader.actor_type,
+            resource_type,
+            resource_id,
+            outcome: Outcome::Success as i32,
+            request_path: format!("/audit.v1.AuditService/{}", rpc.name()),
+            client_ip: reader.client_ip,
+            user_agent: reader.user_agent,
+            metadata,
+        };
+        Self {
+            tenant: reader.tenant,
+            read,
+        }
+    }
+
     /// The record of a read that returned `returned` events.
     fn returned(mut self, returned: u64) -> Self {
         if let Value::Object(fields) = &mut self.read.metadata {
@@ -246,42 +285,9 @@ impl AccessLog {
         if !self.store.access_audit(&reader.tenant).await?.enabled {
             return Ok(unrecorded);
         }
-        let mut metadata = json!({ "rpc": rpc.name() });
-        let (resource_type, resource_id) = match target {
-            ReadTarget::Filter { filter, after_seq } => {
-                metadata["filter"] = filter_to_json(filter);
-                if matches!(rpc, ReadRpc::Watch | ReadRpc::Export) {
-                    metadata["after_seq"] = after_seq.into();
-                }
-                (LOG_RESOURCE_TYPE, reader.tenant.to_string())
-            }
-            // Resources named as `Delete` names an event.
-            ReadTarget::Event(id) => {
-                metadata["id"] = id.to_string().into();
-                (DELETION_RESOURCE_TYPE, id.to_string())
-            }
-        };
-        if matches!(rpc, ReadRpc::Watch | ReadRpc::Export) {
-            let opened = crate::convert::micros_to_timestamp(now_micros());
-            metadata["opened_at"] = rfc3339(&opened).into();
-        }
-        let read = LogRead {
-            actor_id: reader.actor_id,
-            actor_type: reader.actor_type,
-            resource_type,
-            resource_id,
-            outcome: Outcome::Success as i32,
-            request_path: format!("/audit.v1.AuditService/{}", rpc.name()),
-            client_ip: reader.client_ip,
-            user_agent: reader.user_agent,
-            metadata,
-        };
         Ok(OpenRead {
             log: self.clone(),
-            record: Some(PendingRecord {
-                tenant: reader.tenant,
-                read,
-            }),
+            record: Some(PendingRecord::of(reader, rpc, target, now_micros())),
         })
     }
 
@@ -567,5 +573,192 @@ fn code_name(code: tonic::Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::proto::ActorType;
+
+    fn reader() -> Reader {
+        Reader {
+            tenant: TenantId::parse("acme", "tenant").expect("a tenant id"),
+            actor_id: "auditor-7".into(),
+            actor_type: ActorType::User as i32,
+            client_ip: "203.0.113.7".into(),
+            user_agent: "grpcurl/1.9.1".into(),
+        }
+    }
+
+    fn actions(list: &[&str]) -> EventFilter {
+        EventFilter {
+            actions: list.iter().map(|a| (*a).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// 2023-11-14T22:13:20.123456Z.
+    const OPENED: i64 = 1_700_000_000_123_456;
+
+    #[test]
+    fn a_filter_whose_actions_list_only_the_read_action_is_confined_to_access_records() {
+        assert!(only_access_records(&actions(&[READ_ACTION])));
+        assert!(only_access_records(&actions(&[READ_ACTION, READ_ACTION])));
+        // Whatever else it holds only narrows it.
+        let narrowed = EventFilter {
+            actor_ids: vec!["mallory".into()],
+            expression: "action = \"user.login\" OR actor.id = \"mallory\"".into(),
+            ..actions(&[READ_ACTION])
+        };
+        assert!(only_access_records(&narrowed));
+    }
+
+    #[test]
+    fn a_filter_that_may_match_other_events_is_not_confined_to_access_records() {
+        assert!(
+            !only_access_records(&EventFilter::default()),
+            "no actions: every event"
+        );
+        assert!(!only_access_records(&actions(&[READ_ACTION, "user.login"])));
+        assert!(!only_access_records(&actions(&["audit.log.*"])), "a pattern");
+        assert!(!only_access_records(&actions(&["audit.log.read "])));
+        assert!(!only_access_records(&actions(&["AUDIT.LOG.READ"])));
+        // The expression alone does not confine it: only `actions` is read.
+        let by_expression = EventFilter {
+            expression: "action = \"audit.log.read\"".into(),
+            ..Default::default()
+        };
+        assert!(!only_access_records(&by_expression));
+    }
+
+    #[test]
+    fn a_query_record_names_the_caller_the_rpc_the_filter_and_the_count() {
+        let filter = EventFilter {
+            actor_ids: vec!["alice".into()],
+            ..actions(&["document.read"])
+        };
+        let target = ReadTarget::Filter {
+            filter: &filter,
+            after_seq: None,
+        };
+        let record = PendingRecord::of(reader(), ReadRpc::Query, target, OPENED).returned(2);
+        assert_eq!(record.tenant.as_str(), "acme");
+        let read = record.read;
+        assert_eq!(
+            (read.actor_id.as_str(), read.actor_type),
+            ("auditor-7", ActorType::User as i32)
+        );
+        assert_eq!(
+            (read.resource_type, read.resource_id.as_str()),
+            ("audit.log", "acme")
+        );
+        assert_eq!(read.outcome, Outcome::Success as i32);
+        assert_eq!(read.request_path, "/audit.v1.AuditService/Query");
+        assert_eq!(
+            (read.client_ip.as_str(), read.user_agent.as_str()),
+            ("203.0.113.7", "grpcurl/1.9.1")
+        );
+        // A unary read has no position, opening time or end.
+        assert_eq!(
+            read.metadata,
+            json!({
+                "rpc": "Query",
+                "filter": {"actions": ["document.read"], "actorIds": ["alice"]},
+                "returned": 2,
+            })
+        );
+    }
+
+    #[test]
+    fn a_stream_record_holds_its_position_opening_time_count_and_end() {
+        let filter = EventFilter::default();
+        let target = ReadTarget::Filter {
+            filter: &filter,
+            after_seq: Some(7),
+        };
+        let export = PendingRecord::of(reader(), ReadRpc::Export, target, OPENED)
+            .returned(1500)
+            .ended("CANCELLED");
+        assert_eq!(export.read.request_path, "/audit.v1.AuditService/Export");
+        assert_eq!(
+            (export.read.resource_type, export.read.resource_id.as_str()),
+            ("audit.log", "acme")
+        );
+        assert_eq!(
+            export.read.metadata,
+            json!({
+                "rpc": "Export",
+                "filter": {},
+                "after_seq": 7,
+                "opened_at": "2023-11-14T22:13:20.123456Z",
+                "returned": 1500,
+                "end": "CANCELLED",
+            })
+        );
+
+        // A Watch from the head has no after_seq: recorded as null.
+        let target = ReadTarget::Filter {
+            filter: &filter,
+            after_seq: None,
+        };
+        let watch = PendingRecord::of(reader(), ReadRpc::Watch, target, OPENED)
+            .returned(0)
+            .ended("OK");
+        assert_eq!(watch.read.metadata["rpc"], json!("Watch"));
+        assert_eq!(watch.read.metadata["after_seq"], Value::Null);
+        assert_eq!(watch.read.metadata["end"], json!("OK"));
+    }
+
+    #[test]
+    fn a_get_record_names_the_event_it_asked_for() {
+        let id = Uuid::now_v7();
+        let record = PendingRecord::of(reader(), ReadRpc::Get, ReadTarget::Event(id), OPENED).returned(1);
+        assert_eq!(record.read.request_path, "/audit.v1.AuditService/Get");
+        assert_eq!(
+            (record.read.resource_type, record.read.resource_id),
+            ("audit.event", id.to_string())
+        );
+        assert_eq!(
+            record.read.metadata,
+            json!({"rpc": "Get", "id": id.to_string(), "returned": 1})
+        );
+    }
+
+    #[test]
+    fn each_recorded_rpc_is_named_as_the_proto_names_it() {
+        let set =
+            prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("descriptors");
+        let methods: Vec<String> = set
+            .file
+            .iter()
+            .flat_map(|file| &file.service)
+            .filter(|service| service.name() == "AuditService")
+            .flat_map(|service| &service.method)
+            .map(|method| method.name().to_owned())
+            .collect();
+        for rpc in [ReadRpc::Query, ReadRpc::Get, ReadRpc::Watch, ReadRpc::Export] {
+            assert!(methods.iter().any(|m| m == rpc.name()), "{rpc:?} in {methods:?}");
+        }
+    }
+
+    #[test]
+    fn a_long_user_agent_is_cut_on_a_character_boundary() {
+        assert_eq!(truncated("grpcurl/1.9.1", MAX_USER_AGENT), "grpcurl/1.9.1");
+        // "é" is two bytes: a cut inside one steps back before it.
+        let agent = "é".repeat(MAX_USER_AGENT);
+        let cut = truncated(&agent, MAX_USER_AGENT - 1);
+        assert_eq!(cut.len(), MAX_USER_AGENT - 2);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn a_stream_end_is_named_as_grpc_names_the_status_code() {
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(code_name(tonic::Code::Cancelled), "CANCELLED");
+        assert_eq!(code_name(tonic::Code::Unavailable), "UNAVAILABLE");
+        assert_eq!(code_name(tonic::Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
     }
 }
