@@ -1,13 +1,16 @@
-//! Access auditing: with it on, every Query, Get and Watch of a tenant is
-//! itself recorded in the tenant's log as an `audit.log.read` event.
+//! Access auditing: with it on, every Query, Get, Export and Watch of a
+//! tenant is itself recorded in the tenant's log as an `audit.log.read`
+//! event.
 
 use std::time::Duration;
 
 use audit_service::config::DatabaseConfig;
 use audit_service::entity::audit_event;
+use audit_service::proto::export_response::Part;
 use audit_service::proto::{
-    AccessAuditPolicy, ActorType, EventFilter, GetAccessAuditRequest, QueryRequest, SetAccessAuditRequest,
-    SetAccessAuditResponse, WatchRequest, WatchResponse, watch_response::Kind,
+    AccessAuditPolicy, ActorType, AuditEvent, DeleteRequest, EventFilter, ExportRequest,
+    GetAccessAuditRequest, QueryRequest, SetAccessAuditRequest, SetAccessAuditResponse, WatchRequest,
+    WatchResponse, watch_response::Kind,
 };
 use audit_service::store::{Store, events_of};
 use audit_service::tenant::TenantId;
@@ -33,6 +36,9 @@ on_both_backends!(
     a_watch_is_recorded_when_the_client_drops_it,
     a_watch_is_recorded_when_the_server_shuts_down,
     a_watch_still_open_when_the_server_stops_is_recorded,
+    an_export_is_recorded_once_with_its_caller_filter_position_and_count,
+    an_export_the_client_drops_is_recorded_with_what_was_handed_over,
+    an_export_confined_to_access_records_is_not_recorded,
     reads_confined_to_access_records_are_not_recorded,
     reads_that_reach_other_events_are_recorded_whatever_they_return,
     a_read_whose_record_cannot_be_written_is_not_answered,
@@ -148,6 +154,30 @@ async fn watch(caller: &mut Caller, filter: EventFilter) -> Streaming<WatchRespo
         after_seq: Some(0),
     });
     caller.client.watch(request).await.expect("watch").into_inner()
+}
+
+/// An export read to its end: the tree size its header names and the
+/// events of its chunks (erased ones included, without their content).
+async fn export_all(caller: &mut Caller, filter: EventFilter, after_seq: u64) -> (u64, Vec<AuditEvent>) {
+    let request = caller.request(ExportRequest {
+        filter: Some(filter),
+        after_seq,
+    });
+    let mut stream = caller.client.export(request).await.expect("export").into_inner();
+    let (mut tree_size, mut events) = (None, Vec::new());
+    while let Some(message) = stream.message().await.expect("the export ends OK") {
+        match message.part.expect("a part") {
+            Part::Header(header) => tree_size = Some(header.tree_size),
+            Part::Chunk(chunk) => events.extend(chunk.events),
+            Part::Checkpoint(_) => {}
+        }
+    }
+    (tree_size.expect("a header"), events)
+}
+
+/// The events of `events` handed over whole (not erased).
+fn whole(events: &[AuditEvent]) -> Vec<&AuditEvent> {
+    events.iter().filter(|e| !e.action.is_empty()).collect()
 }
 
 /// The next `count` events of `stream`, skipping heartbeats.
@@ -448,6 +478,148 @@ async fn a_watch_still_open_when_the_server_stops_is_recorded(backend: Backend) 
         "handed to the transport: {returned}"
     );
     drop(stream);
+}
+
+async fn an_export_is_recorded_once_with_its_caller_filter_position_and_count(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (tenant, mut admin) = audited_tenant(&server).await;
+    // Seq 5, erased by seq 6: exported as erased, so not handed over.
+    let erased = admin.append(vec![event("document.read", "carol")]).await[0]
+        .id
+        .clone();
+    let request = admin.request(DeleteRequest {
+        id: erased,
+        reason: "GDPR erasure".into(),
+    });
+    admin.client.delete(request).await.expect("delete");
+
+    let mut auditor = reader(&server, &tenant, "auditor-7").await;
+    let (tree_size, events) = export_all(&mut auditor, actions(&["document.read"]), 2).await;
+    assert_eq!(tree_size, 6);
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 5]);
+    assert_eq!(whole(&events).len(), 1);
+
+    // Written before the stream's last status went out: there already.
+    let found = records(&server, &tenant).await;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let record = &found[0];
+    assert_record(record, "auditor-7", "Export", 1);
+    assert_eq!(metadata(record)["filter"], json!({"actions": ["document.read"]}));
+    assert_eq!(metadata(record)["after_seq"], json!(2));
+    assert_eq!(metadata(record)["end"], json!("OK"));
+    let opened_at = metadata(record)["opened_at"].as_str().expect("opened_at");
+    let opened_at = chrono::DateTime::parse_from_rfc3339(opened_at).expect("RFC 3339");
+    assert!(opened_at.timestamp_micros() < record.recorded_at);
+    assert_eq!(record.resource_type.as_deref(), Some("audit.log"));
+    assert_eq!(record.resource_id.as_deref(), Some(tenant.as_str()));
+    assert_eq!(
+        record.request_path.as_deref(),
+        Some("/audit.v1.AuditService/Export")
+    );
+    assert_eq!(record.request_client_ip.as_deref(), Some("127.0.0.1"));
+    // Appended after the head the export covers: no export holds its own
+    // record.
+    assert_eq!(record.seq, 7);
+}
+
+async fn an_export_the_client_drops_is_recorded_with_what_was_handed_over(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (tenant, mut admin) = audited_tenant(&server).await;
+    // 6.4 MB: chunks are cut at 1 MiB (about 120 of these events), and
+    // HTTP/2 windows of 64 KiB hold far less than the rest of the export
+    // once the client stops reading.
+    for _ in 0..8 {
+        let batch = (0..100)
+            .map(|_| audit_service::proto::EventInput {
+                reasoning: "x".repeat(8 * 1024),
+                ..event("document.read", "frank")
+            })
+            .collect();
+        admin.append(batch).await;
+    }
+    let total = 1 + 3 + 800;
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .expect("url")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let mut backfill = reader(&server, &tenant, "siem-backfill").await;
+    backfill.client = audit_service::proto::audit_service_client::AuditServiceClient::new(channel);
+    let request = backfill.request(ExportRequest {
+        filter: None,
+        after_seq: 0,
+    });
+    let mut stream = backfill
+        .client
+        .export(request)
+        .await
+        .expect("export")
+        .into_inner();
+    let mut received = 0;
+    while received == 0 {
+        let message = tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .expect("a message in time")
+            .expect("not a status")
+            .expect("the export goes on");
+        if let Some(Part::Chunk(chunk)) = message.part {
+            received = whole(&chunk.events).len() as u64;
+        }
+    }
+    assert!(received < total, "the first chunk is not the whole export");
+    assert!(records(&server, &tenant).await.is_empty(), "recorded at its end");
+
+    drop(stream);
+    let found = await_records(&server, &tenant, 1).await;
+    let record = &found[0];
+    assert_eq!(metadata(record)["rpc"], json!("Export"));
+    assert_eq!(record.actor_id.as_deref(), Some("siem-backfill"));
+    assert_eq!(metadata(record)["end"], json!("CANCELLED"));
+    assert_eq!(metadata(record)["filter"], json!({}));
+    assert_eq!(metadata(record)["after_seq"], json!(0));
+    // The events handed to the transport: what the client read, and what
+    // the windows held when it went away, not the whole export.
+    let returned = metadata(record)["returned"].as_u64().expect("a count");
+    assert!(
+        (received..total).contains(&returned),
+        "received {received}, recorded {returned} of {total}"
+    );
+}
+
+async fn an_export_confined_to_access_records_is_not_recorded(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (tenant, _admin) = audited_tenant(&server).await;
+    let mut auditor = reader(&server, &tenant, "auditor").await;
+    query(&mut auditor, EventFilter::default()).await.expect("query");
+    assert_eq!(records(&server, &tenant).await.len(), 1);
+
+    // Exporting the access records adds none. A recorded export's record
+    // is written before its end goes out, so none is on its way either.
+    let narrowed = EventFilter {
+        expression: "actor.id = \"auditor\"".into(),
+        ..actions(&[READ])
+    };
+    for filter in [actions(&[READ]), narrowed] {
+        let (_, events) = export_all(&mut auditor, filter, 0).await;
+        let handed = whole(&events);
+        assert_eq!(handed.len(), 1);
+        assert_eq!(handed[0].action, READ);
+        assert_eq!(records(&server, &tenant).await.len(), 1, "no chain of records");
+    }
+
+    // An export that may reach other events is recorded, though it hands
+    // over access records alone.
+    let (_, events) = export_all(&mut auditor, actions(&[READ, "user.login"]), 0).await;
+    assert!(whole(&events).iter().all(|e| e.action == READ), "{events:?}");
+    let found = records(&server, &tenant).await;
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert_record(&found[1], "auditor", "Export", 1);
+    assert_eq!(
+        metadata(&found[1])["filter"],
+        json!({"actions": [READ, "user.login"]})
+    );
 }
 
 async fn reads_confined_to_access_records_are_not_recorded(backend: Backend) {
