@@ -14,7 +14,7 @@ command -v grpcurl >/dev/null || { echo "grpcurl is not installed and could not 
 bin=${1:-}
 if [ -z "$bin" ]; then
   cargo build --quiet --bin audit-service
-  bin=target/debug/audit-service
+  bin=${CARGO_TARGET_DIR:-target}/debug/audit-service
 fi
 
 work=$(mktemp -d)
@@ -41,7 +41,9 @@ check() { # name, command output, python predicate over `out`
   fi
 }
 
-key=$("$bin" keys create --tenant acme --scope audit:read --scope audit:append --scope audit:write | tail -n1)
+created=$("$bin" keys create --tenant acme --scope audit:read --scope audit:append --scope audit:write)
+key=$(echo "$created" | tail -n1)
+key_id=$(echo "$created" | sed -n 's/^Created API key \([0-9a-f-]*\) .*/\1/p')
 H=(-H "x-tenant-id: acme" -H "x-api-key: $key")
 call() { grpcurl -plaintext "${H[@]}" "$@" 2>&1 || true; }
 
@@ -146,7 +148,7 @@ out=$("$bin" export --tenant acme --format csv 2>/dev/null || true)
 check "export --format csv writes the header row and one row per event" "$out" "(lambda r: r[0][:4] == ['seq', 'id', 'occurred_at', 'recorded_at'] and [x[0] for x in r[1:]] == ['1', '2'] and r[1][-1] == 'true' and r[2][8] == 'audit.event.deleted')(list(__import__('csv').reader(__import__('io').StringIO(out))))"
 
 out=$(grpcurl -plaintext "$addr" describe audit.v1.PolicyService 2>&1)
-check "describe shows the policy RPCs" "$out" "all(f'rpc {r}' in out for r in ['GetRetention', 'SetRetention', 'CreateLegalHold', 'ListLegalHolds', 'ReleaseLegalHold'])"
+check "describe shows the policy RPCs" "$out" "all(f'rpc {r}' in out for r in ['GetRetention', 'SetRetention', 'CreateLegalHold', 'ListLegalHolds', 'ReleaseLegalHold', 'GetAccessAudit', 'SetAccessAudit'])"
 
 out=$(call -d '{"period":"86400s"}' "$addr" audit.v1.PolicyService/SetRetention)
 check "PolicyService needs audit:admin" "$out" "'PermissionDenied' in out and 'MISSING_SCOPE' in out and 'audit:admin' in out"
@@ -170,6 +172,21 @@ check "ListLegalHolds lists the active hold" "$out" "[h['id'] for h in json.load
 
 out=$(admin_call -d "{\"id\":\"$hold\",\"reason\":\"case closed\"}" "$addr" audit.v1.PolicyService/ReleaseLegalHold)
 check "ReleaseLegalHold releases it" "$out" "(lambda r: r['hold']['releaseReason'] == 'case closed' and r['policyEvent']['action'] == 'audit.policy.legal_hold.released')(json.loads(out))"
+
+out=$(admin_call -d '{}' "$addr" audit.v1.PolicyService/GetAccessAudit)
+check "access auditing is off until set" "$out" "json.loads(out) == {}"
+
+out=$(admin_call -d '{"enabled":true,"reason":"SOC 2 CC6.1 review"}' "$addr" audit.v1.PolicyService/SetAccessAudit)
+check "SetAccessAudit turns access auditing on and records who did" "$out" "(lambda r: r['accessAudit']['enabled'] and r['policyEvent']['action'] == 'audit.policy.access_audit.set' and r['policyEvent']['reasoning'] == 'SOC 2 CC6.1 review' and r['policyEvent']['actor']['type'] == 'ACTOR_TYPE_API_KEY')(json.loads(out))"
+
+out=$(call -d '{"filter":{"actions":["audit.event.deleted"]}}' "$addr" audit.v1.AuditService/Query)
+check "a Query with access auditing on is answered" "$out" "[e['seq'] for e in json.loads(out)['events']] == ['2']"
+
+out=$(call -d '{"filter":{"actions":["audit.log.read"]}}' "$addr" audit.v1.AuditService/Query)
+check "the Query is recorded as audit.log.read: caller, RPC, filter, count" "$out" "(lambda e: len(e) == 1 and e[0]['actor'] == {'id': '$key_id', 'type': 'ACTOR_TYPE_API_KEY'} and e[0]['metadata'] == {'rpc': 'Query', 'filter': {'actions': ['audit.event.deleted']}, 'returned': 1} and e[0]['request']['path'] == '/audit.v1.AuditService/Query' and e[0]['source'] == 'audit-service')(json.loads(out)['events'])"
+
+out=$(call -d '{"filter":{"actions":["audit.log.read"]}}' "$addr" audit.v1.AuditService/Query)
+check "reading the access records adds none" "$out" "[e['metadata']['rpc'] for e in json.loads(out)['events']] == ['Query']"
 
 out=$(grpcurl -plaintext -d '{"service":"audit.v1.AuditService"}' "$addr" grpc.health.v1.Health/Check 2>&1)
 check "health is SERVING" "$out" "'SERVING' in out"
