@@ -39,6 +39,7 @@ on_both_backends!(
     an_export_is_recorded_once_with_its_caller_filter_position_and_count,
     an_export_the_client_drops_is_recorded_with_what_was_handed_over,
     an_export_confined_to_access_records_is_not_recorded,
+    an_export_whose_record_cannot_be_written_ends_unavailable,
     reads_confined_to_access_records_are_not_recorded,
     reads_that_reach_other_events_are_recorded_whatever_they_return,
     a_read_whose_record_cannot_be_written_is_not_answered,
@@ -620,6 +621,43 @@ async fn an_export_confined_to_access_records_is_not_recorded(backend: Backend) 
         metadata(&found[1])["filter"],
         json!({"actions": [READ, "user.login"]})
     );
+}
+
+async fn an_export_whose_record_cannot_be_written_ends_unavailable(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (tenant, _admin) = audited_tenant(&server).await;
+    let refusal = RefusedRecords::install(&server, &tenant).await;
+    let mut auditor = reader(&server, &tenant, "auditor").await;
+    let request = auditor.request(ExportRequest {
+        filter: None,
+        after_seq: 0,
+    });
+    let mut stream = auditor.client.export(request).await.expect("export").into_inner();
+    let mut parts = Vec::new();
+    // The record is tried a few times (about 5 s) before the end goes out.
+    let status = loop {
+        match tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .expect("a message in time")
+        {
+            Ok(Some(message)) => parts.push(message.part.expect("a part")),
+            Ok(None) => panic!(
+                "ended OK after {} messages though its record was refused",
+                parts.len()
+            ),
+            Err(status) => break status,
+        }
+    };
+    // The events went out as they were read; the end says the export went
+    // unrecorded.
+    assert!(
+        matches!(parts.last(), Some(Part::Checkpoint(_))),
+        "the whole export went out"
+    );
+    assert_status(&status, Code::Unavailable, "UNAVAILABLE", None);
+    assert!(status.message().contains("could not be recorded"), "{status:?}");
+    refusal.remove().await;
+    assert!(records(&server, &tenant).await.is_empty());
 }
 
 async fn reads_confined_to_access_records_are_not_recorded(backend: Backend) {
