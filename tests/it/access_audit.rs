@@ -197,6 +197,34 @@ async fn take_events(stream: &mut Streaming<WatchResponse>, count: usize) -> Vec
     seqs
 }
 
+/// Appends `batches` batches of 50 `document.read` events of 8 KiB each.
+async fn append_8_kib_events(admin: &mut Caller, batches: usize) {
+    for _ in 0..batches {
+        let batch = (0..50)
+            .map(|_| audit_service::proto::EventInput {
+                reasoning: "x".repeat(8 * 1024),
+                ..event("document.read", "frank")
+            })
+            .collect();
+        admin.append(batch).await;
+    }
+}
+
+/// A reader (as [`reader`]) on a connection with 64 KiB HTTP/2 windows: a
+/// stream it stops reading stalls once the windows are full.
+async fn small_window_reader(server: &TestServer, tenant: &str, subject: &str) -> Caller {
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .expect("url")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let mut caller = reader(server, tenant, subject).await;
+    caller.client = audit_service::proto::audit_service_client::AuditServiceClient::new(channel);
+    caller
+}
+
 /// A tenant with access auditing on, its admin, and three `document.read`
 /// events of which two are alice's.
 async fn audited_tenant(server: &TestServer) -> (String, Caller) {
@@ -446,24 +474,8 @@ async fn a_watch_still_open_when_the_server_stops_is_recorded(backend: Backend) 
     let (tenant, mut admin) = audited_tenant(&server).await;
     // Far more than the HTTP/2 windows hold: a client that reads nothing
     // holds the stream short of its end, past the drain grace.
-    for _ in 0..8 {
-        let batch = (0..50)
-            .map(|_| audit_service::proto::EventInput {
-                reasoning: "x".repeat(8 * 1024),
-                ..event("document.read", "frank")
-            })
-            .collect();
-        admin.append(batch).await;
-    }
-    let channel = tonic::transport::Endpoint::from_shared(server.url())
-        .expect("url")
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .expect("connect");
-    let mut stalled = reader(&server, &tenant, "stalled-reader").await;
-    stalled.client = audit_service::proto::audit_service_client::AuditServiceClient::new(channel);
+    append_8_kib_events(&mut admin, 8).await;
+    let mut stalled = small_window_reader(&server, &tenant, "stalled-reader").await;
     let stream = watch(&mut stalled, EventFilter::default()).await;
     // Time to fill the windows.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -529,25 +541,9 @@ async fn an_export_the_client_drops_is_recorded_with_what_was_handed_over(backen
     // 6.4 MB: chunks are cut at 1 MiB (about 120 of these events), and
     // HTTP/2 windows of 64 KiB hold far less than the rest of the export
     // once the client stops reading.
-    for _ in 0..8 {
-        let batch = (0..100)
-            .map(|_| audit_service::proto::EventInput {
-                reasoning: "x".repeat(8 * 1024),
-                ..event("document.read", "frank")
-            })
-            .collect();
-        admin.append(batch).await;
-    }
+    append_8_kib_events(&mut admin, 16).await;
     let total = 1 + 3 + 800;
-    let channel = tonic::transport::Endpoint::from_shared(server.url())
-        .expect("url")
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .expect("connect");
-    let mut backfill = reader(&server, &tenant, "siem-backfill").await;
-    backfill.client = audit_service::proto::audit_service_client::AuditServiceClient::new(channel);
+    let mut backfill = small_window_reader(&server, &tenant, "siem-backfill").await;
     let request = backfill.request(ExportRequest {
         filter: None,
         after_seq: 0,
