@@ -5,12 +5,12 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, IntoActiveModel, QueryFilter};
 use uuid::Uuid;
 
 use super::holds::ActiveHolds;
-use super::policy::policy_row;
+use super::policy::lock_policy_row;
 use super::sequencer::{Head, lock_head};
 use super::service_event::{ChangeRequest, SERVICE_ACTION_PREFIX, ServiceEvent, append_service_event};
 use super::tree::extend_tree;
 use super::{Store, StoreError, StoreResult, events_of, fetch_event, now_micros};
-use crate::entity::audit_event;
+use crate::entity::{audit_event, retention_policy};
 use crate::tenant::TenantId;
 
 /// Action of the event that records a deletion.
@@ -43,6 +43,9 @@ impl Store {
             head_seq: head,
             tree_size,
         } = lock_head(&txn, tenant).await?;
+        // After the head, as every holder of both takes them: a retention
+        // batch erasing meanwhile has committed before the event is read.
+        let policy = lock_policy_row(&txn, tenant).await?;
         let Some(target) =
             fetch_event(&txn, events_of(tenant).filter(audit_event::Column::Id.eq(id))).await?
         else {
@@ -50,7 +53,7 @@ impl Store {
             return Err(StoreError::event_not_found(id));
         };
         let now = now_micros();
-        if let Some(refusal) = refusal(&txn, tenant, &target, now).await? {
+        if let Some(refusal) = refusal(&txn, tenant, &target, policy.as_ref(), now).await? {
             txn.rollback().await?;
             return Err(refusal);
         }
@@ -93,6 +96,7 @@ async fn refusal(
     txn: &sea_orm::DatabaseTransaction,
     tenant: &TenantId,
     target: &audit_event::Model,
+    policy: Option<&retention_policy::Model>,
     now: i64,
 ) -> StoreResult<Option<StoreError>> {
     let id = target.id.to_string();
@@ -117,7 +121,7 @@ async fn refusal(
             hold_id: hold.to_string(),
         }));
     }
-    if let Some(policy) = policy_row(txn, tenant).await?
+    if let Some(policy) = policy
         && policy.locked
         && let Some(period) = policy.period_secs
     {

@@ -12,6 +12,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::policy::lock_policy_row;
 use super::sequencer::lock_head;
 use super::service_event::{ChangeRequest, ServiceEvent, append_service_event};
 use super::{Store, StoreError, StoreResult, events_of, now_micros};
@@ -145,6 +146,8 @@ impl Store {
     ) -> StoreResult<HoldChange> {
         let (_writer, txn) = self.begin_write().await?;
         let head = lock_head(&txn, tenant).await?;
+        // No retention batch runs while the holds change.
+        lock_policy_row(&txn, tenant).await?;
         let active = legal_hold::Entity::of_tenant(tenant)
             .filter(legal_hold::Column::ReleasedAt.is_null())
             .count(&txn)
@@ -234,6 +237,8 @@ impl Store {
     ) -> StoreResult<HoldChange> {
         let (_writer, txn) = self.begin_write().await?;
         let head = lock_head(&txn, tenant).await?;
+        // No retention batch runs while the holds change.
+        lock_policy_row(&txn, tenant).await?;
         let Some(row) = legal_hold::Entity::of_tenant(tenant)
             .filter(legal_hold::Column::Id.eq(id))
             .one(&txn)

@@ -2,7 +2,7 @@
 //! that period is locked (it then only grows).
 
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ConnectionTrait, EntityTrait, IntoActiveModel};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, EntityTrait, IntoActiveModel, QuerySelect};
 
 use super::sequencer::lock_head;
 use super::service_event::{ChangeRequest, ServiceEvent, append_service_event};
@@ -86,6 +86,22 @@ pub(super) async fn policy_row<C: ConnectionTrait>(
     tenant: &TenantId,
 ) -> StoreResult<Option<retention_policy::Model>> {
     Ok(retention_policy::Entity::of_tenant(tenant).one(conn).await?)
+}
+
+/// The tenant's policy row, locked until `txn` ends (`FOR UPDATE` on
+/// PostgreSQL; SQLite's single writer serializes by itself). Retention
+/// batches erase holding this lock and not the head's, so `Append` never
+/// waits for them; `Delete` and hold changes take it after the head's (the
+/// one order every holder of both keeps), so neither runs beside a batch
+/// that could erase what it looks at.
+pub(super) async fn lock_policy_row(
+    txn: &DatabaseTransaction,
+    tenant: &TenantId,
+) -> StoreResult<Option<retention_policy::Model>> {
+    Ok(retention_policy::Entity::of_tenant(tenant)
+        .lock_exclusive()
+        .one(txn)
+        .await?)
 }
 
 impl Store {

@@ -5,33 +5,46 @@
 //! `audit.retention.applied` event. The service's own records (`audit.*`:
 //! deletions, retention runs, policy changes) are kept: they explain every
 //! gap in the log and who set its rules, and `Delete` cannot erase them
-//! either.
+//! either. Records of reads (`audit.log.read`) are the exception: they go
+//! when they are due, like what they recorded.
 //!
-//! Each batch is one transaction holding the tenant's head lock, so `Append`
-//! waits at most one batch, and so replicas enforcing together on one
-//! database take turns: the progress lives in the tenant's
-//! `retention_policies` row (how far the log was scanned, and what the run
-//! in progress erased so far), read and moved under that lock. No event is
-//! erased twice, and a run cut short (a crash, a stopped replica) is
-//! finished, and recorded, by whichever replica runs next.
+//! Each batch is one transaction holding the tenant's policy row
+//! ([`lock_policy_row`]), never its head: on PostgreSQL `Append` does not
+//! wait for retention at all (on SQLite, with one writer at a time, it
+//! waits at most one batch), and a run rests between batches as long as
+//! each took. Replicas enforcing together on one database take turns on
+//! that row: the progress lives in it (how far the log was scanned, and
+//! what the run in progress erased so far), read and moved under its lock.
+//! `Delete` and hold changes take it too, so no batch erases beside them.
+//! No event is erased twice, and a run cut short (a crash, a stopped
+//! replica) is finished, and recorded, by whichever replica runs next; the
+//! record is one short transaction of its own, the only one holding the
+//! head.
+
+use std::time::Instant;
 
 use sea_orm::sea_query::{Expr, ExprTrait as _};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
+use super::access::READ_ACTION;
 use super::holds::ActiveHolds;
-use super::policy::{LOG_RESOURCE_TYPE, policy_row};
-use super::sequencer::{Head, lock_head, set_head};
+use super::policy::{LOG_RESOURCE_TYPE, lock_policy_row, policy_row};
+use super::sequencer::{Head, lock_head};
 use super::service_event::{ChangeRequest, SERVICE_ACTION_PREFIX, ServiceEvent, append_service_event};
-use super::tree::extend_tree;
-use super::{Store, StoreResult, events_of};
+use super::{Store, StoreError, StoreResult, events_of};
 use crate::entity::{audit_event, retention_policy};
 use crate::tenant::TenantId;
 
 /// Events one retention batch examines (and at most erases): one
-/// transaction, during which the tenant's appends wait.
-pub const RETENTION_BATCH: u64 = 500;
+/// transaction, during which `Delete` and hold changes on the tenant wait
+/// (and, on SQLite, every writer: it has one at a time).
+pub const RETENTION_BATCH: u64 = 200;
+/// How long a run rests after each batch, in multiples of the time the
+/// batch took: 1 leaves the database to the service's writers at least
+/// half the time.
+pub const RETENTION_REST: f64 = 1.0;
 /// Action of the event that records a retention run.
 pub const RETENTION_ACTION: &str = "audit.retention.applied";
 /// The actor id of the events retention records.
@@ -90,7 +103,9 @@ impl Store {
 
     /// Runs retention over `tenant` as of `now` (unix microseconds), batch
     /// after batch until nothing is due or `go_on` says to stop (the run is
-    /// then finished by a later one).
+    /// then finished by a later one). After each batch the run rests as
+    /// long as the batch took ([`RETENTION_REST`] times), so it never takes
+    /// more than its share of the database from the service's writers.
     pub async fn apply_retention(
         &self,
         tenant: &TenantId,
@@ -100,6 +115,7 @@ impl Store {
         let mut run = RetentionRun::default();
         while go_on() {
             run.batches += 1;
+            let started = Instant::now();
             match self.retention_batch(tenant, now).await? {
                 Batch::More(erased) => run.erased += erased,
                 Batch::Done(erased, event) => {
@@ -108,19 +124,20 @@ impl Store {
                     return Ok(run);
                 }
             }
+            tokio::time::sleep(started.elapsed().mul_f64(RETENTION_REST)).await;
         }
         Ok(run)
     }
 
     async fn retention_batch(&self, tenant: &TenantId, now: i64) -> StoreResult<Batch> {
-        // The batch is chosen before the tenant's head is locked, so the
-        // walk to it (over erased rows, after a released hold sends the
-        // scan back to the start) never holds up `Append`; under the lock
-        // the batch goes ahead only if no one moved the scan meanwhile.
+        // The batch is chosen before anything is locked, so the walk to it
+        // (over erased rows, after a released hold sends the scan back to
+        // the start) holds nothing up; under the lock the batch goes ahead
+        // only if no one moved the scan meanwhile.
         let Some(observed) = policy_row(self.reader(), tenant).await? else {
             return Ok(Batch::Done(0, None));
         };
-        let (head_seq, _) = self.log_heads(tenant).await?;
+        let (head_seq, tree_size) = self.log_heads(tenant).await?;
         let Examined { due, last, full } = match observed.period_secs {
             Some(period) => {
                 let cutoff = now.saturating_sub(period.saturating_mul(1_000_000));
@@ -132,10 +149,21 @@ impl Store {
                 full: false,
             },
         };
+        // As in `Delete`, an erased event's leaf is in the tree before its
+        // content goes. The tree lags the head only where it was turned off
+        // (`AUDIT_INTEGRITY=off`) or did not exist yet; it is caught up in
+        // a transaction of its own, so the batch never needs the head.
+        if let Some(&newest) = due.last().filter(|&&seq| seq > tree_size)
+            && self.sync_tree(tenant).await? < newest
+        {
+            return Err(StoreError::Corrupt {
+                tenant: tenant.clone(),
+                what: format!("the tree does not reach seq {newest}, below the head"),
+            });
+        }
 
-        let (_writer, txn) = self.begin_write().await?;
-        let head = lock_head(&txn, tenant).await?;
-        let Some(policy) = policy_row(&txn, tenant).await? else {
+        let (writer, txn) = self.begin_write().await?;
+        let Some(policy) = lock_policy_row(&txn, tenant).await? else {
             txn.rollback().await?;
             return Ok(Batch::Done(0, None));
         };
@@ -151,17 +179,11 @@ impl Store {
             .copied()
             .filter(|seq| !held.contains_key(seq))
             .collect();
-
-        let mut tree_size = head.tree_size;
-        let mut erased = 0;
-        if !erase.is_empty() {
-            // As in `Delete`: the leaves go into the tree before the content goes.
-            tree_size = extend_tree(&txn, tenant, head.tree_size, head.head_seq, &[]).await?;
-            if tree_size != head.tree_size {
-                set_head(&txn, tenant, head.head_seq, tree_size).await?;
-            }
-            erased = erase_events(&txn, tenant, &erase, now).await?;
-        }
+        let erased = if erase.is_empty() {
+            0
+        } else {
+            erase_events(&txn, tenant, &erase, now).await?
+        };
         // A released hold sends the scan back to the start in the middle of
         // a run, so a batch may erase seqs below what the run erased so far:
         // the recorded range spans both (`verify` accepts the erasures in it).
@@ -176,37 +198,57 @@ impl Store {
             run_erased: policy.run_erased + i64::try_from(erased).unwrap_or(i64::MAX),
             ..policy
         };
+        save_progress(&txn, &run).await?;
+        txn.commit().await?;
+        drop(writer);
         if full {
-            save_progress(&txn, &run).await?;
-            txn.commit().await?;
             return Ok(Batch::More(erased));
         }
-        // The run ends with this batch: record it if it erased anything.
-        let event = match (run.run_first_seq, run.run_last_seq) {
-            (Some(first), Some(last)) if run.run_erased > 0 => {
-                let head = Head {
-                    head_seq: head.head_seq,
-                    tree_size,
-                };
-                Some(record_run(&txn, tenant, head, &run, first, last).await?)
+        // Nothing more is due: the run ends, recorded if it erased anything.
+        let event = if run.run_erased > 0 {
+            self.record_run(tenant, run.scanned_through).await?
+        } else {
+            None
+        };
+        Ok(Batch::Done(erased, event.map(Box::new)))
+    }
+
+    /// Appends the `audit.retention.applied` event of the tenant's run that
+    /// ended with the scan at `scanned_through`, and starts the tally of the
+    /// next, in one short transaction holding the head (an append). Nothing
+    /// when another replica recorded the run first, or went on scanning
+    /// (it records the run when it ends).
+    async fn record_run(
+        &self,
+        tenant: &TenantId,
+        scanned_through: i64,
+    ) -> StoreResult<Option<audit_event::Model>> {
+        let (_writer, txn) = self.begin_write().await?;
+        let head = lock_head(&txn, tenant).await?;
+        let policy = lock_policy_row(&txn, tenant).await?;
+        let Some((policy, first, last)) = policy.and_then(|p| match (p.run_first_seq, p.run_last_seq) {
+            (Some(first), Some(last)) if p.run_erased > 0 && p.scanned_through == scanned_through => {
+                Some((p, first, last))
             }
             _ => None,
+        }) else {
+            txn.rollback().await?;
+            return Ok(None);
         };
+        let event = append_run_event(&txn, tenant, head, &policy, first, last).await?;
         save_progress(
             &txn,
             &retention_policy::Model {
                 run_first_seq: None,
                 run_last_seq: None,
                 run_erased: 0,
-                ..run
+                ..policy
             },
         )
         .await?;
         txn.commit().await?;
-        if let Some(event) = &event {
-            self.publish_one(event);
-        }
-        Ok(Batch::Done(erased, event.map(Box::new)))
+        self.publish_one(&event);
+        Ok(Some(event))
     }
 
     /// Makes erased content's space reusable at once where the database
@@ -266,12 +308,14 @@ async fn examine<C: ConnectionTrait>(
     Ok(Examined {
         // The service's own records (deletions, retention runs, policy
         // changes) stay: they explain the log's gaps and who set its rules.
+        // Records of reads are kept as long as what they recorded, and no
+        // longer: the log would otherwise grow with every read for good.
         due: older
             .iter()
             .filter(|(_, _, action)| {
-                !action
+                action
                     .as_deref()
-                    .is_some_and(|a| a.starts_with(SERVICE_ACTION_PREFIX))
+                    .is_none_or(|a| a == READ_ACTION || !a.starts_with(SERVICE_ACTION_PREFIX))
             })
             .map(|(seq, _, _)| *seq)
             .collect(),
@@ -321,7 +365,7 @@ async fn save_progress(txn: &DatabaseTransaction, run: &retention_policy::Model)
 }
 
 /// Appends the `audit.retention.applied` event of a run.
-async fn record_run(
+async fn append_run_event(
     txn: &DatabaseTransaction,
     tenant: &TenantId,
     head: Head,

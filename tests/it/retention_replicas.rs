@@ -313,3 +313,95 @@ async fn a_retention_run_over_a_200000_event_backlog_leaves_append_served(backen
         "{erased} erased"
     );
 }
+
+/// The backends of the sessions `blocker` keeps waiting (PostgreSQL).
+async fn sessions_blocked_by(observer: &sea_orm::DatabaseConnection, blocker: i32) -> i64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    let row = observer
+        .query_one_raw(Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            [blocker.into()],
+        ))
+        .await
+        .expect("pg_stat_activity")
+        .expect("a row");
+    row.try_get("", "n").expect("n")
+}
+
+/// A retention batch never holds the tenant's head, so `Append` is served
+/// while one waits: here on a row lock another transaction holds on an
+/// event the batch erases (a slow disk, a vacuum, a long `Delete` would
+/// keep it waiting the same way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_is_served_while_a_retention_batch_waits() {
+    use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+    let Some(Backend::Postgres(url)) = Backend::postgres() else {
+        return;
+    };
+    let server = TestServer::start(Backend::Postgres(url.clone())).await;
+    let tenant = new_tenant();
+    let mut caller = server.caller_for(&tenant).await;
+    let seqs: Vec<u64> = caller
+        .append(
+            (0..10)
+                .map(|i| event("document.read", &format!("a{i}")))
+                .collect(),
+        )
+        .await
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    let mut admin = server.admin_for(&tenant).await;
+    set_retention(&mut admin, 3600).await;
+    let due_at = audit_service::store::now_micros() + 3_600_000_000 + 1_000_000;
+
+    // Another transaction holds the first event's row.
+    let db = sea_orm::Database::connect(url.as_str()).await.expect("connect");
+    let blocker = db.begin().await.expect("begin");
+    let pid: i32 = blocker
+        .query_one_raw(Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "SELECT pg_backend_pid() AS pid FROM audit_events WHERE tenant_id = $1 AND seq = $2 FOR UPDATE",
+            [tenant.clone().into(), i64::try_from(seqs[0]).unwrap().into()],
+        ))
+        .await
+        .expect("lock the row")
+        .expect("the row")
+        .try_get("", "pid")
+        .expect("pid");
+
+    let store = Store::connect(&DatabaseConfig::new(url.clone()))
+        .await
+        .expect("store");
+    let tenant_id = TenantId::parse(&tenant, "tenant").unwrap();
+    let run = tokio::spawn(async move {
+        let run = store.apply_retention(&tenant_id, due_at, || true).await;
+        store.close().await.expect("close");
+        run
+    });
+    let observer = sea_orm::Database::connect(url.as_str()).await.expect("connect");
+    let start = Instant::now();
+    while sessions_blocked_by(&observer, pid).await == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the batch never reached the held row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let append = caller.request(audit_service::proto::AppendRequest {
+        events: vec![event("document.read", "during")],
+    });
+    let appended = tokio::time::timeout(Duration::from_secs(15), caller.client.append(append))
+        .await
+        .expect("Append waited for the retention batch")
+        .expect("append");
+    assert_eq!(appended.into_inner().results.len(), 1);
+
+    blocker.rollback().await.expect("release the row");
+    let run = run.await.expect("task").expect("retention");
+    assert_eq!(run.erased, 10);
+    assert!(run.event.is_some(), "the run is recorded");
+    verify(&url, &tenant);
+}
