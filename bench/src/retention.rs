@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use audit_service::proto::{EventFilter, QueryRequest, StatsRequest};
+use audit_service::proto::{AuditEvent, EventFilter, QueryRequest, StatsRequest};
 use audit_service::store::{RETENTION_ACTION, RETENTION_BATCH};
 use prost_types::value::Kind;
 use tokio_util::sync::CancellationToken;
@@ -362,7 +362,14 @@ async fn run_retention(
             .await?;
         let (count, seq) = loop {
             if let Some(record) = latest_record(reader).await? {
-                break record;
+                let [count, _, _] = run_numbers(&record)?;
+                // A count of events: whole, far below 2^53.
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "a whole count"
+                )]
+                break (count as u64, record.seq);
             }
             tokio::time::sleep(RECORD_POLL).await;
         };
@@ -435,9 +442,8 @@ fn interval(backend: Backend) -> &'static str {
     }
 }
 
-/// (count, seq) of the tenant's latest `audit.retention.applied` record,
-/// if it has one.
-async fn latest_record(caller: &Caller) -> anyhow::Result<Option<(u64, u64)>> {
+/// The tenant's latest `audit.retention.applied` record, if it has one.
+async fn latest_record(caller: &Caller) -> anyhow::Result<Option<AuditEvent>> {
     let mut caller = caller.clone();
     let request = caller.request(QueryRequest {
         filter: Some(EventFilter {
@@ -448,44 +454,25 @@ async fn latest_record(caller: &Caller) -> anyhow::Result<Option<(u64, u64)>> {
         ..QueryRequest::default()
     });
     let page = caller.client.query(request).await.context("Query")?.into_inner();
-    Ok(page.events.into_iter().next().map(|event| {
-        let count = event
-            .metadata
-            .and_then(|m| m.fields.get("count").and_then(|v| v.kind.clone()))
-            .and_then(|kind| match kind {
-                // A count of events: whole, far below 2^53.
-                #[expect(
-                    clippy::cast_possible_truncation,
-                    clippy::cast_sign_loss,
-                    reason = "a whole count"
-                )]
-                Kind::NumberValue(n) => Some(n as u64),
-                _ => None,
-            })
-            .unwrap_or_default();
-        (count, event.seq)
-    }))
+    Ok(page.events.into_iter().next())
 }
 
 /// (count, first seq, last seq) of the tenant's latest
 /// `audit.retention.applied` record.
 async fn recorded_run(caller: &Caller) -> anyhow::Result<[f64; 3]> {
-    let mut caller = caller.clone();
-    let request = caller.request(QueryRequest {
-        filter: Some(EventFilter {
-            actions: vec![RETENTION_ACTION.to_owned()],
-            ..EventFilter::default()
-        }),
-        page_size: 1,
-        ..QueryRequest::default()
-    });
-    let page = caller.client.query(request).await.context("Query")?.into_inner();
-    let metadata = page
-        .events
-        .into_iter()
-        .next()
-        .and_then(|event| event.metadata)
-        .context("no audit.retention.applied event with metadata")?;
+    run_numbers(
+        &latest_record(caller)
+            .await?
+            .context("no audit.retention.applied event")?,
+    )
+}
+
+/// (count, first seq, last seq) of an `audit.retention.applied` record.
+fn run_numbers(record: &AuditEvent) -> anyhow::Result<[f64; 3]> {
+    let metadata = record
+        .metadata
+        .as_ref()
+        .context("an audit.retention.applied event without metadata")?;
     let number = |key: &str| match metadata.fields.get(key).and_then(|v| v.kind.as_ref()) {
         Some(Kind::NumberValue(n)) => Ok(*n),
         _ => Err(anyhow::anyhow!("the retention record has no number {key}")),

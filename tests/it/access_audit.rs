@@ -213,13 +213,7 @@ async fn append_8_kib_events(admin: &mut Caller, batches: usize) {
 /// A reader (as [`reader`]) on a connection with 64 KiB HTTP/2 windows: a
 /// stream it stops reading stalls once the windows are full.
 async fn small_window_reader(server: &TestServer, tenant: &str, subject: &str) -> Caller {
-    let channel = tonic::transport::Endpoint::from_shared(server.url())
-        .expect("url")
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .expect("connect");
+    let channel = crate::support::small_window_channel(&server.url()).await;
     let mut caller = reader(server, tenant, subject).await;
     caller.client = audit_service::proto::audit_service_client::AuditServiceClient::new(channel);
     caller

@@ -271,13 +271,7 @@ async fn exports_to_readers_that_do_not_read_keep_server_memory_flat(backend: Ba
     // 16 exports of ~70 MB each on connections with 64 KiB windows, none read.
     let mut streams = Vec::new();
     for _ in 0..16 {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-            .expect("url")
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535)
-            .connect()
-            .await
-            .expect("connect");
+        let channel = crate::support::small_window_channel(&format!("http://{}", server.addr)).await;
         let mut reader = server.caller_for(&tenant).await;
         reader.client = audit_service::proto::audit_service_client::AuditServiceClient::new(channel);
         let request = reader.request(ExportRequest::default());

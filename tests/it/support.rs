@@ -542,13 +542,7 @@ impl ServerProcess {
     ) -> Vec<tonic::Streaming<proto::WatchResponse>> {
         let mut streams = Vec::new();
         for _ in 0..connections {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-                .expect("url")
-                .initial_stream_window_size(65_535)
-                .initial_connection_window_size(65_535)
-                .connect()
-                .await
-                .expect("connect");
+            let channel = small_window_channel(&format!("http://{}", self.addr)).await;
             let mut reader = self.caller_for(tenant).await;
             reader.client = AuditServiceClient::new(channel);
             for _ in 0..count / connections {
@@ -615,4 +609,16 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A connection to `url` with the smallest HTTP/2 windows (64 KiB): a
+/// stream it stops reading stalls once they are full.
+pub async fn small_window_channel(url: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("url")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect")
 }
