@@ -423,7 +423,7 @@ fn notes(backend: Backend, events: u64) -> Vec<String> {
             "Export rows: the tenant's {} events are appended (1000 × 4) by one service process, \
              which is then stopped; a fresh one is started on the same database and idles 1 s \
              (its idle RSS). After one uncounted warm-up of each, the raw read and `Export` of the \
-             whole tenant (no filter) take {TURNS} turns; the rates are their totals. {raw}. The \
+             whole tenant (no filter) take {TURNS} turns; the rates are their totals; {raw}. The \
              export's MB/s counts the encoded size of every message the client decoded (header, \
              chunks with their events, leaf hashes and resume positions, the checkpoint), without \
              gRPC's 5-byte frames; ratio = export events/s ÷ raw read events/s. The service's \
