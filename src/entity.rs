@@ -181,6 +181,39 @@ pub mod audit_event {
             Err(unsupported_backend())
         }
 
+        /// The event's fields borrowed from this model, as
+        /// [`fields_of_row`] reads them from a row (NULL text as empty).
+        pub fn fields(&self) -> EventFields<'_> {
+            fn text(value: &Option<String>) -> &str {
+                value.as_deref().unwrap_or_default()
+            }
+            EventFields {
+                id: self.id,
+                tenant_id: self.tenant_id.as_str(),
+                seq: self.seq,
+                occurred_at: self.occurred_at,
+                recorded_at: self.recorded_at,
+                actor_id: text(&self.actor_id),
+                actor_type: self.actor_type.unwrap_or_default(),
+                actor_name: text(&self.actor_name),
+                actor_email: text(&self.actor_email),
+                action: text(&self.action),
+                resource_type: text(&self.resource_type),
+                resource_id: text(&self.resource_id),
+                resource_name: text(&self.resource_name),
+                outcome: self.outcome.unwrap_or_default(),
+                request_method: text(&self.request_method),
+                request_path: text(&self.request_path),
+                request_status_code: self.request_status_code.unwrap_or_default(),
+                request_client_ip: text(&self.request_client_ip),
+                request_user_agent: text(&self.request_user_agent),
+                request_id: text(&self.request_id),
+                source: text(&self.source),
+                reasoning: text(&self.reasoning),
+                metadata: self.metadata.as_ref().map(Cow::Borrowed),
+            }
+        }
+
         /// What is left of an event after `Delete`: its place in the log, nothing
         /// of its content.
         pub fn erased(self, deleted_at: i64) -> Self {

@@ -158,6 +158,13 @@ impl PageSink for PageEvents {
 }
 
 impl EventFields<'_> {
+    /// Length of the event's `AuditEvent` encoding: what
+    /// `event_to_proto(..).encoded_len()` of the same row says, without
+    /// building the message.
+    pub fn encoded_len(&self) -> usize {
+        self.lens().event
+    }
+
     fn lens(&self) -> Lens {
         let occurred_at = self.occurred_at.map(timestamp_len);
         let recorded_at = timestamp_len(self.recorded_at);
@@ -412,8 +419,6 @@ fn put_int32(tag: u32, value: i32, buf: &mut impl BufMut) {
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
     use proptest::prelude::*;
     use serde_json::json;
     use uuid::Uuid;
@@ -423,47 +428,11 @@ mod tests {
     use crate::entity::audit_event;
     use crate::proto;
 
-    /// What the tests compare with prost: an event as the service decodes
-    /// it for `Get`, and the `AuditEvent` message alone.
-    impl<'a> EventFields<'a> {
-        /// The fields of a decoded row.
-        fn of(event: &'a audit_event::Model) -> Self {
-            let text = |value: &'a Option<String>| value.as_deref().unwrap_or_default();
-            Self {
-                id: event.id,
-                tenant_id: event.tenant_id.as_str(),
-                seq: event.seq,
-                occurred_at: event.occurred_at,
-                recorded_at: event.recorded_at,
-                actor_id: text(&event.actor_id),
-                actor_type: event.actor_type.unwrap_or_default(),
-                actor_name: text(&event.actor_name),
-                actor_email: text(&event.actor_email),
-                action: text(&event.action),
-                resource_type: text(&event.resource_type),
-                resource_id: text(&event.resource_id),
-                resource_name: text(&event.resource_name),
-                outcome: event.outcome.unwrap_or_default(),
-                request_method: text(&event.request_method),
-                request_path: text(&event.request_path),
-                request_status_code: event.request_status_code.unwrap_or_default(),
-                request_client_ip: text(&event.request_client_ip),
-                request_user_agent: text(&event.request_user_agent),
-                request_id: text(&event.request_id),
-                source: text(&event.source),
-                reasoning: text(&event.reasoning),
-                metadata: event.metadata.as_ref().map(Cow::Borrowed),
-            }
-        }
-
+    /// What the tests compare with prost: the `AuditEvent` message alone.
+    impl EventFields<'_> {
         /// The `AuditEvent` message alone.
         fn encode(&self, buf: &mut impl BufMut) {
             self.encode_with(&self.lens(), buf);
-        }
-
-        /// Length of the `AuditEvent` message alone.
-        fn encoded_len(&self) -> usize {
-            self.lens().event
         }
     }
 
@@ -503,7 +472,7 @@ mod tests {
     }
 
     fn assert_encodes_as_prost(model: &audit_event::Model) {
-        let fields = EventFields::of(model);
+        let fields = model.fields();
         let expected = event_to_proto(model.clone()).encode_to_vec();
         let mut written = Vec::new();
         fields.encode(&mut written);
@@ -620,7 +589,7 @@ mod tests {
         let models = [event(3, Some(json!({"k": [1, 2]}))), erased(2), event(1, None)];
         let mut events = PageEvents::new(usize::MAX, 0);
         for model in &models {
-            assert!(events.push(&EventFields::of(model)));
+            assert!(events.push(&model.fields()));
         }
         let response = EncodedQueryResponse {
             events: events.into_bytes(),
@@ -677,7 +646,7 @@ mod tests {
         // A budget that ends inside the fourth event.
         let budget = sizes[..3].iter().sum::<usize>() + sizes[3] - 1;
         let mut page = PageEvents::new(budget, 16);
-        let written: Vec<bool> = models.iter().map(|m| page.push(&EventFields::of(m))).collect();
+        let written: Vec<bool> = models.iter().map(|m| page.push(&m.fields())).collect();
         // The fourth does not fit; the fifth and later, larger still, neither.
         assert_eq!(
             written,
@@ -695,8 +664,8 @@ mod tests {
 
         // Exactly full: the fourth fits to the byte.
         let mut page = PageEvents::new(budget + 1, 0);
-        assert!(models[..4].iter().all(|m| page.push(&EventFields::of(m))));
-        assert!(!page.push(&EventFields::of(&erased(11))), "not even the smallest");
+        assert!(models[..4].iter().all(|m| page.push(&m.fields())));
+        assert!(!page.push(&erased(11).fields()), "not even the smallest");
         assert_eq!(page.into_bytes().len(), budget + 1);
     }
 
@@ -704,8 +673,8 @@ mod tests {
     fn the_first_event_of_a_page_goes_in_whatever_its_size() {
         let big = event(1, Some(json!({"pad": "x".repeat(10_000)})));
         let mut page = PageEvents::new(100, 100);
-        assert!(page.push(&EventFields::of(&big)), "a page always progresses");
-        assert!(!page.push(&EventFields::of(&erased(2))));
+        assert!(page.push(&big.fields()), "a page always progresses");
+        assert!(!page.push(&erased(2).fields()));
         assert_eq!(decoded(page.into_bytes()), [event_to_proto(big)]);
     }
 }

@@ -33,7 +33,7 @@ use tonic::{Request, Response, Status};
 const INSERT_CHUNK: usize = 400;
 
 /// Columns of `audit_events` in the order [`copy_csv`] writes them.
-const COLUMNS: &str = "tenant_id, seq, id, occurred_at, recorded_at, actor_id, actor_type, actor_name, \
+pub const COLUMNS: &str = "tenant_id, seq, id, occurred_at, recorded_at, actor_id, actor_type, actor_name, \
     actor_email, action, resource_type, resource_id, resource_name, outcome, request_method, \
     request_path, request_status_code, request_client_ip, request_user_agent, request_id, source, \
     reasoning, metadata, idempotency_key, deleted_at";

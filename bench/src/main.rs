@@ -9,6 +9,7 @@
 //! target/release/audit-bench --quick --backend both      # CI-sized smoke run
 //! target/release/audit-bench --backend both              # 1M events per backend
 //! target/release/audit-bench --retention --backend both  # issue 19: Append during a retention run
+//! target/release/audit-bench --export --backend both     # issue 20: Export beside COPY / SELECT
 //! ```
 #![expect(
     clippy::cast_precision_loss,
@@ -17,6 +18,7 @@
 
 mod baseline;
 mod client;
+mod export;
 mod measure;
 mod report;
 mod retention;
@@ -60,7 +62,8 @@ struct Options {
     quick: bool,
     /// Events in the tenant the Query, Get and Stats workloads read
     /// (default 1 000 000; 60 000 with --quick); with --retention, in each
-    /// backlog a run erases (default 200 000).
+    /// backlog a run erases (default 200 000); with --export, in the
+    /// tenant exported (default 1 000 000; 60 000 with --quick).
     #[arg(long)]
     events: Option<u64>,
     /// Seconds each measured phase runs (default 5; 0.5 with --quick).
@@ -84,6 +87,11 @@ struct Options {
     /// tenant, beside its latency without a run.
     #[arg(long, conflicts_with = "append_only")]
     retention: bool,
+    /// Only the export rows (issue 20): the `Export` RPC (and `audit-service
+    /// export`) over one tenant, beside `COPY ... TO STDOUT` (PostgreSQL) or
+    /// a `SELECT` (SQLite) of the same rows, and the service's RSS during it.
+    #[arg(long, conflicts_with_all = ["append_only", "retention"])]
+    export: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -102,6 +110,7 @@ struct Settings {
     postgres_url: String,
     append_only: bool,
     retention: bool,
+    export: bool,
 }
 
 impl Settings {
@@ -159,6 +168,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         postgres_url: options.postgres_url,
         append_only: options.append_only,
         retention: options.retention,
+        export: options.export,
     };
     let backends = match options.backend {
         BackendChoice::Sqlite => vec![Backend::Sqlite],
@@ -171,18 +181,26 @@ async fn run(options: Options) -> anyhow::Result<()> {
         eprintln!("== {} ==", backend.title());
         tables.push(run_backend(&settings, backend).await?);
     }
-    println!(
-        "### audit-bench{}{} — {} events in {}, {} s phases\n",
-        if settings.quick { " --quick" } else { "" },
-        if settings.retention { " --retention" } else { "" },
-        grouped(settings.events),
-        if settings.retention {
-            "each retention backlog"
-        } else {
-            "the query tenant"
-        },
-        settings.phase.as_secs_f64()
-    );
+    if settings.export {
+        println!(
+            "### audit-bench{} --export — {} events in the exported tenant\n",
+            if settings.quick { " --quick" } else { "" },
+            grouped(settings.events)
+        );
+    } else {
+        println!(
+            "### audit-bench{}{} — {} events in {}, {} s phases\n",
+            if settings.quick { " --quick" } else { "" },
+            if settings.retention { " --retention" } else { "" },
+            grouped(settings.events),
+            if settings.retention {
+                "each retention backlog"
+            } else {
+                "the query tenant"
+            },
+            settings.phase.as_secs_f64()
+        );
+    }
     for table in &tables {
         println!("{}", table.markdown());
     }
@@ -211,6 +229,8 @@ async fn run_backend(settings: &Settings, backend: Backend) -> anyhow::Result<Ta
     let started = Instant::now();
     let result = if settings.retention {
         retention::bench(settings, &database).await
+    } else if settings.export {
+        export::bench(settings, &database).await
     } else {
         bench(settings, &database).await
     };

@@ -217,8 +217,9 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// Samples a process's VmRSS every 50 ms and keeps the largest value, so a
-/// phase's peak is known even though VmHWM only ever grows.
+/// Samples a process's VmRSS (every 50 ms unless told) and keeps the
+/// largest value, so a phase's peak is known even though VmHWM only ever
+/// grows.
 pub struct RssSampler {
     peak: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -226,8 +227,13 @@ pub struct RssSampler {
 }
 
 impl RssSampler {
-    /// Starts sampling `pid`.
+    /// Starts sampling `pid` every 50 ms.
     pub fn start(pid: u32) -> Self {
+        Self::every(pid, Duration::from_millis(50))
+    }
+
+    /// Starts sampling `pid` every `interval`.
+    pub fn every(pid: u32, interval: Duration) -> Self {
         let peak = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let task = {
@@ -237,7 +243,7 @@ impl RssSampler {
                     if let Ok((rss, _)) = rss_kib(pid) {
                         peak.fetch_max(rss, Ordering::Relaxed);
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(interval).await;
                 }
             })
         };

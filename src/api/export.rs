@@ -113,6 +113,7 @@ pub async fn export(
                     let limits = ChunkLimits {
                         events,
                         bytes: EXPORT_CHUNK_BYTES,
+                        size_of: encoded_len,
                     };
                     match store.export_chunk(&tenant, &matcher, after, head, limits).await {
                         Ok(chunk) => {
@@ -138,6 +139,13 @@ pub async fn export(
         }
     });
     Ok(Box::pin(stream))
+}
+
+/// The length of `event`'s `AuditEvent` encoding, as the chunk will hold
+/// it, from the stored values (building the message to measure it cost as
+/// much again as the conversion that sends it).
+fn encoded_len(event: &crate::entity::audit_event::Model) -> usize {
+    event.fields().encoded_len()
 }
 
 /// Events an export message hands over whole (for its access record).

@@ -13,7 +13,7 @@ use super::{Store, StoreResult, within_deadline};
 use crate::entity::audit_event;
 use crate::filter::EventMatcher;
 use crate::integrity::merkle::{Hash, LeafRange, NodeId, frontier};
-use crate::integrity::{SignedCheckpoint, SigningKey, canonical_bytes};
+use crate::integrity::{SignedCheckpoint, SigningKey};
 use crate::tenant::TenantId;
 
 /// Where an export starts and ends.
@@ -46,8 +46,12 @@ pub struct ExportChunk {
 pub struct ChunkLimits {
     /// Most events.
     pub events: u64,
-    /// Most bytes of events (their canonical encoding); at least one event.
+    /// Most bytes of events (as `size_of` counts them); at least one event.
     pub bytes: usize,
+    /// The bytes an event counts for: the length of its encoding, which
+    /// the caller computes without building it (the chunk's events are
+    /// encoded once, when they are sent).
+    pub size_of: fn(&audit_event::Model) -> usize,
 }
 
 impl Store {
@@ -99,7 +103,7 @@ impl Store {
             let mut bytes = 0usize;
             while let Some(row) = rows.try_next().await? {
                 let event = audit_event::Model::from_row(&row)?;
-                bytes += canonical_bytes(&event).len();
+                bytes += (limits.size_of)(&event);
                 if bytes > limits.bytes && !events.is_empty() {
                     return Ok::<_, sea_orm::DbErr>((events, true));
                 }
