@@ -18,6 +18,7 @@ mod filter_metadata;
 mod fixtures;
 mod hostile;
 mod integrity;
+mod metrics;
 mod page_bytes;
 mod paging;
 mod reconnect;
