@@ -194,3 +194,36 @@ impl Metrics {
 
 /// Content type of [`Metrics::render`].
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// One unit of a gauge while a condition holds (a stream is lagging, say),
+/// given back when it stops holding or the flag is dropped.
+#[derive(Debug)]
+pub struct GaugeFlag {
+    gauge: IntGauge,
+    raised: bool,
+}
+
+impl GaugeFlag {
+    /// A lowered flag on `gauge`.
+    pub fn new(gauge: IntGauge) -> Self {
+        Self { gauge, raised: false }
+    }
+
+    /// Raises or lowers the flag.
+    pub fn set(&mut self, raised: bool) {
+        if raised != self.raised {
+            self.raised = raised;
+            if raised {
+                self.gauge.inc()
+            } else {
+                self.gauge.dec()
+            }
+        }
+    }
+}
+
+impl Drop for GaugeFlag {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}

@@ -5,6 +5,7 @@
 mod support;
 
 mod access_audit;
+mod access_log;
 mod append;
 mod auth;
 mod backends;
