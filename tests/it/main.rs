@@ -32,6 +32,7 @@ mod serving;
 mod shutdown;
 mod stats;
 mod tenancy;
+mod token_mint;
 mod validation;
 mod watch;
 mod watch_auth;
