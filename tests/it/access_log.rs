@@ -144,5 +144,9 @@ async fn rust_log_turns_the_access_log_off() {
         lines.iter().any(|line| line.contains("stopped")),
         "the process did not stop: {lines:#?}"
     );
-    assert!(access_lines(&lines).is_empty(), "{lines:#?}");
+    // Whatever its target: no line of a finished call at all.
+    assert!(
+        !lines.iter().any(|line| line.contains("call finished")),
+        "{lines:#?}"
+    );
 }
