@@ -10,12 +10,15 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Metrics;
 use super::metrics::CONTENT_TYPE;
+
+/// How long a scraper may take to send its request's headers.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reads the gauges of the moment into the metrics before a scrape.
 pub type Refresh = Arc<dyn Fn(&Metrics) + Send + Sync>;
@@ -46,7 +49,12 @@ pub async fn serve(
                 let response = answer(request.method(), request.uri().path(), &metrics, &refresh);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            // A client that never finishes its request is dropped.
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
                 served = connection.as_mut() => {

@@ -269,3 +269,33 @@ fn check_with_promtool(exposition: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// SQLite only: on the shared PostgreSQL database another test's server
+/// may run retention over this tenant first, and count the erasures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_erasures_are_counted() {
+    let metrics = free_address();
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
+        config.metrics_listen = Some(metrics);
+        config.retention_interval_secs = 1;
+    })
+    .await;
+    let mut admin = server.admin_for(&new_tenant()).await;
+    crate::retention::append_as(&mut admin, "old", 3).await;
+    // Due once a one-second period has passed since they were recorded.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    crate::retention::set_retention(&mut admin, Some(1), false)
+        .await
+        .expect("set retention");
+    let mut erased = 0.0;
+    for _ in 0..600 {
+        let (_, text) = http_get(metrics, "/metrics").await;
+        erased = value(&text, "audit_retention_erased_events_total", &[]);
+        if erased >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(erased, 3.0);
+    server.stop().await;
+}
