@@ -299,3 +299,58 @@ async fn retention_erasures_are_counted() {
     assert_eq!(erased, 3.0);
     server.stop().await;
 }
+
+/// A Watch whose client does not read stays behind the head, reading
+/// storage: it counts as open and lagging until it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_watch_counts_as_lagging_until_it_goes() {
+    let (server, metrics) = start(Backend::Sqlite).await;
+    let mut caller = server.caller().await;
+    // 1.6 MB of events: far more than a stream's 256 KiB buffer and the
+    // client's 64 KiB windows.
+    for _ in 0..4 {
+        let batch = (0..50)
+            .map(|_| proto::EventInput {
+                reasoning: "x".repeat(8 * 1024),
+                ..event("document.read", "frank")
+            })
+            .collect();
+        caller.append(batch).await;
+    }
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .expect("url")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = proto::audit_service_client::AuditServiceClient::new(channel);
+    let request = caller.request(WatchRequest {
+        filter: None,
+        after_seq: Some(0),
+    });
+    let unread = client.watch(request).await.expect("watch").into_inner();
+
+    let gauges = |text: &str| {
+        (
+            value(text, "audit_watch_streams_open", &[]),
+            value(text, "audit_watch_streams_lagging", &[]),
+        )
+    };
+    let until = |want: (f64, f64)| async move {
+        let mut seen = (f64::NAN, f64::NAN);
+        for _ in 0..600 {
+            let (_, text) = http_get(metrics, "/metrics").await;
+            seen = gauges(&text);
+            if seen == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        seen
+    };
+    assert_eq!(until((1.0, 1.0)).await, (1.0, 1.0), "open and lagging");
+    drop(unread);
+    assert_eq!(until((0.0, 0.0)).await, (0.0, 0.0), "gone");
+    server.stop().await;
+}
