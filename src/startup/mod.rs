@@ -1,6 +1,7 @@
 //! Builds the gRPC server (AuditService, IntegrityService, PolicyService,
-//! reflection v1 and v1alpha, health), starts the retention task, and runs
-//! until the shutdown token fires, then drains.
+//! reflection v1 and v1alpha, health) with its metrics and access log, and
+//! the `/metrics` listener when configured, starts the retention task, and
+//! runs until the shutdown token fires, then drains.
 
 pub mod observe;
 pub mod retention;
