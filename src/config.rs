@@ -166,6 +166,10 @@ pub struct ServeConfig {
         default_value_t = 30
     )]
     pub shutdown_grace_secs: u64,
+    /// HTTP address serving Prometheus `/metrics`; unset, no metrics
+    /// listener.
+    #[arg(long = "metrics-listen", env = "AUDIT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Default of `--retention-interval-secs`: ten minutes.
@@ -190,6 +194,7 @@ impl ServeConfig {
             watch_buffer_mib: DEFAULT_WATCH_BUFFER_MIB,
             retention_interval_secs: DEFAULT_RETENTION_INTERVAL_SECS,
             shutdown_grace_secs: 30,
+            metrics_listen: None,
         }
     }
 

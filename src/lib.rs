@@ -11,6 +11,7 @@ pub mod entity;
 pub mod error;
 pub mod filter;
 pub mod integrity;
+pub mod observe;
 pub mod proto;
 pub mod startup;
 pub mod store;

@@ -2,7 +2,7 @@
 //! service; `keys` manages API keys; `verify` checks a tenant's log against
 //! its signed checkpoints; `export` writes a tenant's log to a file and
 //! `verify-export` checks such a file offline; `retention apply` runs the
-//! retention task now.
+//! retention task now; `token mint` prints a bearer token for debugging.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use audit_service::auth::Scope;
 use audit_service::cli::export::{self, ExportFormat};
+use audit_service::cli::token;
 use audit_service::cli::verify;
 use audit_service::cli::verify_export::{self, ExportVerdict};
-use audit_service::config::{DatabaseConfig, IntegrityConfig, ServeConfig};
+use audit_service::config::{DatabaseConfig, IntegrityConfig, JwtConfig, ServeConfig};
 use audit_service::integrity::VerifierKey;
 use audit_service::proto::{EventFilter, ExportRequest};
 use audit_service::startup::signing_key::load_notary;
@@ -75,6 +76,36 @@ enum Command {
         #[command(subcommand)]
         command: RetentionCommand,
     },
+    /// Bearer tokens for debugging.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print an HS256 bearer token signed with AUDIT_JWT_SECRET (with
+    /// AUDIT_JWT_ISSUER, AUDIT_JWT_AUDIENCE and AUDIT_JWT_KEY_ID when set),
+    /// for debugging with grpcurl; at most 24h long. Refuses without a
+    /// secret.
+    Mint(MintArgs),
+}
+
+#[derive(clap::Args)]
+struct MintArgs {
+    /// Tenant the token acts for (`tenant_id`).
+    #[arg(long)]
+    tenant: String,
+    /// Scope to grant (repeat): audit:read, audit:append, audit:write, audit:admin.
+    #[arg(long = "scope", required = true)]
+    scopes: Vec<String>,
+    /// Lifetime: 90s, 30m, 1h (at most 24h).
+    #[arg(long, default_value = "1h", value_parser = token::parse_ttl)]
+    ttl: std::time::Duration,
+    /// The token's subject (`sub`), recorded as the actor of what it does.
+    #[arg(long = "sub", default_value = "debug")]
+    subject: String,
 }
 
 #[derive(Subcommand)]
@@ -186,6 +217,9 @@ async fn main() -> ExitCode {
         Some(Command::Retention {
             command: RetentionCommand::Apply,
         }) => apply_retention(database).await,
+        Some(Command::Token {
+            command: TokenCommand::Mint(args),
+        }) => mint_token(&cli.serve.jwt, args),
     };
     match result {
         Ok(code) => code,
@@ -252,6 +286,30 @@ async fn apply_retention(database: DatabaseConfig) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn mint_token(jwt: &JwtConfig, args: MintArgs) -> anyhow::Result<ExitCode> {
+    let request = token::MintRequest {
+        tenant: args.tenant,
+        scopes: args.scopes,
+        ttl: args.ttl,
+        subject: args.subject,
+    };
+    let (token, expires_at) = token::mint(jwt, &request)?;
+    eprintln!(
+        "A bearer token for debugging (grpcurl): tenant {}, scopes {}, sub {}, expires at {}. \
+         Give production clients tokens from your identity provider.",
+        request.tenant,
+        request.scopes.join(" "),
+        request.subject,
+        time(
+            i64::try_from(expires_at)
+                .ok()
+                .and_then(|s| s.checked_mul(1_000_000))
+        )
+    );
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Exit status of `verify` when it finds evidence of tampering.

@@ -28,6 +28,7 @@ use crate::error::Error;
 use crate::filter::EventMatcher;
 use crate::filter::expr::{Field, FieldKind, METADATA_FIELD};
 use crate::integrity::Notary;
+use crate::observe::CallRecord;
 use crate::proto::{
     ActorType, AppendRequest, AppendResponse, AppendResult, AuditEvent, DeleteRequest, DeleteResponse,
     ExportRequest, ExportResponse, FilterField, GetFilterMetadataRequest, GetFilterMetadataResponse,
@@ -101,8 +102,10 @@ fn page_size(requested: i32) -> Result<usize, Error> {
 impl AuditService for AuditApi {
     async fn append(&self, request: Request<AppendRequest>) -> Result<Response<AppendResponse>, Status> {
         let caller = caller(&request, Scope::Append)?;
+        let record = CallRecord::of(&request);
         let events = validate::append_events(request.into_inner().events)?;
         let outcomes = self.store.append(&caller.tenant, events).await?;
+        record.appended(u64::try_from(outcomes.iter().filter(|o| !o.duplicate).count()).unwrap_or(u64::MAX));
         let results = outcomes
             .into_iter()
             .map(|o| AppendResult {
@@ -117,6 +120,7 @@ impl AuditService for AuditApi {
     async fn query(&self, request: Request<QueryRequest>) -> Result<Response<EncodedQueryResponse>, Status> {
         let caller = caller(&request, Scope::Read)?;
         let reader = Reader::of(&request, &caller);
+        let record = CallRecord::of(&request);
         let request = request.into_inner();
         let page_size = page_size(request.page_size)?;
         let order = EventOrder::parse(&request.order_by).ok_or_else(|| {
@@ -131,12 +135,10 @@ impl AuditService for AuditApi {
             QueryFingerprint::of(caller.tenant.as_str(), order.as_str(), &filter.encode_to_vec());
         let after = match request.page_token.as_str() {
             "" => None,
-            token => Some(
-                self.store
-                    .page_tokens()
-                    .open(token, fingerprint)
-                    .map_err(|e| Error::invalid("page_token", e.to_string()))?,
-            ),
+            token => Some(self.store.page_tokens().open(token, fingerprint).map_err(|e| {
+                record.page_token_rejected();
+                Error::invalid("page_token", e.to_string())
+            })?),
         };
 
         let limits = PageLimits {
@@ -154,8 +156,9 @@ impl AuditService for AuditApi {
                 .query_page::<PageEvents>(&caller.tenant, &matcher, order, after, limits),
         );
         let (read, page) = (read?, page?);
-        read.finish(u64::try_from(page.events.count()).unwrap_or(u64::MAX))
-            .await?;
+        let returned = u64::try_from(page.events.count()).unwrap_or(u64::MAX);
+        read.finish(returned).await?;
+        record.returned(returned);
         let next_page_token = page
             .next
             .map(|cursor| self.store.page_tokens().issue(fingerprint, cursor))

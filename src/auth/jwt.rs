@@ -197,7 +197,7 @@ fn has_claim(token: &str, claim: &str) -> bool {
 /// Ok when `sub` can stand as an actor id: not empty, at most
 /// [`MAX_SUBJECT_BYTES`], no control characters (a NUL cannot even be
 /// stored on PostgreSQL).
-fn check_subject(sub: &str) -> Result<(), String> {
+pub fn check_subject(sub: &str) -> Result<(), String> {
     if sub.trim().is_empty() {
         return Err("must not be empty".into());
     }

@@ -20,6 +20,7 @@ use uuid::Uuid;
 pub use jwt::JwtVerifier;
 
 use crate::error::Error;
+use crate::observe::CallRecord;
 use crate::store::{Store, now_micros};
 use crate::tenant::TenantId;
 use crate::watch::CredentialCheck;
@@ -103,6 +104,15 @@ impl CallerIdentity {
             Ok(())
         } else {
             Err(Error::MissingScope(scope.as_str()))
+        }
+    }
+
+    /// Who the caller is without its secret, for logs: `api_key:<id>` or
+    /// `jwt:<sub>`.
+    pub fn credential_id(&self) -> String {
+        match (self.kind, self.api_key) {
+            (CredentialKind::ApiKey, Some(id)) => format!("api_key:{id}"),
+            _ => format!("jwt:{}", self.subject),
         }
     }
 
@@ -293,6 +303,25 @@ fn scopes(names: &[String]) -> Vec<Scope> {
     names.iter().filter_map(|name| Scope::parse(name)).collect()
 }
 
+/// Why a call's credential was refused, as `audit_auth_failures_total`'s
+/// `reason` label: a handful of fixed values.
+fn failure_reason(headers: &HeaderMap, error: &Error) -> &'static str {
+    match error {
+        Error::TenantRequired => "tenant_missing",
+        Error::InvalidArgument(_) => "tenant_malformed",
+        Error::TenantMismatch => "tenant_mismatch",
+        Error::Unauthenticated(_) => match credential(headers) {
+            Ok(Credential::Bearer(_)) => "bearer_token_refused",
+            Ok(Credential::ApiKey(_)) => "api_key_refused",
+            Err(_) if headers.contains_key("authorization") || headers.contains_key(API_KEY_HEADER) => {
+                "credential_malformed"
+            }
+            Err(_) => "credential_missing",
+        },
+        _ => "unavailable",
+    }
+}
+
 /// The one credential in `headers`.
 fn credential(headers: &HeaderMap) -> Result<Credential<'_>, Error> {
     let text = |name: &str| {
@@ -384,13 +413,18 @@ where
             if PROTECTED_SERVICES.iter().any(|prefix| path.starts_with(prefix)) {
                 // Before the credential is read: what it says holds from then.
                 let verified_at = now_micros();
+                let record = CallRecord::in_extensions(request.extensions());
                 match authenticator.authenticate(request.headers()).await {
                     Ok(identity) => {
+                        record.identified(identity.tenant.as_str(), identity.credential_id());
                         let credential = StreamCredential::new(authenticator.clone(), &identity, verified_at);
                         request.extensions_mut().insert(credential);
                         request.extensions_mut().insert(identity);
                     }
-                    Err(error) => return Ok(Status::from(error).into_http()),
+                    Err(error) => {
+                        record.auth_failed(failure_reason(request.headers(), &error));
+                        return Ok(Status::from(error).into_http());
+                    }
                 }
             }
             inner.call(request).await

@@ -1,7 +1,9 @@
 //! Builds the gRPC server (AuditService, IntegrityService, PolicyService,
-//! reflection v1 and v1alpha, health), starts the retention task, and runs
-//! until the shutdown token fires, then drains.
+//! reflection v1 and v1alpha, health) with its metrics and access log, and
+//! the `/metrics` listener when configured, starts the retention task, and
+//! runs until the shutdown token fires, then drains.
 
+pub mod observe;
 pub mod retention;
 pub mod signing_key;
 
@@ -18,6 +20,7 @@ use tonic_health::server::HealthReporter;
 use crate::api::{AccessLog, AuditApi, IntegrityApi, PolicyApi};
 use crate::auth::{AuthLayer, Authenticator, JwtVerifier};
 use crate::config::{ServeConfig, TreeMaintenance};
+use crate::observe::Metrics;
 
 use crate::store::Store;
 use crate::transport::{MAX_HEADER_BLOCK_BYTES, MetadataLimitLayer};
@@ -53,9 +56,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
     let store = Store::connect(&config.database)
         .await?
-        .with_tree_maintenance(config.tree_maintenance == TreeMaintenance::On);
+        .with_tree_maintenance(config.tree_maintenance == TreeMaintenance::On)
+        .with_metrics(metrics.clone());
     let notary = signing_key::load_notary(&config.integrity, &store).await?;
     tracing::info!(verifier_key = %notary.verifier().encode(), "checkpoints are signed with this key");
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -73,6 +78,16 @@ pub async fn run(
         buffer_bytes: config.watch_buffer_mib.saturating_mul(1024 * 1024),
     };
     let hub = WatchHub::start(store.clone(), limits, shutdown.clone());
+    if let Some(address) = config.metrics_listen {
+        observe::serve_metrics(
+            address,
+            metrics.clone(),
+            store.clone(),
+            hub.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+    }
     let access = AccessLog::new(store.clone());
     let audit = AuditServiceServer::new(AuditApi::new(store.clone(), hub, notary.clone(), access.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -109,6 +124,7 @@ pub async fn run(
         // Finds clients that vanished without closing their streams.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(observe::layer(metrics)?)
         .layer(MetadataLimitLayer)
         .layer(AuthLayer::new(authenticator))
         .add_service(health_service)

@@ -47,6 +47,7 @@ pub async fn run_once(store: &Store, stop: &CancellationToken) -> StoreResult<Re
             .await
         {
             Ok(run) => {
+                store.metrics().retention_erased.inc_by(run.erased);
                 if run.erased > 0 || run.event.is_some() {
                     tracing::info!(
                         %tenant,

@@ -60,6 +60,7 @@ impl Store {
             commits,
             maintain_tree: true,
             group_commit: Arc::default(),
+            metrics: Arc::default(),
         })
     }
 }

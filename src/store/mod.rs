@@ -61,6 +61,8 @@ pub use query::page_query;
 pub use query::{EventOrder, EventPage, PageLimits, PageSink};
 pub use reads::{READ_DEADLINE, events_of};
 use reads::{fetch_event, fetch_events, within_deadline};
+
+use crate::observe::Metrics;
 pub use retention::{RETENTION_ACTION, RETENTION_ACTOR, RETENTION_BATCH, RetentionRun};
 pub use service_event::{ChangeRequest, SERVICE_ACTION_PREFIX};
 pub use sessions::{
@@ -93,6 +95,8 @@ pub struct Store {
     maintain_tree: bool,
     /// Appends of one tenant waiting to share a transaction.
     group_commit: Arc<append::GroupCommit>,
+    /// Where appends, group commits and retention are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Store {
@@ -101,6 +105,44 @@ impl Store {
     pub fn with_tree_maintenance(mut self, maintain: bool) -> Self {
         self.maintain_tree = maintain;
         self
+    }
+
+    /// Counts into `metrics` (by default into a set of its own that
+    /// nothing exposes).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics this store counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Sets `audit_db_connections` from the pools as they are now.
+    pub fn read_pool_usage(&self) {
+        let pools: &[(&str, &DatabaseConnection)] = match self.backend() {
+            DbBackend::Postgres => &[("write", &self.db), ("read", &self.reads)],
+            _ => &[("write", &self.db)],
+        };
+        for (name, connection) in pools {
+            let (size, idle) = match self.backend() {
+                DbBackend::Postgres => {
+                    let pool = connection.get_postgres_connection_pool();
+                    (pool.size(), pool.num_idle())
+                }
+                _ => {
+                    let pool = connection.get_sqlite_connection_pool();
+                    (pool.size(), pool.num_idle())
+                }
+            };
+            let idle = i64::try_from(idle).unwrap_or(i64::MAX);
+            let gauge = &self.metrics.db_connections;
+            gauge.with_label_values(&[name, "idle"]).set(idle);
+            gauge
+                .with_label_values(&[name, "in_use"])
+                .set((i64::from(size) - idle).max(0));
+        }
     }
 
     fn maintains_tree(&self) -> bool {

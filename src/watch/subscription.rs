@@ -17,6 +17,7 @@ use super::{LiveBatch, StreamSlot};
 use crate::convert::{event_to_proto, micros_to_timestamp, seq_to_proto};
 use crate::error::Error;
 use crate::filter::EventMatcher;
+use crate::observe::metrics::GaugeFlag;
 use crate::proto::{self, WatchResponse, watch_response};
 use crate::store::{Store, now_micros};
 use crate::tenant::TenantId;
@@ -143,7 +144,9 @@ impl Subscription {
             .credential
             .lapses_at()
             .map(|at| Box::pin(tokio::time::sleep(until(at))));
+        let mut lagging = GaugeFlag::new(self.store.metrics().watch_streams_lagging.clone());
         loop {
+            lagging.set(self.cursor < self.head);
             if self.parked && self.outbox.wanting() {
                 self.parked = false;
             }

@@ -21,6 +21,10 @@ work=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
 addr="127.0.0.1:$port"
 export DATABASE_URL="sqlite://$work/audit.db?mode=rwc"
+# For `token mint` and /metrics at the end.
+export AUDIT_JWT_SECRET="grpcurl-e2e-secret-0123456789abcdef"
+metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+export AUDIT_METRICS_LISTEN="127.0.0.1:$metrics_port"
 AUDIT_LISTEN=$addr "$bin" >"$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -190,6 +194,14 @@ check "reading the access records adds none" "$out" "[e['metadata']['rpc'] for e
 
 out=$(grpcurl -plaintext -d '{"service":"audit.v1.AuditService"}' "$addr" grpc.health.v1.Health/Check 2>&1)
 check "health is SERVING" "$out" "'SERVING' in out"
+
+token=$("$bin" token mint --tenant acme --scope audit:read --ttl 10m --sub e2e 2>"$work/mint.err")
+check "token mint says its token is for debugging" "$(cat "$work/mint.err")" "'for debugging' in out"
+out=$(grpcurl -plaintext -H "x-tenant-id: acme" -H "authorization: Bearer $token" -d '{"page_size":1}' "$addr" audit.v1.AuditService/Query 2>&1 || true)
+check "a token from token mint is accepted" "$out" "len(json.loads(out)['events']) == 1"
+
+out=$(python3 -c "import urllib.request; print(urllib.request.urlopen('http://$AUDIT_METRICS_LISTEN/metrics').read().decode())" 2>&1 || true)
+check "/metrics counts the session's calls" "$out" "any(l.startswith('grpc_server_handled_total{') and 'grpc_method=\"Query\"' in l and 'grpc_code=\"OK\"' in l and float(l.split()[-1]) >= 1 for l in out.splitlines())"
 
 echo "grpcurl e2e: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

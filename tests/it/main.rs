@@ -5,6 +5,7 @@
 mod support;
 
 mod access_audit;
+mod access_log;
 mod append;
 mod auth;
 mod backends;
@@ -18,6 +19,7 @@ mod filter_metadata;
 mod fixtures;
 mod hostile;
 mod integrity;
+mod metrics;
 mod page_bytes;
 mod paging;
 mod reconnect;
@@ -30,6 +32,7 @@ mod serving;
 mod shutdown;
 mod stats;
 mod tenancy;
+mod token_mint;
 mod validation;
 mod watch;
 mod watch_auth;

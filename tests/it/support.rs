@@ -429,6 +429,18 @@ pub fn fixture(name: &str) -> std::path::PathBuf {
 pub struct ServerProcess {
     pub addr: SocketAddr,
     child: std::process::Child,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+/// A string field of a JSON log line (`AUDIT_LOG_FORMAT=json`), at its top
+/// level or among its `fields`.
+pub fn json_field(line: &str, name: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    value
+        .get(name)
+        .or_else(|| value.get("fields")?.get(name))?
+        .as_str()
+        .map(str::to_owned)
 }
 
 impl ServerProcess {
@@ -466,14 +478,28 @@ impl ServerProcess {
                 );
             };
             if line.contains("audit-service listening") {
-                let addr = line.split_whitespace().find_map(|w| w.strip_prefix("address="));
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("address="))
+                    .map(str::to_owned)
+                    .or_else(|| json_field(&line, "address"));
                 break addr
                     .and_then(|a| a.parse().ok())
                     .unwrap_or_else(|| panic!("no address in {line:?}"));
             }
             seen.push(line);
         };
-        Self { addr, child }
+        Self {
+            addr,
+            child,
+            log: received,
+        }
+    }
+
+    /// The process's log lines from after its "listening" line, as they
+    /// come: each within `patience`, until the process exits.
+    pub fn next_log_line(&self, patience: Duration) -> Option<String> {
+        self.log.recv_timeout(patience).ok()
     }
 
     /// A caller of `tenant` on this process, holding every scope.

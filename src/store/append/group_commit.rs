@@ -28,6 +28,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedMutexGuard, oneshot, watch};
 
@@ -125,9 +126,14 @@ impl Store {
         // A failed group is recorded again batch by batch, unless it was one
         // batch locked in its own turn (then its error is the answer).
         let retry = (replies.len() > 1 || predecessor.is_some()).then(|| batches.clone());
+        let events = batches.iter().map(Vec::len).sum::<usize>();
+        let started = Instant::now();
         let result = self
             .record_in_turn(tenant, queue, batches, predecessor, turn)
             .await;
+        if let Ok(outcomes) = &result {
+            self.count_group(events, started.elapsed(), outcomes);
+        }
         match (result, retry) {
             (Ok(outcomes), _) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -144,12 +150,32 @@ impl Store {
                 for (events, reply) in batches.into_iter().zip(replies) {
                     let turn = queue.turn.clone().lock_owned().await;
                     queue.drain().await;
+                    let size = events.len();
+                    let started = Instant::now();
                     let result = self.append_batches(tenant, vec![events], None, |_| {}).await;
                     drop(turn);
+                    if let Ok(outcomes) = &result {
+                        self.count_group(size, started.elapsed(), outcomes);
+                    }
                     let _ = reply.send(result.map(|mut all| all.pop().unwrap_or_default()));
                 }
             }
         }
+    }
+
+    /// Counts a committed group of `events` events that took `took`.
+    fn count_group(&self, events: usize, took: Duration, outcomes: &[Vec<AppendOutcome>]) {
+        let metrics = self.metrics();
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a group holds at most MAX_GROUP_EVENTS"
+        )]
+        metrics.append_group_events.observe(events as f64);
+        metrics.append_commit_seconds.observe(took.as_secs_f64());
+        let recorded = outcomes.iter().flatten().filter(|o| !o.duplicate).count();
+        metrics
+            .events_appended
+            .inc_by(u64::try_from(recorded).unwrap_or(u64::MAX));
     }
 
     /// The group in flight the next group (in the caller's turn) is written
