@@ -69,6 +69,22 @@ pub struct JwtConfig {
     pub audience: Option<String>,
 }
 
+/// TLS on the gRPC port (see `src/tls.rs`). Unset: plaintext.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// PEM certificate chain the gRPC port serves (TLS only when set);
+    /// re-read when it changes.
+    #[arg(long = "tls-cert-file", env = "AUDIT_TLS_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the certificate; re-read when it changes.
+    #[arg(long = "tls-key-file", env = "AUDIT_TLS_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates: clients must present a certificate one of them
+    /// signed (mTLS).
+    #[arg(long = "tls-client-ca-file", env = "AUDIT_TLS_CLIENT_CA_FILE", requires = "cert_file")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
 /// Who signs checkpoints, and the name of the logs they sign. Global
 /// options of the command line, like [`DatabaseConfig`].
 #[derive(clap::Args, Debug, Clone)]
@@ -123,6 +139,9 @@ pub struct ServeConfig {
     /// Bearer-token verification.
     #[command(flatten)]
     pub jwt: JwtConfig,
+    /// TLS and mTLS on the gRPC port.
+    #[command(flatten)]
+    pub tls: TlsConfig,
     /// Checkpoint signing (global options, as `database`).
     #[arg(skip)]
     pub integrity: IntegrityConfig,
@@ -186,6 +205,7 @@ impl ServeConfig {
             listen,
             database,
             jwt: JwtConfig::default(),
+            tls: TlsConfig::default(),
             integrity: IntegrityConfig::default(),
             tree_maintenance: TreeMaintenance::On,
             heartbeat_secs: 15,

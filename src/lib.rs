@@ -17,6 +17,7 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod tenant;
+pub mod tls;
 pub mod transport;
 pub mod watch;
 pub mod wire;

@@ -7,6 +7,7 @@ pub mod observe;
 pub mod retention;
 pub mod signing_key;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use crate::config::{ServeConfig, TreeMaintenance};
 use crate::observe::Metrics;
 
 use crate::store::Store;
+use crate::tls::ServerTls;
 use crate::transport::{MAX_HEADER_BLOCK_BYTES, MetadataLimitLayer};
 use crate::watch::{WatchHub, WatchLimits};
 use crate::wire::server::audit_service_server::AuditServiceServer;
@@ -56,6 +58,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // First, so that a bad certificate file stops the start at once.
+    let tls = ServerTls::from_config(&config.tls)?;
     let metrics = Arc::new(Metrics::new());
     let store = Store::connect(&config.database)
         .await?
@@ -105,7 +109,10 @@ pub async fn run(
     ));
 
     let address = listener.local_addr()?;
-    tracing::info!(%address, database = store.backend_name(), "audit-service listening");
+    tracing::info!(%address, database = store.backend_name(), tls = tls.is_some(), "audit-service listening");
+    if tls.is_none() && !address.ip().is_loopback() {
+        tracing::warn!(%address, "serving plaintext beyond loopback: credentials cross the network in the clear; set AUDIT_TLS_CERT_FILE and AUDIT_TLS_KEY_FILE");
+    }
     let drain_signal = {
         let shutdown = shutdown.clone();
         let health = health.clone();
@@ -115,7 +122,7 @@ pub async fn run(
             set_health(&health, ServingStatus::NotServing).await;
         }
     };
-    let serve = Server::builder()
+    let router = Server::builder()
         // A call without its own deadline still ends; Watch streams are not
         // cut by this (it bounds the wait for response headers only).
         .timeout(MAX_CALL_DURATION)
@@ -132,8 +139,14 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(audit)
         .add_service(integrity)
-        .add_service(policy)
-        .serve_with_incoming_shutdown(incoming(listener), drain_signal);
+        .add_service(policy);
+    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
+        Some(tls) => {
+            tokio::spawn(tls.clone().reload_on_change(shutdown.clone()));
+            Box::pin(router.serve_with_incoming_shutdown(tls.incoming(incoming(listener)), drain_signal))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(incoming(listener), drain_signal)),
+    };
     tokio::pin!(serve);
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     tokio::select! {

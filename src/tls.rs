@@ -1,0 +1,281 @@
+//! TLS on the gRPC port, terminated here with rustls (TLS 1.2 and 1.3 only)
+//! so that a renewed certificate is served without a restart: the server's
+//! certificate is an `Arc<CertifiedKey>` behind a lock that a task swaps
+//! when the files change. Each handshake takes the certificate current at
+//! its start; connections already open keep theirs.
+//!
+//! With a client CA (mTLS), a client must present a certificate that CA
+//! signed or the handshake fails; the certificate's identity
+//! ([`client_identity`]) is then recorded in the events the call causes.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::{Stream, StreamExt};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TlsConfig;
+
+/// How often the certificate and key files are read for a change.
+pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest a client may take to finish its handshake; a connection that
+/// never does is closed, not held.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+/// Handshaken connections waiting for the server to take them.
+const ACCEPTED_BACKLOG: usize = 64;
+
+/// The TLS side of the gRPC port: accepts TLS connections with the
+/// certificate current at each handshake.
+#[derive(Clone)]
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+    certificate: Arc<CurrentCertificate>,
+    files: CertificateFiles,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").field("files", &self.files).finish_non_exhaustive()
+    }
+}
+
+/// Where the server's certificate chain and key are read from.
+#[derive(Debug, Clone)]
+struct CertificateFiles {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl ServerTls {
+    /// TLS as `config` sets it, or `None` for plaintext. A certificate, key
+    /// or client CA that cannot be read or parsed is an error naming its
+    /// file.
+    pub fn from_config(config: &TlsConfig) -> anyhow::Result<Option<Self>> {
+        let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) else {
+            anyhow::ensure!(
+                config.cert_file.is_none() && config.key_file.is_none() && config.client_ca_file.is_none(),
+                "TLS needs both AUDIT_TLS_CERT_FILE and AUDIT_TLS_KEY_FILE (AUDIT_TLS_CLIENT_CA_FILE needs them too)"
+            );
+            return Ok(None);
+        };
+        let files = CertificateFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let loaded = load_certified_key(&files, &read(&files.cert)?, &read(&files.key)?, &provider)?;
+        let certificate = Arc::new(CurrentCertificate(RwLock::new(Arc::new(loaded))));
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .context("TLS protocol versions")?;
+        let builder = match &config.client_ca_file {
+            Some(ca) => {
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots(ca)?), provider)
+                    .build()
+                    .with_context(|| format!("client CA {}", ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut server_config = builder.with_cert_resolver(certificate.clone());
+        // gRPC runs on HTTP/2 only; gRPC clients (grpc-go) require it chosen
+        // by ALPN.
+        server_config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Some(Self {
+            acceptor: TlsAcceptor::from(Arc::new(server_config)),
+            certificate,
+            files,
+        }))
+    }
+
+    /// The TLS connections of `tcp`, each handshaken on a task of its own
+    /// so a slow client delays no other; a failed handshake is logged and
+    /// the connection closed. Ends when the server drops the stream.
+    pub fn incoming<S>(&self, tcp: S) -> impl Stream<Item = io::Result<TlsStream<TcpStream>>> + Send + 'static
+    where
+        S: Stream<Item = io::Result<TcpStream>> + Send + 'static,
+    {
+        let (accepted, stream) = mpsc::channel(ACCEPTED_BACKLOG);
+        let acceptor = self.acceptor.clone();
+        tokio::spawn(async move {
+            let mut tcp = std::pin::pin!(tcp);
+            loop {
+                let next = tokio::select! {
+                    () = accepted.closed() => return,
+                    next = tcp.next() => next,
+                };
+                let connection = match next {
+                    None => return,
+                    Some(Err(error)) => {
+                        if accepted.send(Err(error)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Some(Ok(connection)) => connection,
+                };
+                let acceptor = acceptor.clone();
+                let accepted = accepted.clone();
+                tokio::spawn(async move {
+                    let peer = connection.peer_addr().ok();
+                    match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(connection)).await {
+                        Ok(Ok(tls)) => {
+                            // Fails only once the server has stopped accepting.
+                            let _ = accepted.send(Ok(tls)).await;
+                        }
+                        Ok(Err(error)) => tracing::info!(?peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::info!(?peer, limit = ?HANDSHAKE_LIMIT, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(stream)
+    }
+
+    /// Re-reads the certificate and key every [`RELOAD_CHECK_INTERVAL`]
+    /// until `shutdown`, and serves them from the next handshake on when
+    /// their contents changed and parse as a matching pair; otherwise the
+    /// current certificate stays and the error is logged (once per change).
+    pub async fn reload_on_change(self, shutdown: CancellationToken) {
+        let provider = rustls::crypto::ring::default_provider();
+        let mut seen = (read(&self.files.cert).ok(), read(&self.files.key).ok());
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RELOAD_CHECK_INTERVAL) => {}
+            }
+            let now = (read(&self.files.cert), read(&self.files.key));
+            let current = (now.0.as_ref().ok().cloned(), now.1.as_ref().ok().cloned());
+            if current == seen {
+                continue;
+            }
+            seen = current;
+            let reloaded = now
+                .0
+                .and_then(|cert| now.1.and_then(|key| load_certified_key(&self.files, &cert, &key, &provider)));
+            match reloaded {
+                Ok(key) => {
+                    self.certificate.replace(key);
+                    tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+                }
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "TLS certificate not reloaded; serving the previous one")
+                }
+            }
+        }
+    }
+}
+
+/// The server certificate handshakes use now.
+#[derive(Debug)]
+struct CurrentCertificate(RwLock<Arc<CertifiedKey>>);
+
+impl CurrentCertificate {
+    fn replace(&self, key: CertifiedKey) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
+    }
+}
+
+impl ResolvesServerCert for CurrentCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The chain in `cert` (PEM) with the key in `key` (PEM), which must match
+/// the chain's first certificate.
+fn load_certified_key(
+    files: &CertificateFiles,
+    cert: &[u8],
+    key: &[u8],
+    provider: &CryptoProvider,
+) -> anyhow::Result<CertifiedKey> {
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{}: not a PEM certificate chain", files.cert.display()))?;
+    anyhow::ensure!(!chain.is_empty(), "{}: no PEM certificate in it", files.cert.display());
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .with_context(|| format!("{}: no PEM private key in it", files.key.display()))?;
+    CertifiedKey::from_der(chain, key, provider).with_context(|| {
+        format!(
+            "{} and {}: not a usable certificate and matching key",
+            files.cert.display(),
+            files.key.display()
+        )
+    })
+}
+
+/// The CAs of `path` (PEM), which client certificates must chain to.
+fn client_roots(path: &Path) -> anyhow::Result<RootCertStore> {
+    let pem = read(path)?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.with_context(|| format!("{}: not a PEM certificate", path.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("{}: not a usable CA certificate", path.display()))?;
+    }
+    anyhow::ensure!(!roots.is_empty(), "{}: no PEM certificate in it", path.display());
+    Ok(roots)
+}
+
+/// The identity of a client certificate (DER): its SPIFFE id (a URI SAN
+/// starting `spiffe://`) when it has one, else its subject's common name;
+/// `None` when it has neither or does not parse.
+pub fn client_identity(cert: &[u8]) -> Option<String> {
+    use x509_cert::der::Decode as _;
+    use x509_cert::ext::pkix::SubjectAltName;
+    use x509_cert::ext::pkix::name::GeneralName;
+
+    let cert = x509_cert::Certificate::from_der(cert).ok()?;
+    let tbs = &cert.tbs_certificate;
+    let spiffe = tbs
+        .get::<SubjectAltName>()
+        .ok()
+        .flatten()
+        .and_then(|(_, names)| {
+            names.0.into_iter().find_map(|name| match name {
+                GeneralName::UniformResourceIdentifier(uri) if uri.as_str().starts_with("spiffe://") => {
+                    Some(uri.as_str().to_owned())
+                }
+                _ => None,
+            })
+        });
+    spiffe.or_else(|| {
+        tbs.subject
+            .0
+            .iter()
+            .flat_map(|rdn| rdn.0.iter())
+            .find(|attribute| attribute.oid == x509_cert::der::oid::db::rfc4519::CN)
+            .and_then(|attribute| common_name(&attribute.value))
+    })
+}
+
+/// A CN value as text: UTF8String, PrintableString or IA5String.
+fn common_name(value: &x509_cert::der::Any) -> Option<String> {
+    use x509_cert::der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
+    value
+        .decode_as::<Utf8StringRef<'_>>()
+        .map(|s| s.as_str().to_owned())
+        .or_else(|_| value.decode_as::<PrintableStringRef<'_>>().map(|s| s.as_str().to_owned()))
+        .or_else(|_| value.decode_as::<Ia5StringRef<'_>>().map(|s| s.as_str().to_owned()))
+        .ok()
+}
