@@ -81,7 +81,11 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
     /// PEM CA certificates: clients must present a certificate one of them
     /// signed (mTLS).
-    #[arg(long = "tls-client-ca-file", env = "AUDIT_TLS_CLIENT_CA_FILE", requires = "cert_file")]
+    #[arg(
+        long = "tls-client-ca-file",
+        env = "AUDIT_TLS_CLIENT_CA_FILE",
+        requires = "cert_file"
+    )]
     pub client_ca_file: Option<PathBuf>,
 }
 

@@ -135,6 +135,7 @@ pub fn event_to_proto(event: audit_event::Model) -> proto::AuditEvent {
             client_ip: text(event.request_client_ip),
             user_agent: text(event.request_user_agent),
             request_id: text(event.request_id),
+            client_identity: text(event.request_client_identity),
         }),
         source: text(event.source),
         reasoning: text(event.reasoning),

@@ -115,6 +115,8 @@ pub mod audit_event {
         pub request_user_agent: Option<String>,
         /// Correlation id of the request.
         pub request_id: Option<String>,
+        /// The calling workload's TLS client certificate identity.
+        pub request_client_identity: Option<String>,
         /// The emitting service.
         pub source: Option<String>,
         /// Free-text justification.
@@ -140,7 +142,7 @@ pub mod audit_event {
     /// The columns that hold an event's content: NULL once it is erased
     /// (what [`Model::erased`] clears). The idempotency key stays, so a
     /// producer's retry of an erased event is still known as a duplicate.
-    pub const CONTENT_COLUMNS: [Column; 19] = [
+    pub const CONTENT_COLUMNS: [Column; 20] = [
         Column::OccurredAt,
         Column::ActorId,
         Column::ActorType,
@@ -157,6 +159,7 @@ pub mod audit_event {
         Column::RequestClientIp,
         Column::RequestUserAgent,
         Column::RequestId,
+        Column::RequestClientIdentity,
         Column::Source,
         Column::Reasoning,
         Column::Metadata,
@@ -208,6 +211,7 @@ pub mod audit_event {
                 request_client_ip: text(&self.request_client_ip),
                 request_user_agent: text(&self.request_user_agent),
                 request_id: text(&self.request_id),
+                request_client_identity: text(&self.request_client_identity),
                 source: text(&self.source),
                 reasoning: text(&self.reasoning),
                 metadata: self.metadata.as_ref().map(Cow::Borrowed),
@@ -240,6 +244,7 @@ pub mod audit_event {
                 request_client_ip: None,
                 request_user_agent: None,
                 request_id: None,
+                request_client_identity: None,
                 source: None,
                 reasoning: None,
                 metadata: None,
@@ -292,6 +297,8 @@ pub mod audit_event {
         pub request_user_agent: &'a str,
         /// [`Model::request_id`], empty when NULL.
         pub request_id: &'a str,
+        /// [`Model::request_client_identity`], empty when NULL.
+        pub request_client_identity: &'a str,
         /// [`Model::source`], empty when NULL.
         pub source: &'a str,
         /// [`Model::reasoning`], empty when NULL.
@@ -363,6 +370,7 @@ pub mod audit_event {
             request_client_ip: get(row, Column::RequestClientIp)?,
             request_user_agent: get(row, Column::RequestUserAgent)?,
             request_id: get(row, Column::RequestId)?,
+            request_client_identity: get(row, Column::RequestClientIdentity)?,
             source: get(row, Column::Source)?,
             reasoning: get(row, Column::Reasoning)?,
             metadata: get(row, Column::Metadata)?,
@@ -403,6 +411,7 @@ pub mod audit_event {
             request_client_ip: text(Column::RequestClientIp)?,
             request_user_agent: text(Column::RequestUserAgent)?,
             request_id: text(Column::RequestId)?,
+            request_client_identity: text(Column::RequestClientIdentity)?,
             source: text(Column::Source)?,
             reasoning: text(Column::Reasoning)?,
             metadata: get::<R, Option<Json>>(row, Column::Metadata)?.map(Cow::Owned),
@@ -753,6 +762,7 @@ mod tests {
             request_status_code: Some(200),
             request_client_ip: Some("192.0.2.1".into()),
             request_user_agent: Some("ua".into()),
+            request_client_identity: Some("spiffe://example.org/w".into()),
             request_id: Some("q".into()),
             source: Some("s".into()),
             reasoning: Some("why".into()),

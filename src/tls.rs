@@ -49,7 +49,9 @@ pub struct ServerTls {
 
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerTls").field("files", &self.files).finish_non_exhaustive()
+        f.debug_struct("ServerTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
     }
 }
 
@@ -84,9 +86,10 @@ impl ServerTls {
             .context("TLS protocol versions")?;
         let builder = match &config.client_ca_file {
             Some(ca) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots(ca)?), provider)
-                    .build()
-                    .with_context(|| format!("client CA {}", ca.display()))?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots(ca)?), provider)
+                        .build()
+                        .with_context(|| format!("client CA {}", ca.display()))?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
@@ -164,16 +167,20 @@ impl ServerTls {
                 continue;
             }
             seen = current;
-            let reloaded = now
-                .0
-                .and_then(|cert| now.1.and_then(|key| load_certified_key(&self.files, &cert, &key, &provider)));
+            let reloaded = now.0.and_then(|cert| {
+                now.1
+                    .and_then(|key| load_certified_key(&self.files, &cert, &key, &provider))
+            });
             match reloaded {
                 Ok(key) => {
                     self.certificate.replace(key);
                     tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
                 }
                 Err(error) => {
-                    tracing::error!(error = format!("{error:#}"), "TLS certificate not reloaded; serving the previous one")
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "TLS certificate not reloaded; serving the previous one"
+                    )
                 }
             }
         }
@@ -211,7 +218,11 @@ fn load_certified_key(
     let chain = CertificateDer::pem_slice_iter(cert)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{}: not a PEM certificate chain", files.cert.display()))?;
-    anyhow::ensure!(!chain.is_empty(), "{}: no PEM certificate in it", files.cert.display());
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "{}: no PEM certificate in it",
+        files.cert.display()
+    );
     let key = PrivateKeyDer::from_pem_slice(key)
         .with_context(|| format!("{}: no PEM private key in it", files.key.display()))?;
     CertifiedKey::from_der(chain, key, provider).with_context(|| {
@@ -237,6 +248,16 @@ fn client_roots(path: &Path) -> anyhow::Result<RootCertStore> {
     Ok(roots)
 }
 
+/// The identity of the TLS client certificate `request` came with (mTLS),
+/// as [`client_identity`] reads it; `None` on plaintext or TLS without a
+/// client certificate.
+pub fn peer_identity<T>(request: &tonic::Request<T>) -> Option<String> {
+    request
+        .peer_certs()?
+        .first()
+        .and_then(|cert| client_identity(cert))
+}
+
 /// The identity of a client certificate (DER): its SPIFFE id (a URI SAN
 /// starting `spiffe://`) when it has one, else its subject's common name;
 /// `None` when it has neither or does not parse.
@@ -247,18 +268,14 @@ pub fn client_identity(cert: &[u8]) -> Option<String> {
 
     let cert = x509_cert::Certificate::from_der(cert).ok()?;
     let tbs = &cert.tbs_certificate;
-    let spiffe = tbs
-        .get::<SubjectAltName>()
-        .ok()
-        .flatten()
-        .and_then(|(_, names)| {
-            names.0.into_iter().find_map(|name| match name {
-                GeneralName::UniformResourceIdentifier(uri) if uri.as_str().starts_with("spiffe://") => {
-                    Some(uri.as_str().to_owned())
-                }
-                _ => None,
-            })
-        });
+    let spiffe = tbs.get::<SubjectAltName>().ok().flatten().and_then(|(_, names)| {
+        names.0.into_iter().find_map(|name| match name {
+            GeneralName::UniformResourceIdentifier(uri) if uri.as_str().starts_with("spiffe://") => {
+                Some(uri.as_str().to_owned())
+            }
+            _ => None,
+        })
+    });
     spiffe.or_else(|| {
         tbs.subject
             .0
@@ -275,7 +292,15 @@ fn common_name(value: &x509_cert::der::Any) -> Option<String> {
     value
         .decode_as::<Utf8StringRef<'_>>()
         .map(|s| s.as_str().to_owned())
-        .or_else(|_| value.decode_as::<PrintableStringRef<'_>>().map(|s| s.as_str().to_owned()))
-        .or_else(|_| value.decode_as::<Ia5StringRef<'_>>().map(|s| s.as_str().to_owned()))
+        .or_else(|_| {
+            value
+                .decode_as::<PrintableStringRef<'_>>()
+                .map(|s| s.as_str().to_owned())
+        })
+        .or_else(|_| {
+            value
+                .decode_as::<Ia5StringRef<'_>>()
+                .map(|s| s.as_str().to_owned())
+        })
         .ok()
 }

@@ -179,7 +179,8 @@ impl EventFields<'_> {
             + int32_len(3, self.request_status_code)
             + str_len(4, self.request_client_ip)
             + str_len(5, self.request_user_agent)
-            + str_len(6, self.request_id);
+            + str_len(6, self.request_id)
+            + str_len(7, self.request_client_identity);
         let metadata = self.metadata.as_deref().map(|json| StructView::of(json).len());
         let event = message_len(1, uuid::fmt::Hyphenated::LENGTH)
             + str_len(2, self.tenant_id)
@@ -232,6 +233,7 @@ impl EventFields<'_> {
         put_str(4, self.request_client_ip, buf);
         put_str(5, self.request_user_agent, buf);
         put_str(6, self.request_id, buf);
+        put_str(7, self.request_client_identity, buf);
         put_str(11, self.source, buf);
         put_str(12, self.reasoning, buf);
         if let (Some(json), Some(len)) = (self.metadata.as_deref(), lens.metadata) {
@@ -458,6 +460,7 @@ mod tests {
             request_client_ip: Some("203.0.113.7".into()),
             request_user_agent: Some("curl/8".into()),
             request_id: Some("r-1".into()),
+            request_client_identity: Some("spiffe://example.org/auth".into()),
             source: Some("auth".into()),
             reasoning: Some("because".into()),
             metadata,
@@ -547,7 +550,7 @@ mod tests {
             actor in (text(), prop::option::of(any::<i32>()), text(), text()),
             what in (text(), text(), text(), text(), prop::option::of(any::<i32>())),
             request in (text(), text(), prop::option::of(any::<i32>()), text(), text(), text()),
-            rest in (text(), text(), prop::option::of(json())),
+            rest in (text(), text(), prop::option::of(json()), text()),
         ) -> audit_event::Model {
             // Stored times lie within what a Timestamp can say.
             let micros = |t: i64| t % 253_402_300_799_000_000;
@@ -569,6 +572,7 @@ mod tests {
                 request_client_ip: request.3,
                 request_user_agent: request.4,
                 request_id: request.5,
+                request_client_identity: rest.3,
                 source: rest.0,
                 reasoning: rest.1,
                 metadata: rest.2,

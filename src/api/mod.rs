@@ -241,6 +241,7 @@ impl AuditService for AuditApi {
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         let caller = caller(&request, Scope::Write)?;
+        let client_identity = crate::tls::peer_identity(&request);
         let request = request.into_inner();
         let id = event_id(&request.id, "id")?;
         let mut violations = validate::Violations::default();
@@ -251,6 +252,7 @@ impl AuditService for AuditApi {
             actor_id: caller.subject.clone(),
             actor_type: caller.actor_type() as i32,
             reason: request.reason,
+            client_identity,
         };
         let deletion = self.store.delete(&caller.tenant, id, deletion).await?;
         Ok(Response::new(DeleteResponse {

@@ -18,6 +18,7 @@ use crate::proto::{
     SetRetentionRequest, SetRetentionResponse,
 };
 use crate::store::{self, ChangeRequest, Retention, Store};
+use crate::tls::peer_identity;
 use crate::wire::server::policy_service_server::PolicyService;
 
 /// Largest legal hold filter, protobuf-encoded: the hold's record in the
@@ -39,8 +40,14 @@ impl PolicyApi {
     }
 }
 
-/// The change request of `caller`, with a required `reason`.
-fn change_request(caller: &CallerIdentity, reason: String, required: bool) -> Result<ChangeRequest, Error> {
+/// The change request of `caller`, calling from the workload
+/// `client_identity` (mTLS), with a `reason` that may be `required`.
+fn change_request(
+    caller: &CallerIdentity,
+    client_identity: Option<String>,
+    reason: String,
+    required: bool,
+) -> Result<ChangeRequest, Error> {
     let mut violations = Violations::default();
     if required && reason.trim().is_empty() {
         violations.add("reason", "is required");
@@ -51,6 +58,7 @@ fn change_request(caller: &CallerIdentity, reason: String, required: bool) -> Re
         actor_id: caller.subject.clone(),
         actor_type: caller.actor_type() as i32,
         reason,
+        client_identity,
     })
 }
 
@@ -139,9 +147,10 @@ impl PolicyService for PolicyApi {
         request: Request<SetRetentionRequest>,
     ) -> Result<Response<SetRetentionResponse>, Status> {
         let caller = caller(&request, Scope::Admin)?;
+        let client_identity = peer_identity(&request);
         let request = request.into_inner();
         let next = retention(&request)?;
-        let change = change_request(&caller, request.reason, false)?;
+        let change = change_request(&caller, client_identity, request.reason, false)?;
         let changed = self.store.set_retention(&caller.tenant, next, &change).await?;
         Ok(Response::new(SetRetentionResponse {
             retention: Some(policy_to_proto(changed.policy)),
@@ -154,6 +163,7 @@ impl PolicyService for PolicyApi {
         request: Request<CreateLegalHoldRequest>,
     ) -> Result<Response<CreateLegalHoldResponse>, Status> {
         let caller = caller(&request, Scope::Admin)?;
+        let client_identity = peer_identity(&request);
         let request = request.into_inner();
         let filter = request.filter.unwrap_or_default();
         let matched = if filter.encoded_len() > MAX_HOLD_FILTER_BYTES {
@@ -164,7 +174,7 @@ impl PolicyService for PolicyApi {
         } else {
             EventMatcher::new(&filter, "filter")
         };
-        let change = change_request(&caller, request.reason, true);
+        let change = change_request(&caller, client_identity, request.reason, true);
         let (_, change) = super::validate::both(matched, change)?;
         let created = self.store.create_hold(&caller.tenant, &filter, &change).await?;
         Ok(Response::new(CreateLegalHoldResponse {
@@ -192,13 +202,14 @@ impl PolicyService for PolicyApi {
         request: Request<ReleaseLegalHoldRequest>,
     ) -> Result<Response<ReleaseLegalHoldResponse>, Status> {
         let caller = caller(&request, Scope::Admin)?;
+        let client_identity = peer_identity(&request);
         let request = request.into_inner();
         let id = match request.id.as_str() {
             "" => Err(Error::invalid("id", "is required")),
             id => uuid::Uuid::parse_str(id)
                 .map_err(|_| Error::invalid("id", "must be a legal hold id (a UUID)")),
         };
-        let change = change_request(&caller, request.reason, true);
+        let change = change_request(&caller, client_identity, request.reason, true);
         let (id, change) = super::validate::both(id, change)?;
         let released = self.store.release_hold(&caller.tenant, id, &change).await?;
         Ok(Response::new(ReleaseLegalHoldResponse {
@@ -221,8 +232,9 @@ impl PolicyService for PolicyApi {
         request: Request<SetAccessAuditRequest>,
     ) -> Result<Response<SetAccessAuditResponse>, Status> {
         let caller = caller(&request, Scope::Admin)?;
+        let client_identity = peer_identity(&request);
         let request = request.into_inner();
-        let change = change_request(&caller, request.reason, false)?;
+        let change = change_request(&caller, client_identity, request.reason, false)?;
         let changed = self
             .store
             .set_access_audit(&caller.tenant, request.enabled, &change)

@@ -51,6 +51,7 @@ mod tests {
             request_client_ip: Some("10.0.0.1".into()),
             request_user_agent: None,
             request_id: None,
+            request_client_identity: None,
             source: Some("sso".into()),
             reasoning: None,
             metadata: Some(serde_json::json!({"b": 1, "a": [true, "x"], "c": {"z": null}})),

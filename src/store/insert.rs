@@ -42,7 +42,7 @@ pub(super) async fn insert_events(
 /// One INSERT for a batch of events of one tenant on PostgreSQL: each
 /// column travels as one array literal and the server `unnest`s them, so
 /// the statement is prepared once and planned once, where a multi-row
-/// VALUES list of a new length (25 parameters a row) is parsed and planned
+/// VALUES list of a new length (26 parameters a row) is parsed and planned
 /// anew on every group commit.
 async fn insert_events_postgres(txn: &DatabaseTransaction, rows: &[audit_event::Model]) -> Result<(), DbErr> {
     let Some(first) = rows.first() else {
@@ -50,7 +50,7 @@ async fn insert_events_postgres(txn: &DatabaseTransaction, rows: &[audit_event::
     };
     let n = rows.len();
     let mut numbers: [ArrayLiteral; 8] = std::array::from_fn(|_| ArrayLiteral::with_capacity(n * 17));
-    let mut texts: [ArrayLiteral; 16] = std::array::from_fn(|_| ArrayLiteral::with_capacity(n * 24));
+    let mut texts: [ArrayLiteral; 17] = std::array::from_fn(|_| ArrayLiteral::with_capacity(n * 24));
     for row in rows {
         if row.tenant_id != first.tenant_id {
             return Err(DbErr::Custom("one INSERT takes the events of one tenant".into()));
@@ -87,6 +87,7 @@ async fn insert_events_postgres(txn: &DatabaseTransaction, rows: &[audit_event::
             row.request_client_ip.as_deref(),
             row.request_user_agent.as_deref(),
             row.request_id.as_deref(),
+            row.request_client_identity.as_deref(),
             row.source.as_deref(),
             row.reasoning.as_deref(),
             metadata.as_deref(),
@@ -102,13 +103,14 @@ async fn insert_events_postgres(txn: &DatabaseTransaction, rows: &[audit_event::
         "INSERT INTO audit_events (tenant_id, seq, id, occurred_at, recorded_at, actor_type, outcome, \
          request_status_code, deleted_at, actor_id, actor_name, actor_email, action, resource_type, \
          resource_id, resource_name, request_method, request_path, request_client_ip, \
-         request_user_agent, request_id, source, reasoning, metadata, idempotency_key) \
+         request_user_agent, request_id, request_client_identity, source, reasoning, metadata, \
+         idempotency_key) \
          SELECT $1, t.* FROM unnest($2::text::bigint[], $3::text::uuid[], $4::text::bigint[], \
          $5::text::bigint[], $6::text::int[], $7::text::int[], $8::text::int[], $9::text::bigint[], \
          $10::text::text[], $11::text::text[], $12::text::text[], $13::text::text[], $14::text::text[], \
          $15::text::text[], $16::text::text[], $17::text::text[], $18::text::text[], $19::text::text[], \
          $20::text::text[], $21::text::text[], $22::text::text[], $23::text::text[], \
-         $24::text::jsonb[], $25::text::text[]) AS t",
+         $24::text::text[], $25::text::jsonb[], $26::text::text[]) AS t",
         values,
     ))
     .await?;

@@ -88,6 +88,7 @@ mod tests {
             request_client_ip: "203.0.113.9".into(),
             request_user_agent: "curl/8".into(),
             request_id: "req-1".into(),
+            request_client_identity: "spiffe://example.org/billing".into(),
             source: "billing".into(),
             reasoning: "because".into(),
             metadata: Some(serde_json::json!({"attempt": 2, "tags": ["a", null, 1.5]})),
@@ -101,6 +102,7 @@ mod tests {
             actor_id: "admin".into(),
             actor_type: 1,
             reason: "test".into(),
+            client_identity: None,
         };
         let erased = store.delete(&tenant, outcomes[0].id, request).await.unwrap();
         assert_eq!(erased.erased_id, outcomes[0].id);

@@ -380,6 +380,7 @@ async fn append_run_event(
             "retention: events recorded more than {} s ago are erased",
             run.period_secs.unwrap_or_default()
         ),
+        client_identity: None,
     };
     append_service_event(
         txn,

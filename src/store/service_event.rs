@@ -28,6 +28,10 @@ pub struct ChangeRequest {
     pub actor_type: i32,
     /// Why: the recorded event's reasoning.
     pub reason: String,
+    /// The calling workload's TLS client certificate identity
+    /// ([`crate::tls::client_identity`]), when the call came over mTLS: the
+    /// recorded event's `request.client_identity`.
+    pub client_identity: Option<String>,
 }
 
 /// An event the service records about its own work.
@@ -56,6 +60,7 @@ impl ServiceEvent<'_> {
             outcome: Outcome::Success as i32,
             source: crate::SERVICE_NAME.to_owned(),
             reasoning: self.by.reason.clone(),
+            request_client_identity: self.by.client_identity.clone().unwrap_or_default(),
             metadata: Some(self.metadata),
             ..NewEvent::default()
         }

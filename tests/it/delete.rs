@@ -55,6 +55,7 @@ async fn three_events(server: &TestServer) -> (Caller, Vec<String>) {
             client_ip: "192.0.2.7".into(),
             user_agent: "curl/8".into(),
             request_id: "req-erase-me".into(),
+            client_identity: "spiffe://example.org/ns/docs/sa/sharer".into(),
         }),
         source: "docs".into(),
         reasoning: "shared with a partner".into(),

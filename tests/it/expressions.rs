@@ -79,6 +79,7 @@ fn fixture_event(
             client_ip: request.3.into(),
             user_agent: String::new(),
             request_id: request.4.into(),
+            client_identity: String::new(),
         }),
         source: source.into(),
         reasoning: String::new(),

@@ -32,6 +32,7 @@ mod serving;
 mod shutdown;
 mod stats;
 mod tenancy;
+mod tls;
 mod token_mint;
 mod validation;
 mod watch;

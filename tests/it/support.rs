@@ -13,7 +13,7 @@ use audit_service::proto::{self, AppendRequest, AppendResult, EventInput};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
@@ -98,6 +98,8 @@ pub struct TestServer {
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
+    /// How this harness's own connections reach a TLS server.
+    client_tls: Option<ClientTlsConfig>,
 }
 
 impl TestServer {
@@ -109,6 +111,17 @@ impl TestServer {
 
     /// Like [`TestServer::start`], with `configure` adjusting the settings.
     pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        Self::start_with_tls(backend, None, configure).await
+    }
+
+    /// Like [`TestServer::start_with`] for a server `configure` puts on
+    /// TLS: the harness's own connections (health, callers) use
+    /// `client_tls`.
+    pub async fn start_with_tls(
+        backend: Backend,
+        client_tls: Option<ClientTlsConfig>,
+        configure: impl FnOnce(&mut ServeConfig),
+    ) -> Self {
         let (database_url, dir) = match &backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
@@ -117,7 +130,7 @@ impl TestServer {
             }
             Backend::Postgres(url) => (url.clone(), None),
         };
-        let mut server = Self::start_on(backend, database_url, configure).await;
+        let mut server = Self::launch(backend, database_url, client_tls, configure).await;
         server._dir = dir;
         server
     }
@@ -126,6 +139,15 @@ impl TestServer {
     pub async fn start_on(
         backend: Backend,
         database_url: String,
+        configure: impl FnOnce(&mut ServeConfig),
+    ) -> Self {
+        Self::launch(backend, database_url, None, configure).await
+    }
+
+    async fn launch(
+        backend: Backend,
+        database_url: String,
+        client_tls: Option<ClientTlsConfig>,
         configure: impl FnOnce(&mut ServeConfig),
     ) -> Self {
         // As `main` does: the in-process servers run as the binary would.
@@ -145,6 +167,7 @@ impl TestServer {
             shutdown,
             handle: Some(handle),
             _dir: None,
+            client_tls,
         };
         server.wait_until_serving().await;
         server
@@ -154,7 +177,7 @@ impl TestServer {
         // Up to a minute: a loaded 2-core machine running the whole suite
         // on both databases once took more than 10 s to start a server.
         for _ in 0..1200 {
-            if let Ok(channel) = Channel::from_shared(self.url()).expect("url").connect().await {
+            if let Ok(channel) = self.endpoint().connect().await {
                 let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
                 let request = tonic_health::pb::HealthCheckRequest {
                     service: "audit.v1.AuditService".into(),
@@ -169,16 +192,26 @@ impl TestServer {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The server's endpoint, with the harness's TLS settings if any.
+    pub fn endpoint(&self) -> Endpoint {
+        let endpoint = Channel::from_shared(self.url()).expect("url");
+        match &self.client_tls {
+            Some(tls) => endpoint.tls_config(tls.clone()).expect("client TLS"),
+            None => endpoint,
+        }
     }
 
     /// A connected channel.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect")
+        self.endpoint().connect().await.expect("connect")
     }
 
     /// A connected AuditService client.

@@ -51,6 +51,8 @@ pub struct NewEvent {
     pub request_user_agent: String,
     /// The producer's id of the request.
     pub request_id: String,
+    /// The calling workload's TLS client certificate identity (empty: none).
+    pub request_client_identity: String,
     /// The service that reported the event.
     pub source: String,
     /// Why it was done, in the actor's words.
@@ -91,6 +93,8 @@ impl NewEvent {
             request_client_ip: Some(self.request_client_ip),
             request_user_agent: Some(self.request_user_agent),
             request_id: Some(self.request_id),
+            request_client_identity: (!self.request_client_identity.is_empty())
+                .then_some(self.request_client_identity),
             source: Some(self.source),
             reasoning: Some(self.reasoning),
             metadata: self.metadata,
