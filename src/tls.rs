@@ -154,34 +154,59 @@ impl ServerTls {
     /// their contents changed and parse as a matching pair; otherwise the
     /// current certificate stays and the error is logged (once per change).
     pub async fn reload_on_change(self, shutdown: CancellationToken) {
-        let provider = rustls::crypto::ring::default_provider();
-        let mut seen = (read(&self.files.cert).ok(), read(&self.files.key).ok());
+        let mut reload = Reload::new(self);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(RELOAD_CHECK_INTERVAL) => {}
             }
-            let now = (read(&self.files.cert), read(&self.files.key));
-            let current = (now.0.as_ref().ok().cloned(), now.1.as_ref().ok().cloned());
-            if current == seen {
-                continue;
+            reload.check();
+        }
+    }
+}
+
+/// The state of [`ServerTls::reload_on_change`]: the file contents last
+/// seen, so that a pair is tried (and a failure logged) once per change.
+struct Reload {
+    tls: ServerTls,
+    provider: CryptoProvider,
+    seen: (Option<Vec<u8>>, Option<Vec<u8>>),
+}
+
+impl Reload {
+    fn new(tls: ServerTls) -> Self {
+        let seen = (read(&tls.files.cert).ok(), read(&tls.files.key).ok());
+        Self {
+            tls,
+            provider: rustls::crypto::ring::default_provider(),
+            seen,
+        }
+    }
+
+    /// Reads both files; when either changed, serves them if they are a
+    /// usable pair, else logs why and keeps the certificate served.
+    fn check(&mut self) {
+        let files = &self.tls.files;
+        let now = (read(&files.cert), read(&files.key));
+        let current = (now.0.as_ref().ok().cloned(), now.1.as_ref().ok().cloned());
+        if current == self.seen {
+            return;
+        }
+        self.seen = current;
+        let reloaded = now.0.and_then(|cert| {
+            now.1
+                .and_then(|key| load_certified_key(files, &cert, &key, &self.provider))
+        });
+        match reloaded {
+            Ok(key) => {
+                self.tls.certificate.replace(key);
+                tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
             }
-            seen = current;
-            let reloaded = now.0.and_then(|cert| {
-                now.1
-                    .and_then(|key| load_certified_key(&self.files, &cert, &key, &provider))
-            });
-            match reloaded {
-                Ok(key) => {
-                    self.certificate.replace(key);
-                    tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
-                }
-                Err(error) => {
-                    tracing::error!(
-                        error = format!("{error:#}"),
-                        "TLS certificate not reloaded; serving the previous one"
-                    )
-                }
+            Err(error) => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "TLS certificate not reloaded; serving the previous one"
+                )
             }
         }
     }
@@ -303,4 +328,120 @@ fn common_name(value: &x509_cert::der::Any) -> Option<String> {
                 .map(|s| s.as_str().to_owned())
         })
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+
+    use super::*;
+
+    fn certificate(common_name: Option<&str>, uris: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(name) = common_name {
+            params.distinguished_name.push(DnType::CommonName, name);
+        }
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*uri).try_into().unwrap()));
+        }
+        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    }
+
+    fn der(pem: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+    }
+
+    #[test]
+    fn the_spiffe_id_is_the_identity_even_beside_other_uris_and_a_common_name() {
+        let (cert, _) = certificate(
+            Some("reviewer"),
+            &["https://example.org/x", "spiffe://example.org/ns/a/sa/b"],
+        );
+        assert_eq!(
+            client_identity(&der(&cert)).as_deref(),
+            Some("spiffe://example.org/ns/a/sa/b")
+        );
+    }
+
+    #[test]
+    fn without_a_spiffe_id_the_common_name_is_the_identity() {
+        let (cert, _) = certificate(Some("reviewer"), &["https://example.org/x"]);
+        assert_eq!(client_identity(&der(&cert)).as_deref(), Some("reviewer"));
+    }
+
+    #[test]
+    fn a_certificate_with_neither_and_bytes_that_are_no_certificate_have_no_identity() {
+        let (cert, _) = certificate(None, &[]);
+        assert_eq!(client_identity(&der(&cert)), None);
+        assert_eq!(client_identity(b"not a certificate"), None);
+    }
+
+    struct Files {
+        dir: tempfile::TempDir,
+        config: TlsConfig,
+    }
+
+    fn files((cert, key): &(String, String)) -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TlsConfig {
+            cert_file: Some(dir.path().join("tls.crt")),
+            key_file: Some(dir.path().join("tls.key")),
+            client_ca_file: None,
+        };
+        let files = Files { dir, config };
+        files.write(cert, key);
+        files
+    }
+
+    impl Files {
+        fn write(&self, cert: &str, key: &str) {
+            std::fs::write(self.dir.path().join("tls.crt"), cert).unwrap();
+            std::fs::write(self.dir.path().join("tls.key"), key).unwrap();
+        }
+    }
+
+    fn served(tls: &ServerTls) -> Vec<u8> {
+        tls.certificate.0.read().unwrap().cert[0].to_vec()
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused_at_start_naming_both_files() {
+        let (cert, _) = certificate(Some("a"), &[]);
+        let (_, other_key) = certificate(Some("b"), &[]);
+        let files = files(&(cert, other_key));
+        let error = format!("{:#}", ServerTls::from_config(&files.config).unwrap_err());
+        assert!(error.contains("tls.crt") && error.contains("tls.key"), "{error}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_pem_is_refused_at_start_naming_it() {
+        let files = files(&("garbage".to_owned(), "garbage".to_owned()));
+        let error = format!("{:#}", ServerTls::from_config(&files.config).unwrap_err());
+        assert!(error.contains("tls.crt"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_pair_keeps_the_served_certificate_and_a_good_one_replaces_it() {
+        let first = certificate(Some("first"), &[]);
+        let files = files(&first);
+        let tls = ServerTls::from_config(&files.config).unwrap().unwrap();
+        let mut reload = Reload::new(tls.clone());
+
+        let (renewed_cert, renewed_key) = certificate(Some("renewed"), &[]);
+        // The new certificate written, its key not yet: not a pair.
+        files.write(&renewed_cert, &first.1);
+        reload.check();
+        assert_eq!(served(&tls), der(&first.0));
+        files.write("garbage", "garbage");
+        reload.check();
+        assert_eq!(served(&tls), der(&first.0));
+
+        files.write(&renewed_cert, &renewed_key);
+        reload.check();
+        assert_eq!(served(&tls), der(&renewed_cert));
+    }
 }
