@@ -375,14 +375,7 @@ async fn export_rpc_lean(channel: &Channel, caller: &Caller, events: u64) -> any
         checkpoint |= message.checkpoint.is_some();
     }
     transfer.elapsed = started.elapsed();
-    if !checkpoint || transfer.events != events {
-        bail!(
-            "the export held {} events of {events}{}",
-            transfer.events,
-            if checkpoint { "" } else { " and no checkpoint" }
-        );
-    }
-    Ok(transfer)
+    whole(transfer, checkpoint, events)
 }
 
 /// One `Export` of the whole tenant, every message received and decoded;
@@ -412,6 +405,12 @@ async fn export_rpc(caller: &Caller, events: u64) -> anyhow::Result<Transfer> {
         }
     }
     transfer.elapsed = started.elapsed();
+    whole(transfer, checkpoint, events)
+}
+
+/// `transfer`, if the export it measured ended with its checkpoint and
+/// held all `events`.
+fn whole(transfer: Transfer, checkpoint: bool, events: u64) -> anyhow::Result<Transfer> {
     if !checkpoint || transfer.events != events {
         bail!(
             "the export held {} events of {events}{}",
