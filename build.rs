@@ -28,8 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(fds.clone())?;
 
     // The servers the service runs: the same services and messages, except
-    // that `Query` answers with `wire::EncodedQueryResponse`, whose events
-    // are written straight from the rows (the same bytes on the wire), and
+    // that `Query` and `Export` answer with `wire::EncodedQueryResponse` and
+    // `wire::EncodedExportResponse`, whose events are written straight from
+    // the rows (the same bytes on the wire), and
     // that a request that does not decode is INVALID_ARGUMENT
     // (`codec::RequestCodec`), not INTERNAL.
     let wire_dir = out_dir.join("wire");
@@ -40,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(wire_dir)
         .extern_path(".audit.v1", "crate::proto")
         .extern_path(".audit.v1.QueryResponse", "crate::wire::EncodedQueryResponse")
+        .extern_path(".audit.v1.ExportResponse", "crate::wire::EncodedExportResponse")
         .codec_path("crate::codec::RequestCodec")
         .compile_fds(fds)?;
     Ok(())

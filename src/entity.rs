@@ -320,6 +320,18 @@ pub mod audit_event {
         Err(unsupported_backend())
     }
 
+    /// Whether the row of `Entity::find()` is an erased event's (its
+    /// `deleted_at` set).
+    pub fn is_erased_row(row: &QueryResult) -> Result<bool, DbErr> {
+        if let Some(row) = row.try_as_sqlite_row() {
+            return Ok(get::<_, Option<i64>>(row, Column::DeletedAt)?.is_some());
+        }
+        if let Some(row) = row.try_as_pg_row() {
+            return Ok(get::<_, Option<i64>>(row, Column::DeletedAt)?.is_some());
+        }
+        Err(unsupported_backend())
+    }
+
     fn unsupported_backend() -> DbErr {
         DbErr::Type("audit_events row from an unsupported backend".to_owned())
     }

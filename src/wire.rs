@@ -74,6 +74,102 @@ impl Message for EncodedQueryResponse {
     }
 }
 
+/// `audit.v1.ExportResponse`, already encoded: a header or checkpoint as
+/// `prost` writes it, or a chunk whose events were written straight from
+/// the rows ([`PageEvents`]) followed by the rest of its `ExportChunk`.
+/// The bytes are kept in three parts so a chunk's events are never copied.
+#[derive(Clone, PartialEq, Eq, Default, Debug)]
+pub struct EncodedExportResponse {
+    /// The bytes before the chunk's events: a whole header or checkpoint,
+    /// or the `chunk` field's key and length.
+    head: Vec<u8>,
+    /// The chunk's `events` field, as [`PageEvents`] wrote it.
+    events: Vec<u8>,
+    /// The rest of the chunk: its leaf hashes, skipped subtrees and resume
+    /// position.
+    tail: Vec<u8>,
+    /// Events of the chunk handed over whole (not erased), for the access
+    /// record; not encoded (0 for a decoded message).
+    whole: u64,
+}
+
+impl EncodedExportResponse {
+    /// A message that is not a chunk of events (a header or checkpoint).
+    pub fn of(response: &crate::proto::ExportResponse) -> Self {
+        Self {
+            head: response.encode_to_vec(),
+            ..Self::default()
+        }
+    }
+
+    /// `ExportResponse.chunk`: `events` (an `ExportChunk.events` field as
+    /// [`PageEvents`] writes it, `whole` of them not erased) followed by
+    /// `rest` (a chunk whose `events` is empty).
+    pub fn chunk(events: PageEvents, whole: u64, rest: &crate::proto::ExportChunk) -> Self {
+        debug_assert!(
+            rest.events.is_empty(),
+            "the chunk's events are written by PageEvents"
+        );
+        let events = events.into_bytes();
+        let tail = rest.encode_to_vec();
+        let mut head = Vec::with_capacity(8);
+        put_message_key(2, events.len() + tail.len(), &mut head);
+        Self {
+            head,
+            events,
+            tail,
+            whole,
+        }
+    }
+
+    /// Events of a chunk handed over whole (0 for other messages).
+    pub fn whole_events(&self) -> u64 {
+        self.whole
+    }
+
+    /// The generated message of these bytes (for `audit-service export`,
+    /// which writes each part as JSON).
+    pub fn decode_message(&self) -> Result<crate::proto::ExportResponse, DecodeError> {
+        let bytes = (&self.head[..]).chain(&self.events[..]).chain(&self.tail[..]);
+        crate::proto::ExportResponse::decode(bytes)
+    }
+}
+
+impl Message for EncodedExportResponse {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.head);
+        buf.put_slice(&self.events);
+        buf.put_slice(&self.tail);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        // Every part of the oneof is a message: kept as its bytes.
+        match tag {
+            1..=3 => {
+                let mut part = Vec::new();
+                encoding::bytes::merge(wire_type, &mut part, buf, ctx)?;
+                put_bytes(tag, &part, &mut self.head);
+                Ok(())
+            }
+            _ => encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.head.len() + self.events.len() + self.tail.len()
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
 /// The `events` field of a `QueryResponse` being written, within a byte
 /// budget: an event goes in only if the field stays within the budget with
 /// it, except the first, so every page carries at least one event.
@@ -616,6 +712,57 @@ mod tests {
             proto::QueryResponse::decode(&empty.encode_to_vec()[..]).unwrap(),
             proto::QueryResponse::default()
         );
+    }
+
+    #[test]
+    fn an_encoded_export_chunk_is_an_export_response() {
+        use proto::export_response::Part;
+
+        let models = [event(1, Some(json!({"k": "v"}))), erased(2), event(3, None)];
+        let mut events = PageEvents::new(usize::MAX, 0);
+        for model in &models {
+            assert!(events.push(&model.fields()));
+        }
+        let rest = proto::ExportChunk {
+            events: Vec::new(),
+            leaf_hashes: vec![vec![1; 32], vec![3; 32]],
+            skipped: vec![proto::TreeNode {
+                level: 0,
+                index: 1,
+                hash: vec![2; 32],
+            }],
+            resume_after_seq: 3,
+        };
+        let encoded = EncodedExportResponse::chunk(events, 2, &rest);
+        let expected = proto::ExportResponse {
+            part: Some(Part::Chunk(proto::ExportChunk {
+                events: models.iter().cloned().map(event_to_proto).collect(),
+                ..rest
+            })),
+        };
+        let bytes = encoded.encode_to_vec();
+        assert_eq!(bytes, expected.encode_to_vec());
+        assert_eq!(encoded.encoded_len(), bytes.len());
+        assert_eq!(encoded.whole_events(), 2);
+        assert_eq!(encoded.decode_message().unwrap(), expected);
+        // Decoding keeps the bytes (not the count, which is not sent).
+        let decoded = EncodedExportResponse::decode(&bytes[..]).unwrap();
+        assert_eq!(decoded.encode_to_vec(), bytes);
+        assert_eq!(decoded.whole_events(), 0);
+
+        let header = proto::ExportResponse {
+            part: Some(Part::Header(proto::ExportHeader {
+                after_seq: 0,
+                tree_size: 3,
+                prefix: Vec::new(),
+                tenant_id: "acme".into(),
+                filter: None,
+            })),
+        };
+        let encoded = EncodedExportResponse::of(&header);
+        assert_eq!(encoded.encode_to_vec(), header.encode_to_vec());
+        assert_eq!(encoded.decode_message().unwrap(), header);
+        assert_eq!(encoded.whole_events(), 0);
     }
 
     /// The events `bytes` (a written `events` field) holds.

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use futures::Stream;
 use tonic::Status;
 
-use crate::convert::{event_to_proto, seq_from_proto, seq_to_proto};
+use crate::convert::{seq_from_proto, seq_to_proto};
 use crate::error::Error;
 use crate::filter::EventMatcher;
 use crate::integrity::Notary;
@@ -17,6 +17,7 @@ use crate::proto::export_response::Part;
 use crate::proto::{ExportChunk, ExportHeader, ExportRequest, ExportResponse, TreeNode};
 use crate::store::{ChunkLimits, Store};
 use crate::tenant::TenantId;
+use crate::wire::{EncodedExportResponse, PageEvents};
 
 /// Most events in one chunk.
 pub const EXPORT_CHUNK_EVENTS: u64 = 1000;
@@ -24,20 +25,20 @@ pub const EXPORT_CHUNK_EVENTS: u64 = 1000;
 pub const EXPORT_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// The stream `Export` answers with.
-pub type ExportStream = Pin<Box<dyn Stream<Item = Result<ExportResponse, Status>> + Send>>;
+pub type ExportStream = Pin<Box<dyn Stream<Item = Result<EncodedExportResponse, Status>> + Send>>;
 
 /// Where an export stream is; each step holds the checkpoint that ends it.
 enum Step {
-    Header(Box<ExportResponse>, ExportResponse),
+    Header(EncodedExportResponse, EncodedExportResponse),
     Chunks {
         after: i64,
         /// Most events the next chunk reads: twice what the last chunk
         /// held when it was cut by bytes, so a statement never produces
         /// many more rows than a chunk takes.
         events: u64,
-        checkpoint: ExportResponse,
+        checkpoint: EncodedExportResponse,
     },
-    Checkpoint(ExportResponse),
+    Checkpoint(EncodedExportResponse),
     Done,
 }
 
@@ -72,7 +73,7 @@ pub async fn export(
         ));
     }
     let head = seq_from_proto(size, "after_seq")?;
-    let header = ExportResponse {
+    let header = EncodedExportResponse::of(&ExportResponse {
         part: Some(Part::Header(ExportHeader {
             after_seq: request.after_seq,
             tree_size: size,
@@ -80,14 +81,14 @@ pub async fn export(
             tenant_id: tenant.as_str().to_owned(),
             filter: Some(filter),
         })),
-    };
-    let checkpoint = ExportResponse {
+    });
+    let checkpoint = EncodedExportResponse::of(&ExportResponse {
         part: Some(Part::Checkpoint(super::integrity::checkpoint_to_proto(
             start.checkpoint,
             &notary.verifier(),
         ))),
-    };
-    let stream = futures::stream::unfold(Step::Header(Box::new(header), checkpoint), move |step| {
+    });
+    let stream = futures::stream::unfold(Step::Header(header, checkpoint), move |step| {
         let store = store.clone();
         let matcher = matcher.clone();
         let tenant = tenant.clone();
@@ -103,7 +104,7 @@ pub async fn export(
                             checkpoint,
                         }
                     };
-                    Some((Ok(*header), next))
+                    Some((Ok(header), next))
                 }
                 Step::Chunks {
                     after,
@@ -113,12 +114,14 @@ pub async fn export(
                     let limits = ChunkLimits {
                         events,
                         bytes: EXPORT_CHUNK_BYTES,
-                        size_of: encoded_len,
                     };
-                    match store.export_chunk(&tenant, &matcher, after, head, limits).await {
+                    match store
+                        .export_chunk::<PageEvents>(&tenant, &matcher, after, head, limits)
+                        .await
+                    {
                         Ok(chunk) => {
                             let through = chunk.through;
-                            let held = u64::try_from(chunk.events.len()).unwrap_or(u64::MAX);
+                            let held = u64::try_from(chunk.events.count()).unwrap_or(u64::MAX);
                             let next = if through >= head {
                                 Step::Checkpoint(checkpoint)
                             } else {
@@ -141,38 +144,26 @@ pub async fn export(
     Ok(Box::pin(stream))
 }
 
-/// The length of `event`'s `AuditEvent` encoding, as the chunk will hold
-/// it, from the stored values (building the message to measure it cost as
-/// much again as the conversion that sends it).
-fn encoded_len(event: &crate::entity::audit_event::Model) -> usize {
-    event.fields().encoded_len()
-}
-
 /// Events an export message hands over whole (for its access record).
-pub(super) fn events_in(message: &ExportResponse) -> u64 {
-    match &message.part {
-        Some(Part::Chunk(chunk)) => {
-            u64::try_from(chunk.events.iter().filter(|e| !e.action.is_empty()).count()).unwrap_or(u64::MAX)
-        }
-        _ => 0,
-    }
+pub(super) fn events_in(message: &EncodedExportResponse) -> u64 {
+    message.whole_events()
 }
 
-fn chunk_to_proto(chunk: crate::store::ExportChunk) -> ExportResponse {
-    ExportResponse {
-        part: Some(Part::Chunk(ExportChunk {
-            events: chunk.events.into_iter().map(event_to_proto).collect(),
-            leaf_hashes: chunk.leaves.iter().map(|h| h.to_vec()).collect(),
-            skipped: chunk
-                .skipped
-                .into_iter()
-                .map(|(id, hash)| TreeNode {
-                    level: id.level,
-                    index: id.index,
-                    hash: hash.to_vec(),
-                })
-                .collect(),
-            resume_after_seq: seq_to_proto(chunk.through),
-        })),
-    }
+/// The chunk's message: its events as the rows wrote them, then the rest.
+fn chunk_to_proto(chunk: crate::store::ExportChunk<PageEvents>) -> EncodedExportResponse {
+    let rest = ExportChunk {
+        events: Vec::new(),
+        leaf_hashes: chunk.leaves.iter().map(|h| h.to_vec()).collect(),
+        skipped: chunk
+            .skipped
+            .into_iter()
+            .map(|(id, hash)| TreeNode {
+                level: id.level,
+                index: id.index,
+                hash: hash.to_vec(),
+            })
+            .collect(),
+        resume_after_seq: seq_to_proto(chunk.through),
+    };
+    EncodedExportResponse::chunk(chunk.events, chunk.whole, &rest)
 }

@@ -31,16 +31,16 @@ use crate::integrity::Notary;
 use crate::observe::CallRecord;
 use crate::proto::{
     ActorType, AppendRequest, AppendResponse, AppendResult, AuditEvent, DeleteRequest, DeleteResponse,
-    ExportRequest, ExportResponse, FilterField, GetFilterMetadataRequest, GetFilterMetadataResponse,
-    GetRequest, Outcome, QueryRequest, StatsBucket, StatsGroup, StatsRequest, StatsResponse, WatchRequest,
-    WatchResponse, watch_response,
+    ExportRequest, FilterField, GetFilterMetadataRequest, GetFilterMetadataResponse, GetRequest, Outcome,
+    QueryRequest, StatsBucket, StatsGroup, StatsRequest, StatsResponse, WatchRequest, WatchResponse,
+    watch_response,
 };
 use crate::store::page_token::QueryFingerprint;
 use crate::store::stats::{GroupField, GroupValue};
 use crate::store::{ChangeRequest, EventOrder, PageLimits, Store};
 use crate::watch::WatchHub;
 use crate::wire::server::audit_service_server::AuditService;
-use crate::wire::{EncodedQueryResponse, PageEvents};
+use crate::wire::{EncodedExportResponse, EncodedQueryResponse, PageEvents};
 use access::{ReadRpc, ReadTarget, Reader};
 
 /// Page size when the request leaves it at 0.
@@ -262,7 +262,7 @@ impl AuditService for AuditApi {
         }))
     }
 
-    type ExportStream = Pin<Box<dyn Stream<Item = Result<ExportResponse, Status>> + Send>>;
+    type ExportStream = Pin<Box<dyn Stream<Item = Result<EncodedExportResponse, Status>> + Send>>;
 
     async fn export(&self, request: Request<ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
         let caller = caller(&request, Scope::Read)?;

@@ -119,7 +119,9 @@ pub async fn export(
     let mut report = ExportReport::default();
     let mut finished = false;
     while let Some(message) = stream.next().await {
-        let message = message.map_err(|status| anyhow::anyhow!("{}", status.message()))?;
+        let message = message
+            .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+            .decode_message()?;
         match message.part {
             Some(Part::Header(header)) => {
                 report.after_seq = header.after_seq;

@@ -9,7 +9,7 @@ use sea_orm::sea_query::Condition;
 use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait};
 
 use super::tree::{leaf_hashes, node_hashes};
-use super::{Store, StoreResult, within_deadline};
+use super::{PageSink, Store, StoreResult, within_deadline};
 use crate::entity::audit_event;
 use crate::filter::EventMatcher;
 use crate::integrity::merkle::{Hash, LeafRange, NodeId, frontier};
@@ -27,11 +27,14 @@ pub struct ExportStart {
 }
 
 /// One chunk of an export.
-#[derive(Debug, Clone, Default)]
-pub struct ExportChunk {
-    /// Events in seq order: those the filter matches, whole, and erased
-    /// ones (seq, id and `recorded_at` only), so every gap is explained.
-    pub events: Vec<audit_event::Model>,
+#[derive(Debug, Default)]
+pub struct ExportChunk<S> {
+    /// Events in seq order, as the sink took them: those the filter
+    /// matches, whole, and erased ones (seq, id and `recorded_at` only), so
+    /// every gap is explained.
+    pub events: S,
+    /// How many of `events` are whole (not erased).
+    pub whole: u64,
     /// The stored leaf hash of each whole event of `events`, in order.
     pub leaves: Vec<Hash>,
     /// Perfect subtrees covering every seq of the chunk not in `events` as
@@ -46,13 +49,12 @@ pub struct ExportChunk {
 pub struct ChunkLimits {
     /// Most events.
     pub events: u64,
-    /// Most bytes of events (as `size_of` counts them); at least one event.
+    /// Most bytes of events, as the sink counts them; at least one event.
     pub bytes: usize,
-    /// The bytes an event counts for: the length of its encoding, which
-    /// the caller computes without building it (the chunk's events are
-    /// encoded once, when they are sent).
-    pub size_of: fn(&audit_event::Model) -> usize,
 }
+
+/// Bytes reserved per event a chunk may hold, up to its byte budget.
+const EVENT_BYTES_GUESS: usize = 512;
 
 impl Store {
     /// Brings the tree up to the head, signs (or reuses) its checkpoint and
@@ -72,16 +74,17 @@ impl Store {
     }
 
     /// The chunk after `after` (up to `head`): at most `limits` of the
-    /// events `matcher` matches and the erased ones, with the hashes that
-    /// cover the rest of its seqs.
-    pub async fn export_chunk(
+    /// events `matcher` matches and the erased ones, written into the sink
+    /// straight from the rows, with the hashes that cover the rest of its
+    /// seqs.
+    pub async fn export_chunk<S: PageSink>(
         &self,
         tenant: &TenantId,
         matcher: &EventMatcher,
         after: i64,
         head: i64,
         limits: ChunkLimits,
-    ) -> StoreResult<ExportChunk> {
+    ) -> StoreResult<ExportChunk<S>> {
         let reads = self.reader();
         let select = audit_event::Entity::of_tenant(tenant)
             .filter(audit_event::Column::Seq.gt(after))
@@ -93,41 +96,42 @@ impl Store {
             )
             .order_by_asc(audit_event::Column::Seq)
             .limit(limits.events);
-        // Rows are decoded one at a time and reading stops at the byte
+        // Rows are written one at a time and reading stops at the byte
         // budget (on SQLite the statement stops there too; PostgreSQL has
         // produced at most `limits.events` rows, which the caller sizes from
         // the chunks before).
-        let (events, more) = within_deadline(async {
+        let capacity = usize::try_from(limits.events)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(EVENT_BYTES_GUESS);
+        let (events, last, whole, more) = within_deadline(async {
             let mut rows = reads.stream_rows(select.build(self.backend())).await?;
-            let mut events = Vec::new();
-            let mut bytes = 0usize;
+            let mut events = S::with_budget(limits.bytes, capacity);
+            // The seq of the last event taken, and the leaf index of each
+            // whole one.
+            let (mut last, mut whole) = (None, Vec::new());
             while let Some(row) = rows.try_next().await? {
-                let event = audit_event::Model::from_row(&row)?;
-                bytes += (limits.size_of)(&event);
-                if bytes > limits.bytes && !events.is_empty() {
-                    return Ok::<_, sea_orm::DbErr>((events, true));
+                let fields = audit_event::fields_of_row(&row)?;
+                if !events.push(&fields) {
+                    return Ok::<_, sea_orm::DbErr>((events, last, whole, true));
                 }
-                events.push(event);
+                last = Some(fields.seq);
+                if !audit_event::is_erased_row(&row)? {
+                    whole.push(leaf_index(fields.seq));
+                }
             }
-            let full = u64::try_from(events.len()).is_ok_and(|n| n >= limits.events);
-            Ok((events, full))
+            let full = u64::try_from(events.count()).is_ok_and(|n| n >= limits.events);
+            Ok((events, last, whole, full))
         })
         .await?;
-        let through = match events.last() {
-            Some(last) if more => last.seq,
+        let through = match last {
+            Some(last) if more => last,
             _ => head,
         };
 
         // Leaves of the whole events; subtrees over every other seq.
-        let index = |seq: i64| u64::try_from(seq - 1).unwrap_or_default();
-        let whole: Vec<u64> = events
-            .iter()
-            .filter(|e| e.deleted_at.is_none())
-            .map(|e| index(e.seq))
-            .collect();
         let mut gaps = Vec::new();
-        let mut at = index(after + 1);
-        for next in whole.iter().copied().chain([index(through + 1)]) {
+        let mut at = leaf_index(after + 1);
+        for next in whole.iter().copied().chain([leaf_index(through + 1)]) {
             if next > at {
                 gaps.extend(LeafRange { start: at, end: next }.aligned_subtrees());
             }
@@ -138,9 +142,15 @@ impl Store {
         let skipped = gaps.into_iter().zip(skipped_hashes).collect();
         Ok(ExportChunk {
             events,
+            whole: u64::try_from(whole.len()).unwrap_or(u64::MAX),
             leaves,
             skipped,
             through,
         })
     }
+}
+
+/// The leaf index of `seq` (seqs start at 1).
+fn leaf_index(seq: i64) -> u64 {
+    u64::try_from(seq - 1).unwrap_or_default()
 }
