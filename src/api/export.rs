@@ -1,12 +1,14 @@
 //! `Export`: the tenant's log from `after_seq` to the head as of the call,
-//! streamed chunk by chunk. Each chunk is read from storage only when the
-//! client has taken the previous one (the stream is polled by tonic as the
-//! HTTP/2 window allows), so a slow reader slows the export and the server
-//! holds at most one chunk per stream.
+//! streamed chunk by chunk. A task of the stream's own reads the chunks
+//! [`READ_AHEAD`] ahead of what tonic has taken (which it takes as the
+//! HTTP/2 window allows), so the database works while the last chunk is
+//! being sent, and waits when they are not taken: a slow reader slows the
+//! export, and the server holds at most `READ_AHEAD + 2` chunks per stream
+//! (the one being sent, those waiting, the one being read).
 
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use tonic::Status;
 
 use crate::convert::{seq_from_proto, seq_to_proto};
@@ -23,6 +25,9 @@ use crate::wire::{EncodedExportResponse, PageEvents};
 pub const EXPORT_CHUNK_EVENTS: u64 = 1000;
 /// Most bytes of events in one chunk (at least one event).
 pub const EXPORT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Chunks read ahead of the one being sent.
+pub const READ_AHEAD: usize = 1;
 
 /// The stream `Export` answers with.
 pub type ExportStream = Pin<Box<dyn Stream<Item = Result<EncodedExportResponse, Status>> + Send>>;
@@ -141,7 +146,25 @@ pub async fn export(
             }
         }
     });
-    Ok(Box::pin(stream))
+    Ok(read_ahead(stream))
+}
+
+/// `stream` polled by a task of its own up to [`READ_AHEAD`] messages ahead
+/// of the returned stream's reader. The task ends when the stream does or
+/// when the reader lets go (at its next message).
+fn read_ahead(
+    stream: impl Stream<Item = Result<EncodedExportResponse, Status>> + Send + 'static,
+) -> ExportStream {
+    let (sender, receiver) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(message) = stream.next().await {
+            if sender.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
 }
 
 /// Events an export message hands over whole (for its access record).

@@ -262,27 +262,27 @@ pub(super) async fn leaf_hashes<C: ConnectionTrait>(
         let ids: Vec<NodeId> = indices.iter().map(|i| NodeId::new(0, *i)).collect();
         return node_hashes(conn, tenant, &ids).await;
     }
-    let rows = merkle_node::Entity::of_tenant(tenant)
+    // Only the index and hash of each leaf, in order, merged with
+    // `indices` (both ascending): no owned rows, no map.
+    let rows: Vec<(i64, Vec<u8>)> = merkle_node::Entity::of_tenant(tenant)
         .filter(merkle_node::Column::Level.eq(0))
         .filter(merkle_node::Column::Idx.between(stored_index(*first), stored_index(*last)))
+        .select_only()
+        .column(merkle_node::Column::Idx)
+        .column(merkle_node::Column::Hash)
+        .order_by_asc(merkle_node::Column::Idx)
+        .into_tuple()
         .all(conn)
         .await?;
-    let stored: HashMap<u64, Hash> = rows
-        .into_iter()
-        .filter_map(|row| {
-            Some((
-                u64::try_from(row.idx).ok()?,
-                Hash::try_from(row.hash.as_slice()).ok()?,
-            ))
-        })
-        .collect();
+    let mut stored = rows.into_iter().peekable();
     indices
         .iter()
-        .map(|i| {
+        .map(|&i| {
+            while stored.next_if(|(idx, _)| *idx < stored_index(i)).is_some() {}
             stored
-                .get(i)
-                .copied()
-                .ok_or_else(|| missing_node(tenant, NodeId::new(0, *i)))
+                .next_if(|(idx, _)| *idx == stored_index(i))
+                .and_then(|(_, hash)| Hash::try_from(hash.as_slice()).ok())
+                .ok_or_else(|| missing_node(tenant, NodeId::new(0, i)))
         })
         .collect()
 }
