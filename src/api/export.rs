@@ -3,8 +3,8 @@
 //! [`READ_AHEAD`] ahead of what tonic has taken (which it takes as the
 //! HTTP/2 window allows), so the database works while the last chunk is
 //! being sent, and waits when they are not taken: a slow reader slows the
-//! export, and the server holds at most `READ_AHEAD + 2` chunks per stream
-//! (the one being sent, those waiting, the one being read).
+//! export, and the server holds at most `READ_AHEAD + 1` chunks per stream
+//! (the one being sent, and those read or being read ahead).
 
 use std::pin::Pin;
 
@@ -151,16 +151,19 @@ pub async fn export(
 
 /// `stream` polled by a task of its own up to [`READ_AHEAD`] messages ahead
 /// of the returned stream's reader. The task ends when the stream does or
-/// when the reader lets go (at its next message).
+/// when the reader lets go (before it reads another message).
 fn read_ahead(
     stream: impl Stream<Item = Result<EncodedExportResponse, Status>> + Send + 'static,
 ) -> ExportStream {
     let (sender, receiver) = tokio::sync::mpsc::channel(READ_AHEAD);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        while let Some(message) = stream.next().await {
-            if sender.send(message).await.is_err() {
-                break;
+        // A chunk is read only once there is room for it: never more than
+        // READ_AHEAD read and not yet taken.
+        while let Ok(permit) = sender.reserve().await {
+            match stream.next().await {
+                Some(message) => permit.send(message),
+                None => break,
             }
         }
     });
