@@ -10,12 +10,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use audit_service::entity::audit_event;
 use audit_service::proto::{
-    AppendRequest, AppendResponse, AuditEvent, DeleteRequest, DeleteResponse, ExportRequest, ExportResponse,
+    AppendRequest, AppendResponse, AuditEvent, DeleteRequest, DeleteResponse, ExportRequest,
     GetFilterMetadataRequest, GetFilterMetadataResponse, GetRequest, QueryRequest, QueryResponse,
     StatsRequest, StatsResponse, WatchRequest, WatchResponse,
 };
-use audit_service::wire::EncodedQueryResponse;
 use audit_service::wire::server::audit_service_server::{AuditService, AuditServiceServer};
+use audit_service::wire::{EncodedExportResponse, EncodedQueryResponse};
 use prost::Message as _;
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IntoActiveModel,
@@ -264,7 +264,7 @@ impl AuditService for MemoryPage {
         Err(query_only())
     }
 
-    type ExportStream = tokio_stream::Empty<Result<ExportResponse, Status>>;
+    type ExportStream = tokio_stream::Empty<Result<EncodedExportResponse, Status>>;
 
     async fn export(&self, _: Request<ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
         Err(query_only())
