@@ -291,6 +291,15 @@ pub fn peer_identity<T>(request: &tonic::Request<T>) -> Option<String> {
         .and_then(|cert| client_identity(cert))
 }
 
+/// For a call that came with a verified client certificate (mTLS): that
+/// certificate's identity as [`client_identity`] reads it, empty when it
+/// names none; `None` on plaintext or TLS without a client certificate.
+pub fn verified_identity<T>(request: &tonic::Request<T>) -> Option<String> {
+    let certs = request.peer_certs()?;
+    let first = certs.first()?;
+    Some(client_identity(first).unwrap_or_default())
+}
+
 /// The identity of a client certificate (DER): its SPIFFE id (a URI SAN
 /// starting `spiffe://`) when it has one, else its subject's common name;
 /// `None` when it has neither or does not parse.

@@ -103,7 +103,8 @@ impl AuditService for AuditApi {
     async fn append(&self, request: Request<AppendRequest>) -> Result<Response<AppendResponse>, Status> {
         let caller = caller(&request, Scope::Append)?;
         let record = CallRecord::of(&request);
-        let events = validate::append_events(request.into_inner().events)?;
+        let client_identity = crate::tls::verified_identity(&request);
+        let events = validate::append_events(request.into_inner().events, client_identity.as_deref())?;
         let outcomes = self.store.append(&caller.tenant, events).await?;
         record.appended(u64::try_from(outcomes.iter().filter(|o| !o.duplicate).count()).unwrap_or(u64::MAX));
         let results = outcomes
