@@ -12,9 +12,13 @@ use tokio_stream::StreamExt as _;
 use tonic::Code;
 
 use crate::on_both_backends;
-use crate::support::{Backend, Credential, TestServer, event, new_tenant};
+use crate::support::{Backend, Caller, Credential, TestServer, event, new_tenant};
 
 on_both_backends!(metrics_count_a_known_sequence_of_calls_exactly);
+
+/// Paths no service of the server has: a method the audit service lacks
+/// and a service that does not exist.
+const INVENTED: [&str; 2] = ["/audit.v1.AuditService/Nope", "/no.such.Service/X"];
 
 /// A free port on loopback for the metrics listener.
 fn free_address() -> SocketAddr {
@@ -227,11 +231,73 @@ async fn metrics_count_a_known_sequence_of_calls_exactly(backend: Backend) {
     assert!(text.contains("audit_watch_streams_open "), "{text}");
     assert!(!text.contains(&caller.tenant), "no tenant label");
 
-    // An invented path is counted without a series of its own.
+    // The listener serves /metrics only.
     let (status, _) = http_get(metrics, "/other").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
 
     check_with_promtool(&text);
+    server.stop().await;
+}
+
+/// Calls `path` as a unary gRPC method with an empty message over
+/// `caller`'s channel and credential: the status it ends with.
+async fn call_path(caller: &Caller, path: &'static str) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(caller.channel.clone());
+    grpc.ready().await.expect("channel ready");
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    grpc.unary(
+        caller.request(()),
+        http::uri::PathAndQuery::from_static(path),
+        codec,
+    )
+    .await
+    .expect_err("no such method")
+}
+
+/// A client cannot add series by inventing gRPC paths: its calls are
+/// counted under `grpc_service="unknown"`, `grpc_method="unknown"`, and no
+/// label takes a value from the path. The database plays no part: SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_grpc_paths_are_counted_as_unknown_without_labels_of_their_own() {
+    let (server, metrics) = start(Backend::Sqlite).await;
+    let caller = server.caller().await;
+    for path in INVENTED {
+        for _ in 0..2 {
+            let status = call_path(&caller, path).await;
+            assert_eq!(status.code(), Code::Unimplemented, "{path}: {status:?}");
+        }
+    }
+
+    let (status, text) = http_get(metrics, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let unknown = [
+        ("grpc_type", "unknown"),
+        ("grpc_service", "unknown"),
+        ("grpc_method", "unknown"),
+    ];
+    assert_eq!(value(&text, "grpc_server_started_total", &unknown), 4.0, "{text}");
+    assert_eq!(
+        handled(&text, "unknown", "unknown", "Unimplemented"),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "grpc_server_handling_seconds_count", &unknown),
+        4.0,
+        "{text}"
+    );
+    // No sample of any metric has a label value taken from the paths
+    // (`audit.v1.AuditService` is a real service: only what was invented).
+    for (name, labels, _) in samples(&text) {
+        for value in labels.values() {
+            assert!(
+                !["Nope", "no.such.Service", "X"].contains(&value.as_str())
+                    && !value.contains("Nope")
+                    && !value.contains("no.such"),
+                "{name}{labels:?} takes a label value from an invented path"
+            );
+        }
+    }
     server.stop().await;
 }
 
