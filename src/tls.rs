@@ -146,8 +146,8 @@ impl ServerTls {
                             // Fails only once the server has stopped accepting.
                             let _ = accepted.send(Ok(tls)).await;
                         }
-                        Ok(Err(error)) => tracing::info!(?peer, %error, "TLS handshake failed"),
-                        Err(_) => tracing::info!(?peer, limit = ?HANDSHAKE_LIMIT, "TLS handshake timed out"),
+                        Ok(Err(error)) => tracing::debug!(?peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(?peer, limit = ?HANDSHAKE_LIMIT, "TLS handshake timed out"),
                     }
                 });
             }
