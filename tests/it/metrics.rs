@@ -46,6 +46,18 @@ pub async fn http_get(address: SocketAddr, path: &str) -> (String, String) {
     )
 }
 
+/// The status line of a `GET /metrics` on a new connection, or `None`
+/// when the listener closed it unanswered (too many connections).
+async fn try_scrape(address: SocketAddr) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
+    response.lines().next().map(str::to_owned)
+}
+
 /// The samples of an exposition: name, labels, value.
 fn samples(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
     text.lines()
@@ -298,6 +310,54 @@ async fn invented_grpc_paths_are_counted_as_unknown_without_labels_of_their_own(
             );
         }
     }
+    server.stop().await;
+}
+
+/// Idle connections far beyond the listener's cap (64) neither pin it nor
+/// keep scrapes out for good: those beyond the cap are closed at once
+/// (while the first are still open), those within it when their request
+/// head is overdue (10 s), every one unanswered, and a scrape is then
+/// served. The database plays no part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_beyond_the_cap_are_closed_and_a_scrape_is_then_served() {
+    let (server, metrics) = start(Backend::Sqlite).await;
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(metrics).await.expect("connect"));
+    }
+    // The last is beyond the cap: closed at once, while the first still
+    // waits for its request head.
+    let mut answer = Vec::new();
+    let _ = idle
+        .last_mut()
+        .expect("connections")
+        .read_to_end(&mut answer)
+        .await;
+    assert!(answer.is_empty(), "a connection beyond the cap was answered");
+    let first = idle.remove(0).into_std().expect("std stream");
+    first.set_nonblocking(true).expect("nonblocking");
+    let peeked = first.peek(&mut [0; 1]);
+    assert!(
+        peeked
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "the first connection was not open when the last was closed: {peeked:?}"
+    );
+    drop(first);
+    for stream in &mut idle {
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        assert!(answer.is_empty(), "an idle connection was answered");
+    }
+    let mut served = None;
+    for _ in 0..600 {
+        served = try_scrape(metrics).await;
+        if served.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served.as_deref(), Some("HTTP/1.1 200 OK"));
     server.stop().await;
 }
 
