@@ -45,6 +45,10 @@ pub struct ServerTls {
     acceptor: TlsAcceptor,
     certificate: Arc<CurrentCertificate>,
     files: CertificateFiles,
+    /// The certificate and key bytes the served certificate was made from:
+    /// the reload compares the files with these, so a change made between
+    /// the start and the first check is still seen.
+    loaded: Arc<(Vec<u8>, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -79,8 +83,9 @@ impl ServerTls {
             key: key.clone(),
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let loaded = load_certified_key(&files, &read(&files.cert)?, &read(&files.key)?, &provider)?;
-        let certificate = Arc::new(CurrentCertificate(RwLock::new(Arc::new(loaded))));
+        let loaded = (read(&files.cert)?, read(&files.key)?);
+        let key = load_certified_key(&files, &loaded.0, &loaded.1, &provider)?;
+        let certificate = Arc::new(CurrentCertificate(RwLock::new(Arc::new(key))));
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .context("TLS protocol versions")?;
@@ -102,6 +107,7 @@ impl ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(server_config)),
             certificate,
             files,
+            loaded: Arc::new(loaded),
         }))
     }
 
@@ -140,8 +146,8 @@ impl ServerTls {
                             // Fails only once the server has stopped accepting.
                             let _ = accepted.send(Ok(tls)).await;
                         }
-                        Ok(Err(error)) => tracing::info!(?peer, %error, "TLS handshake failed"),
-                        Err(_) => tracing::info!(?peer, limit = ?HANDSHAKE_LIMIT, "TLS handshake timed out"),
+                        Ok(Err(error)) => tracing::debug!(?peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(?peer, limit = ?HANDSHAKE_LIMIT, "TLS handshake timed out"),
                     }
                 });
             }
@@ -167,6 +173,8 @@ impl ServerTls {
 
 /// The state of [`ServerTls::reload_on_change`]: the file contents last
 /// seen, so that a pair is tried (and a failure logged) once per change.
+/// It starts from the bytes the served certificate was made from, not from
+/// a second read of the files, which could already hold a newer pair.
 struct Reload {
     tls: ServerTls,
     provider: CryptoProvider,
@@ -175,7 +183,7 @@ struct Reload {
 
 impl Reload {
     fn new(tls: ServerTls) -> Self {
-        let seen = (read(&tls.files.cert).ok(), read(&tls.files.key).ok());
+        let seen = (Some(tls.loaded.0.clone()), Some(tls.loaded.1.clone()));
         Self {
             tls,
             provider: rustls::crypto::ring::default_provider(),
@@ -281,6 +289,15 @@ pub fn peer_identity<T>(request: &tonic::Request<T>) -> Option<String> {
         .peer_certs()?
         .first()
         .and_then(|cert| client_identity(cert))
+}
+
+/// For a call that came with a verified client certificate (mTLS): that
+/// certificate's identity as [`client_identity`] reads it, empty when it
+/// names none; `None` on plaintext or TLS without a client certificate.
+pub fn verified_identity<T>(request: &tonic::Request<T>) -> Option<String> {
+    let certs = request.peer_certs()?;
+    let first = certs.first()?;
+    Some(client_identity(first).unwrap_or_default())
 }
 
 /// The identity of a client certificate (DER): its SPIFFE id (a URI SAN
@@ -443,5 +460,21 @@ mod tests {
         files.write(&renewed_cert, &renewed_key);
         reload.check();
         assert_eq!(served(&tls), der(&renewed_cert));
+    }
+
+    #[test]
+    fn a_pair_renewed_between_the_start_and_the_first_check_is_served() {
+        let first = certificate(Some("first"), &[]);
+        let files = files(&first);
+        let tls = ServerTls::from_config(&files.config).unwrap().unwrap();
+        // Renewed after the start read the files, before the watcher began.
+        let renewed = certificate(Some("renewed"), &[]);
+        files.write(&renewed.0, &renewed.1);
+        let mut reload = Reload::new(tls.clone());
+        reload.check();
+        assert_eq!(served(&tls), der(&renewed.0));
+        // Seen once: the next check leaves it as it is.
+        reload.check();
+        assert_eq!(served(&tls), der(&renewed.0));
     }
 }

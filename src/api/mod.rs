@@ -103,7 +103,8 @@ impl AuditService for AuditApi {
     async fn append(&self, request: Request<AppendRequest>) -> Result<Response<AppendResponse>, Status> {
         let caller = caller(&request, Scope::Append)?;
         let record = CallRecord::of(&request);
-        let events = validate::append_events(request.into_inner().events)?;
+        let client_identity = crate::tls::verified_identity(&request);
+        let events = validate::append_events(request.into_inner().events, client_identity.as_deref())?;
         let outcomes = self.store.append(&caller.tenant, events).await?;
         record.appended(u64::try_from(outcomes.iter().filter(|o| !o.duplicate).count()).unwrap_or(u64::MAX));
         let results = outcomes
@@ -173,12 +174,15 @@ impl AuditService for AuditApi {
         let caller = caller(&request, Scope::Read)?;
         let id = event_id(&request.get_ref().id, "id")?;
         let reader = Reader::of(&request, &caller);
+        let record = CallRecord::of(&request);
         let (read, found) = tokio::join!(
             self.access.open(reader, ReadRpc::Get, ReadTarget::Event(id)),
             self.store.get(&caller.tenant, id),
         );
         read?.finish_get(&found).await?;
-        Ok(Response::new(event_to_proto(found?)))
+        let event = found?;
+        record.returned(1);
+        Ok(Response::new(event_to_proto(event)))
     }
 
     async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
@@ -267,6 +271,7 @@ impl AuditService for AuditApi {
     async fn export(&self, request: Request<ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
         let caller = caller(&request, Scope::Read)?;
         let reader = Reader::of(&request, &caller);
+        let record = CallRecord::of(&request);
         let request = request.into_inner();
         let filter = request.filter.clone().unwrap_or_default();
         let target = ReadTarget::Filter {
@@ -275,6 +280,7 @@ impl AuditService for AuditApi {
         };
         let read = self.access.open(reader, ReadRpc::Export, target).await?;
         let stream = export::export(self.store.clone(), &self.notary, caller.tenant, request).await?;
+        let stream = counted(stream, record, export::events_in);
         Ok(Response::new(Box::pin(read.follow(stream, export::events_in))))
     }
 
@@ -284,6 +290,7 @@ impl AuditService for AuditApi {
         let caller = caller(&request, Scope::Read)?;
         let credential = stream_credential(&request)?;
         let reader = Reader::of(&request, &caller);
+        let record = CallRecord::of(&request);
         let request = request.into_inner();
         let filter = request.filter.unwrap_or_default();
         let target = ReadTarget::Filter {
@@ -295,10 +302,31 @@ impl AuditService for AuditApi {
             .watch
             .open(caller.tenant, &filter, request.after_seq, credential)
             .await?;
+        let stream = counted(stream, record, events_in_watch_message);
         Ok(Response::new(Box::pin(
             read.follow(stream, events_in_watch_message),
         )))
     }
+}
+
+/// `stream`, adding the events of each message it passes on (as
+/// `events_in` counts them) to the call's access-log line; a stream that
+/// passes none on is logged with 0.
+fn counted<S, T>(
+    stream: S,
+    record: CallRecord,
+    events_in: fn(&T) -> u64,
+) -> impl Stream<Item = Result<T, Status>> + Unpin
+where
+    S: Stream<Item = Result<T, Status>> + Unpin,
+{
+    use futures::StreamExt as _;
+    record.returned(0);
+    stream.inspect(move |item| {
+        if let Ok(message) = item {
+            record.returned_more(events_in(message));
+        }
+    })
 }
 
 /// Events a Watch message carries: one, or none in a heartbeat.

@@ -190,7 +190,16 @@ fn contains_nul(value: &serde_json::Value) -> bool {
 }
 
 /// The events of an Append request, or every reason they cannot be recorded.
-pub fn append_events(events: Vec<EventInput>) -> Result<Vec<NewEvent>, Error> {
+///
+/// `verified_identity` is the identity of the caller's TLS client
+/// certificate (mTLS; empty when the certificate names none): it becomes
+/// every event's `request.client_identity`, and an event that names another
+/// one is refused. Without it, a producer's `request.client_identity` is
+/// stored as sent: an unverified claim (docs/tls.md).
+pub fn append_events(
+    events: Vec<EventInput>,
+    verified_identity: Option<&str>,
+) -> Result<Vec<NewEvent>, Error> {
     let mut violations = Violations::default();
     if events.is_empty() {
         violations.add("events", "at least one event is required");
@@ -205,13 +214,18 @@ pub fn append_events(events: Vec<EventInput>) -> Result<Vec<NewEvent>, Error> {
     let mut violations = Violations::default();
     let mut parsed = Vec::with_capacity(events.len());
     for (i, input) in events.into_iter().enumerate() {
-        parsed.push(event(i, input, &mut violations));
+        parsed.push(event(i, input, verified_identity, &mut violations));
     }
     violations.finish()?;
     Ok(parsed)
 }
 
-fn event(i: usize, input: EventInput, violations: &mut Violations) -> NewEvent {
+fn event(
+    i: usize,
+    input: EventInput,
+    verified_identity: Option<&str>,
+    violations: &mut Violations,
+) -> NewEvent {
     let field = |name: &str| format!("events[{i}].{name}");
     let actor = input.actor.unwrap_or_default();
     let resource = input.resource.unwrap_or_default();
@@ -264,6 +278,23 @@ fn event(i: usize, input: EventInput, violations: &mut Violations) -> NewEvent {
     ] {
         violations.text(|| field(name), value, max);
     }
+    let client_identity = match verified_identity {
+        None => request.client_identity,
+        Some(verified) => {
+            if !request.client_identity.is_empty() && request.client_identity != verified {
+                let description = if verified.is_empty() {
+                    "must be empty: the client certificate this call came with (mTLS) names no identity"
+                        .to_owned()
+                } else {
+                    format!(
+                        "must be empty or {verified:?}, the identity of the client certificate this call came with (mTLS)"
+                    )
+                };
+                violations.add(field("request.client_identity"), description);
+            }
+            verified.to_owned()
+        }
+    };
     if !request.client_ip.is_empty() && request.client_ip.parse::<IpAddr>().is_err() {
         violations.add(field("request.client_ip"), "must be an IPv4 or IPv6 address");
     }
@@ -320,7 +351,7 @@ fn event(i: usize, input: EventInput, violations: &mut Violations) -> NewEvent {
         request_client_ip: request.client_ip,
         request_user_agent: request.user_agent,
         request_id: request.request_id,
-        request_client_identity: request.client_identity,
+        request_client_identity: client_identity,
         source: input.source,
         reasoning: input.reasoning,
         metadata,
@@ -480,7 +511,7 @@ mod fuzz {
 
         #[test]
         fn validation_never_panics_and_what_passes_respects_every_rule(events in proptest::collection::vec(input(), 0..4)) {
-            match append_events(events.clone()) {
+            match append_events(events.clone(), None) {
                 Ok(parsed) => {
                     prop_assert_eq!(parsed.len(), events.len());
                     for event in parsed {

@@ -36,7 +36,7 @@ pub enum ExportFormat {
 /// The columns of a CSV export, in order. Times are RFC 3339 (UTC), enums
 /// by name, `metadata` the JSON object, `erased` `true` or `false`; a text
 /// field the event does not have is empty.
-pub const CSV_COLUMNS: [&str; 23] = [
+pub const CSV_COLUMNS: [&str; 24] = [
     "seq",
     "id",
     "occurred_at",
@@ -56,6 +56,7 @@ pub const CSV_COLUMNS: [&str; 23] = [
     "request_client_ip",
     "request_user_agent",
     "request_id",
+    "request_client_identity",
     "source",
     "reasoning",
     "metadata",
@@ -240,6 +241,7 @@ fn csv_row(json: &ProtoJson, event: &AuditEvent) -> anyhow::Result<Vec<String>> 
         request.client_ip,
         request.user_agent,
         request.request_id,
+        request.client_identity,
         text(&event.source),
         text(&event.reasoning),
         metadata,

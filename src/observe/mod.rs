@@ -90,6 +90,11 @@ impl CallRecord {
         self.note(|n| n.events_returned = Some(count));
     }
 
+    /// The call's stream handed `count` more events to the transport.
+    pub fn returned_more(&self, count: u64) {
+        self.note(|n| n.events_returned = Some(n.events_returned.unwrap_or(0).saturating_add(count)));
+    }
+
     /// The call's page token was refused.
     pub fn page_token_rejected(&self) {
         self.note(|n| n.page_token_rejected = true);

@@ -44,6 +44,12 @@ pub async fn serve_metrics(
             .watch_streams_open
             .set(i64::try_from(hub.open_streams()).unwrap_or(i64::MAX));
     });
-    tokio::spawn(listener::serve(listener, metrics, refresh, shutdown));
+    tokio::spawn(listener::serve(
+        listener,
+        metrics,
+        refresh,
+        listener::ListenerLimits::default(),
+        shutdown,
+    ));
     Ok(())
 }

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use audit_service::proto::{self, QueryRequest};
+use audit_service::proto::{self, ExportRequest, GetRequest, QueryRequest, WatchRequest};
+use tokio_stream::StreamExt as _;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -116,6 +117,66 @@ async fn access_log_has_one_json_line_per_call_and_no_secret() {
             "a secret was logged:\n{everything}"
         );
     }
+    assert!(server.terminate());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_counts_the_events_get_export_and_watch_return() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = Backend::Sqlite.database_url_in(dir.path());
+    let server = ServerProcess::start(&url, &[("AUDIT_LOG_FORMAT", "json")]);
+    let mut caller = server.caller_for(&new_tenant()).await;
+    let appended = caller
+        .append(vec![
+            event("user.login", "alice"),
+            event("document.read", "alice"),
+            event("user.logout", "alice"),
+        ])
+        .await;
+
+    let request = caller.request(GetRequest {
+        id: appended[0].id.clone(),
+    });
+    caller.client.get(request).await.expect("get");
+    let request = caller.request(ExportRequest::default());
+    let mut export = caller.client.export(request).await.expect("export").into_inner();
+    while let Some(message) = export.next().await {
+        message.expect("export message");
+    }
+    // Read up to its third event, then dropped: ends CANCELLED.
+    let request = caller.request(WatchRequest {
+        filter: None,
+        after_seq: Some(0),
+    });
+    let mut watch = caller.client.watch(request).await.expect("watch").into_inner();
+    let mut events = 0;
+    while events < 3 {
+        let message = watch.next().await.expect("open").expect("a message");
+        if matches!(message.kind, Some(proto::watch_response::Kind::Event(_))) {
+            events += 1;
+        }
+    }
+    drop(watch);
+
+    let line_of = |access: &[serde_json::Value], method: &str| {
+        access
+            .iter()
+            .find(|line| line["fields"]["method"] == format!("/audit.v1.AuditService/{method}").as_str())
+            .map(|line| line["fields"].clone())
+    };
+    let lines = lines_until(&server, |access| {
+        ["Get", "Export", "Watch"]
+            .iter()
+            .all(|method| line_of(access, method).is_some())
+    });
+    let access = access_lines(&lines);
+    let line = |method| line_of(&access, method).expect("a line");
+    assert_eq!(line("Get")["code"], "OK");
+    assert_eq!(line("Get")["events_returned"], 1, "{}", line("Get"));
+    assert_eq!(line("Export")["code"], "OK");
+    assert_eq!(line("Export")["events_returned"], 3, "{}", line("Export"));
+    assert_eq!(line("Watch")["code"], "Canceled");
+    assert_eq!(line("Watch")["events_returned"], 3, "{}", line("Watch"));
     assert!(server.terminate());
 }
 

@@ -36,7 +36,7 @@ on_both_backends!(
 );
 
 /// The CSV columns, in their documented order (README, docs/export.md).
-const CSV_COLUMNS: [&str; 23] = [
+const CSV_COLUMNS: [&str; 24] = [
     "seq",
     "id",
     "occurred_at",
@@ -56,6 +56,7 @@ const CSV_COLUMNS: [&str; 23] = [
     "request_client_ip",
     "request_user_agent",
     "request_id",
+    "request_client_identity",
     "source",
     "reasoning",
     "metadata",
@@ -209,6 +210,7 @@ fn awkward_event() -> EventInput {
         request: Some(RequestContext {
             status_code: 403,
             client_ip: "203.0.113.7".into(),
+            client_identity: "spiffe://example.org/ns/docs/sa/editor".into(),
             ..Default::default()
         }),
         outcome: proto::Outcome::Failure.into(),
@@ -612,6 +614,10 @@ async fn csv_export_has_the_documented_columns_and_rfc_4180_quoting(backend: Bac
     assert_eq!(&awkward[column("actor_type")], "ACTOR_TYPE_UNSPECIFIED");
     assert_eq!(&awkward[column("request_status_code")], "403");
     assert_eq!(&awkward[column("request_client_ip")], "203.0.113.7");
+    assert_eq!(
+        &awkward[column("request_client_identity")],
+        "spiffe://example.org/ns/docs/sa/editor"
+    );
     assert_eq!(&awkward[column("erased")], "false");
     let recorded = api.recorded_at.expect("recorded_at");
     let recorded =

@@ -12,9 +12,13 @@ use tokio_stream::StreamExt as _;
 use tonic::Code;
 
 use crate::on_both_backends;
-use crate::support::{Backend, Credential, TestServer, event, new_tenant};
+use crate::support::{Backend, Caller, Credential, TestServer, event, new_tenant};
 
 on_both_backends!(metrics_count_a_known_sequence_of_calls_exactly);
+
+/// Paths no service of the server has: a method the audit service lacks
+/// and a service that does not exist.
+const INVENTED: [&str; 2] = ["/audit.v1.AuditService/Nope", "/no.such.Service/X"];
 
 /// A free port on loopback for the metrics listener.
 fn free_address() -> SocketAddr {
@@ -40,6 +44,18 @@ pub async fn http_get(address: SocketAddr, path: &str) -> (String, String) {
         head.lines().next().unwrap_or_default().to_owned(),
         body.to_owned(),
     )
+}
+
+/// The status line of a `GET /metrics` on a new connection, or `None`
+/// when the listener closed it unanswered (too many connections).
+async fn try_scrape(address: SocketAddr) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
+    response.lines().next().map(str::to_owned)
 }
 
 /// The samples of an exposition: name, labels, value.
@@ -227,11 +243,121 @@ async fn metrics_count_a_known_sequence_of_calls_exactly(backend: Backend) {
     assert!(text.contains("audit_watch_streams_open "), "{text}");
     assert!(!text.contains(&caller.tenant), "no tenant label");
 
-    // An invented path is counted without a series of its own.
+    // The listener serves /metrics only.
     let (status, _) = http_get(metrics, "/other").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
 
     check_with_promtool(&text);
+    server.stop().await;
+}
+
+/// Calls `path` as a unary gRPC method with an empty message over
+/// `caller`'s channel and credential: the status it ends with.
+async fn call_path(caller: &Caller, path: &'static str) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(caller.channel.clone());
+    grpc.ready().await.expect("channel ready");
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    grpc.unary(
+        caller.request(()),
+        http::uri::PathAndQuery::from_static(path),
+        codec,
+    )
+    .await
+    .expect_err("no such method")
+}
+
+/// A client cannot add series by inventing gRPC paths: its calls are
+/// counted under `grpc_service="unknown"`, `grpc_method="unknown"`, and no
+/// label takes a value from the path. The database plays no part: SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_grpc_paths_are_counted_as_unknown_without_labels_of_their_own() {
+    let (server, metrics) = start(Backend::Sqlite).await;
+    let caller = server.caller().await;
+    for path in INVENTED {
+        for _ in 0..2 {
+            let status = call_path(&caller, path).await;
+            assert_eq!(status.code(), Code::Unimplemented, "{path}: {status:?}");
+        }
+    }
+
+    let (status, text) = http_get(metrics, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let unknown = [
+        ("grpc_type", "unknown"),
+        ("grpc_service", "unknown"),
+        ("grpc_method", "unknown"),
+    ];
+    assert_eq!(value(&text, "grpc_server_started_total", &unknown), 4.0, "{text}");
+    assert_eq!(
+        handled(&text, "unknown", "unknown", "Unimplemented"),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "grpc_server_handling_seconds_count", &unknown),
+        4.0,
+        "{text}"
+    );
+    // No sample of any metric has a label value taken from the paths
+    // (`audit.v1.AuditService` is a real service: only what was invented).
+    for (name, labels, _) in samples(&text) {
+        for value in labels.values() {
+            assert!(
+                !["Nope", "no.such.Service", "X"].contains(&value.as_str())
+                    && !value.contains("Nope")
+                    && !value.contains("no.such"),
+                "{name}{labels:?} takes a label value from an invented path"
+            );
+        }
+    }
+    server.stop().await;
+}
+
+/// Idle connections far beyond the listener's cap (64) neither pin it nor
+/// keep scrapes out for good: those beyond the cap are closed at once
+/// (while the first are still open), those within it when their request
+/// head is overdue (10 s), every one unanswered, and a scrape is then
+/// served. The database plays no part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_beyond_the_cap_are_closed_and_a_scrape_is_then_served() {
+    let (server, metrics) = start(Backend::Sqlite).await;
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(metrics).await.expect("connect"));
+    }
+    // The last is beyond the cap: closed at once, while the first still
+    // waits for its request head.
+    let mut answer = Vec::new();
+    let _ = idle
+        .last_mut()
+        .expect("connections")
+        .read_to_end(&mut answer)
+        .await;
+    assert!(answer.is_empty(), "a connection beyond the cap was answered");
+    let first = idle.remove(0).into_std().expect("std stream");
+    first.set_nonblocking(true).expect("nonblocking");
+    let peeked = first.peek(&mut [0; 1]);
+    assert!(
+        peeked
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "the first connection was not open when the last was closed: {peeked:?}"
+    );
+    drop(first);
+    for stream in &mut idle {
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        assert!(answer.is_empty(), "an idle connection was answered");
+    }
+    let mut served = None;
+    for _ in 0..600 {
+        served = try_scrape(metrics).await;
+        if served.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served.as_deref(), Some("HTTP/1.1 200 OK"));
     server.stop().await;
 }
 

@@ -8,18 +8,20 @@ use std::time::Duration;
 
 use audit_service::config::ServeConfig;
 use audit_service::proto::{
-    DeleteRequest, EventFilter, GetRequest, SetRetentionRequest, WatchRequest, watch_response::Kind,
+    AppendRequest, DeleteRequest, EventFilter, EventInput, GetRequest, QueryRequest, RequestContext,
+    SetRetentionRequest, WatchRequest, watch_response::Kind,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::on_both_backends;
-use crate::support::{Backend, Caller, TestServer, event, new_tenant};
+use crate::support::{Backend, Caller, TestServer, assert_status, event, new_tenant};
 
 /// SPIFFE id of the workload the mTLS tests call as.
 const WORKLOAD: &str = "spiffe://example.org/ns/compliance/sa/reviewer";
@@ -349,4 +351,56 @@ async fn the_client_identity_is_recorded_in_deletion_and_policy_events(backend: 
     );
 }
 
-on_both_backends!(the_client_identity_is_recorded_in_deletion_and_policy_events);
+/// An event whose producer says it came from `identity`.
+fn claiming(identity: &str) -> EventInput {
+    EventInput {
+        request: Some(RequestContext {
+            client_identity: identity.to_owned(),
+            ..Default::default()
+        }),
+        ..event("document.read", "alice")
+    }
+}
+
+async fn over_mtls_appended_events_carry_the_verified_identity_and_another_is_refused(backend: Backend) {
+    let ca = Ca::new("test CA");
+    let files = TlsFiles::new(&ca);
+    let spiffe = ca
+        .trusted_by_client()
+        .identity(ca.client("producer", Some(WORKLOAD)));
+    let server = tls_server(backend, &files, spiffe, Some(&ca)).await;
+    let mut caller = server.caller().await;
+
+    // Left empty or naming the certificate's own identity: recorded with it.
+    let appended = caller
+        .append(vec![event("document.read", "alice"), claiming(WORKLOAD)])
+        .await;
+    for result in &appended {
+        let request = caller.request(GetRequest {
+            id: result.id.clone(),
+        });
+        let stored = caller.client.get(request).await.expect("get").into_inner();
+        assert_eq!(stored.request.unwrap_or_default().client_identity, WORKLOAD);
+    }
+
+    // Naming another workload: the whole batch is refused, nothing recorded.
+    let request = caller.request(AppendRequest {
+        events: vec![
+            event("document.read", "alice"),
+            claiming("spiffe://example.org/ns/other/sa/impostor"),
+        ],
+    });
+    let refused = caller.client.append(request).await.expect_err("another identity");
+    assert_status(
+        &refused,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        Some("events[1].request.client_identity"),
+    );
+    assert_eq!(caller.query(QueryRequest::default()).await.events.len(), 2);
+}
+
+on_both_backends!(
+    the_client_identity_is_recorded_in_deletion_and_policy_events,
+    over_mtls_appended_events_carry_the_verified_identity_and_another_is_refused,
+);

@@ -27,6 +27,16 @@ fn token_mint(secret: Option<&str>, args: &[&str]) -> Output {
     command.output().expect("run audit-service token mint")
 }
 
+/// The claims of a JWT, read without checking its signature.
+fn claims_of(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("header.payload.signature");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    serde_json::from_slice(&json).expect("JSON claims")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minted_token_is_accepted_with_the_scopes_it_names() {
     let server = TestServer::start(Backend::Sqlite).await;
@@ -44,6 +54,14 @@ async fn a_minted_token_is_accepted_with_the_scopes_it_names() {
     };
 
     let writer = mint(&["audit:read", "audit:append"]);
+    let claims = claims_of(&writer);
+    assert_eq!(
+        claims["exp"].as_u64().expect("exp") - claims["iat"].as_u64().expect("iat"),
+        600,
+        "--ttl 10m: {claims}"
+    );
+    assert_eq!(claims["sub"], "debugger");
+    assert_eq!(claims["scope"], "audit:read audit:append");
     let mut caller = server.caller_with(&tenant, Credential::Bearer(writer)).await;
     caller.append(vec![event("user.login", "alice")]).await;
     assert_eq!(caller.query(QueryRequest::default()).await.events.len(), 1);
