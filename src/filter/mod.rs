@@ -247,6 +247,61 @@ impl EventMatcher {
         condition
     }
 
+    /// The condition selecting the rollup rows that count exactly the
+    /// matching events, when the filter can be answered from rollups: only
+    /// the structured fields on their dimensions (`actions`, `actor_types`,
+    /// `resource_types`, `outcomes`, `sources`) and time bounds on whole
+    /// hours. `None` for anything else (an expression, `actor_ids`,
+    /// `actor_email`, `resource_ids`, `request_id`, `client_ip`, a bound
+    /// inside an hour).
+    pub fn rollup_condition(&self) -> Option<Condition> {
+        use crate::entity::event_rollup::{Column as Rollup, hour_of};
+        let unexpressible = !self.actor_ids.is_empty()
+            || !self.resource_ids.is_empty()
+            || self.actor_email.is_some()
+            || self.request_id.is_some()
+            || self.client_ip.is_some()
+            || self.expression.is_some();
+        let on_hour = |bound: Option<i64>| bound.is_none_or(|t| hour_of(t) == t);
+        if unexpressible || !on_hour(self.start) || !on_hour(self.end) {
+            return None;
+        }
+        let mut condition = Condition::all();
+        let any_of = |values: &[String], column: Rollup, prefixes: bool| {
+            values.iter().fold(Condition::any(), |any, value| {
+                if prefixes {
+                    any.add(exact_or_prefix(column, value))
+                } else {
+                    any.add(column.eq(value.as_str()))
+                }
+            })
+        };
+        for (values, column, prefixes) in [
+            (&self.actions, Rollup::Action, true),
+            (&self.resource_types, Rollup::ResourceType, false),
+            (&self.sources, Rollup::Source, false),
+        ] {
+            if !values.is_empty() {
+                condition = condition.add(any_of(values, column, prefixes));
+            }
+        }
+        if !self.actor_types.is_empty() {
+            condition = condition.add(Rollup::ActorType.is_in(self.actor_types.clone()));
+        }
+        if !self.outcomes.is_empty() {
+            condition = condition.add(Rollup::Outcome.is_in(self.outcomes.clone()));
+        }
+        // On whole hours, an hour is inside the bounds exactly when each of
+        // its events is.
+        if let Some(start) = self.start {
+            condition = condition.add(Rollup::HourStart.gte(start));
+        }
+        if let Some(end) = self.end {
+            condition = condition.add(Rollup::HourStart.lt(end));
+        }
+        Some(condition)
+    }
+
     /// Whether `event` matches: the same answer the database gives for the
     /// condition. An erased event never matches.
     pub fn matches(&self, event: &audit_event::Model) -> bool {

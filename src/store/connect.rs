@@ -10,6 +10,7 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DbBackend, DbErr, State
 use tokio::sync::{Mutex, broadcast};
 
 use super::page_token::PageTokenKey;
+use super::stats::ScanLimits;
 use super::reads::READ_DEADLINE;
 use super::secrets::load_or_create_secret;
 use super::{Store, StoreResult, sessions, tuning};
@@ -59,6 +60,7 @@ impl Store {
             page_tokens,
             commits,
             maintain_tree: true,
+            stats_scan: ScanLimits::default(),
             group_commit: Arc::default(),
             metrics: Arc::default(),
         })
