@@ -777,6 +777,10 @@ mod tests {
                     "access_audit_settings",
                     access_audit_setting::Entity::of_tenant(&tenant).build(backend),
                 ),
+                (
+                    "event_rollups",
+                    event_rollup::Entity::of_tenant(&tenant).build(backend),
+                ),
             ];
             for (table, statement) in statements {
                 let condition = format!("WHERE \"{table}\".\"tenant_id\" = {placeholder}");

@@ -3,6 +3,7 @@
 //! `Append`, `Delete` and retention in their own transactions; filled here
 //! from the events already stored.
 
+use sea_orm_migration::sea_orm::DbBackend;
 use sea_orm_migration::{prelude::*, schema::*};
 
 #[derive(DeriveMigrationName)]
@@ -31,6 +32,16 @@ const VALUE_INDEXES: [(&str, EventRollups); 3] = [
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // Byte-wise, as the events' columns (see the first migration): the
+        // rollups' prefix ranges, ties and value lists order as the scan's.
+        let postgres = manager.get_database_backend() == DbBackend::Postgres;
+        let string = |column: EventRollups| {
+            let mut def = string(column);
+            if postgres {
+                def.extra("COLLATE \"C\"");
+            }
+            def
+        };
         manager
             .create_table(
                 Table::create()

@@ -10,9 +10,9 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DbBackend, DbErr, State
 use tokio::sync::{Mutex, broadcast};
 
 use super::page_token::PageTokenKey;
-use super::stats::ScanLimits;
 use super::reads::READ_DEADLINE;
 use super::secrets::load_or_create_secret;
+use super::stats::ScanLimits;
 use super::{Store, StoreResult, sessions, tuning};
 use crate::config::DatabaseConfig;
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbErr, Order, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbErr, Order, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait,
 };
 
 use super::{READ_DEADLINE, Store, StoreError, StoreResult, events_of, within_deadline};
@@ -248,7 +248,12 @@ impl Store {
     /// [`stats_by_scan`](Self::stats_by_scan). The answer says which.
     /// [`StoreError::TooManyBuckets`] when the series would exceed its
     /// `max_buckets`.
-    pub async fn stats(&self, tenant: &TenantId, matcher: &EventMatcher, query: &StatsQuery) -> StoreResult<Stats> {
+    pub async fn stats(
+        &self,
+        tenant: &TenantId,
+        matcher: &EventMatcher,
+        query: &StatsQuery,
+    ) -> StoreResult<Stats> {
         match rollup_plan(matcher, query) {
             Some(condition) => self.stats_from_rollups(tenant, condition, query).await,
             None => {
@@ -294,7 +299,10 @@ impl Store {
                 Some(spec) => {
                     let select = rows()
                         .select_only()
-                        .column_as(bucket_start(Expr::col(RollupColumn::HourStart), spec), BUCKET_ALIAS)
+                        .column_as(
+                            bucket_start(Expr::col(RollupColumn::HourStart), spec),
+                            BUCKET_ALIAS,
+                        )
                         .column_as(Expr::cust(ROLLUP_SUM), COUNT_ALIAS)
                         .group_by(Expr::col(Alias::new(BUCKET_ALIAS)))
                         .having(Expr::cust(ROLLUP_SUM).gt(0))
@@ -338,8 +346,11 @@ impl Store {
         let timed_out = || StoreError::ReadTimedOut {
             seconds: READ_DEADLINE.as_secs(),
         };
-        let txn = in_time(hard_deadline, self.begin_read()).await.map_err(|_| timed_out())??;
-        let last_seq = in_time(hard_deadline, 
+        let txn = in_time(hard_deadline, self.begin_read())
+            .await
+            .map_err(|_| timed_out())??;
+        let last_seq = in_time(
+            hard_deadline,
             audit_event::Entity::of_tenant(tenant)
                 .select_only()
                 .column_as(Column::Seq.max(), "last_seq")
@@ -551,7 +562,10 @@ async fn group_rows(
 }
 
 /// The buckets a statement selecting a bucket start, then a count, reads.
-async fn bucket_rows(txn: &DatabaseTransaction, statement: sea_orm::Statement) -> Result<Vec<BucketCount>, DbErr> {
+async fn bucket_rows(
+    txn: &DatabaseTransaction,
+    statement: sea_orm::Statement,
+) -> Result<Vec<BucketCount>, DbErr> {
     let mut buckets = Vec::new();
     for row in txn.query_all_raw(statement).await? {
         buckets.push(BucketCount {

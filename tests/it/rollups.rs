@@ -31,7 +31,13 @@ on_both_backends!(
 );
 
 const HOUR: i64 = 3_600_000_000;
-const ACTIONS: [&str; 5] = ["user.login", "user.logout", "document.read", "document.write", "api_key.create"];
+const ACTIONS: [&str; 5] = [
+    "user.login",
+    "user.logout",
+    "document.read",
+    "document.write",
+    "api_key.create",
+];
 const RESOURCE_TYPES: [&str; 3] = ["document", "session", ""];
 const SOURCES: [&str; 3] = ["sso", "docs", ""];
 const OUTCOMES: [Outcome; 3] = [Outcome::Success, Outcome::Failure, Outcome::Intent];
@@ -105,7 +111,12 @@ fn some_of<T: Copy>(rng: &mut StdRng, values: &[T]) -> Vec<T> {
 fn expressible_request(rng: &mut StdRng, span: Span) -> StatsRequest {
     let mut actions: Vec<String> = some_of(rng, &ACTIONS).into_iter().map(str::to_owned).collect();
     if rng.random_bool(0.2) {
-        actions.push((*["user.*", "document.*", "audit.*", "nothing.*"].choose(rng).unwrap()).to_owned());
+        actions.push(
+            (*["user.*", "document.*", "audit.*", "nothing.*"]
+                .choose(rng)
+                .unwrap())
+            .to_owned(),
+        );
     }
     let hour_bound = |rng: &mut StdRng| micros_to_timestamp(span.base + rng.random_range(-32..32) * HOUR);
     let bucket = rng.random_bool(0.4).then(|| prost_types::Duration {
@@ -266,7 +277,10 @@ async fn stats_says_whether_rollups_or_a_scan_answered(backend: Backend) {
     for request in expressible {
         let response = stats(&mut caller, request.clone()).await;
         assert_eq!(response.answered_from(), StatsSource::Rollup, "{request:?}");
-        assert_eq!((response.total, response.partial, response.scanned_through_seq), (2, false, 0));
+        assert_eq!(
+            (response.total, response.partial, response.scanned_through_seq),
+            (2, false, 0)
+        );
     }
 
     let filtered = |filter: EventFilter| StatsRequest {
@@ -373,12 +387,18 @@ async fn rollups_rebuild_recomputes_corrupted_rollups_from_the_events(backend: B
     let damaged = stats(&mut caller, by_action.clone()).await;
     let scanned = stats(&mut caller, by_scan(&by_action)).await;
     assert_ne!(counts(&damaged), counts(&scanned), "the damage went unseen");
-    assert!(metadata(&mut caller).await.actions.contains(&"ghost.action".to_owned()));
+    assert!(
+        metadata(&mut caller)
+            .await
+            .actions
+            .contains(&"ghost.action".to_owned())
+    );
 
     let stdout = run_rebuild(&server, &tenant);
     // 50 events, one erased, and the deletion's own event.
     assert!(
-        stdout.contains(&format!("tenant {tenant}: rollups rebuilt: ")) && stdout.contains("counting 50 live events"),
+        stdout.contains(&format!("tenant {tenant}: rollups rebuilt: "))
+            && stdout.contains("counting 50 live events"),
         "{stdout}"
     );
     assert_rollups_agree(&mut caller, &by_action).await;
@@ -401,9 +421,7 @@ async fn filter_metadata_drops_values_whose_last_event_is_erased(backend: Backen
         source: source.into(),
         ..event(action, "alice")
     };
-    let early = admin
-        .append(vec![sourced("report.export", "reports")])
-        .await;
+    let early = admin.append(vec![sourced("report.export", "reports")]).await;
     let cutoff = a_moment_later().await;
     let late = admin
         .append(vec![
@@ -418,10 +436,18 @@ async fn filter_metadata_drops_values_whose_last_event_is_erased(backend: Backen
 
     // Deleting one of two keeps the value; deleting the last drops it.
     delete(&mut admin, &late[0].id).await.expect("delete");
-    assert!(metadata(&mut admin).await.actions.contains(&"user.login".to_owned()));
+    assert!(
+        metadata(&mut admin)
+            .await
+            .actions
+            .contains(&"user.login".to_owned())
+    );
     delete(&mut admin, &late[1].id).await.expect("delete");
     let listed = metadata(&mut admin).await;
-    assert_eq!(listed.actions, ["audit.event.deleted", "document.read", "report.export"]);
+    assert_eq!(
+        listed.actions,
+        ["audit.event.deleted", "document.read", "report.export"]
+    );
     assert_eq!(listed.sources, ["audit-service", "docs", "reports"]);
 
     // Retention erasing the last event of an action and of a source drops them too.
@@ -432,7 +458,10 @@ async fn filter_metadata_drops_values_whose_last_event_is_erased(backend: Backen
     assert_eq!(run.erased, 1, "only the early event was due");
     assert_eq!(early.len(), 1);
     let listed = metadata(&mut admin).await;
-    assert!(!listed.actions.contains(&"report.export".to_owned()), "{listed:?}");
+    assert!(
+        !listed.actions.contains(&"report.export".to_owned()),
+        "{listed:?}"
+    );
     assert!(!listed.sources.contains(&"reports".to_owned()), "{listed:?}");
     assert!(listed.actions.contains(&"document.read".to_owned()), "{listed:?}");
     server.stop().await;
