@@ -196,32 +196,20 @@ impl EventMatcher {
             TimeBounds::Indexed => Expr::col((audit_event::Entity, Column::OccurredAt)),
             TimeBounds::Filtered => Expr::cust(r#"+"audit_events"."occurred_at""#),
         };
-        let mut condition = Condition::all();
-        let any_of = |values: &[String], column: Column, prefixes: bool| {
-            values.iter().fold(Condition::any(), |any, value| {
-                if prefixes {
-                    any.add(exact_or_prefix(column, value))
-                } else {
-                    any.add(column.eq(value.as_str()))
-                }
-            })
-        };
-        for (values, column, prefixes) in [
-            (&self.actions, Column::Action, true),
-            (&self.actor_ids, Column::ActorId, false),
-            (&self.resource_types, Column::ResourceType, false),
-            (&self.resource_ids, Column::ResourceId, false),
-            (&self.sources, Column::Source, false),
+        let mut condition = self.dimensions_condition([
+            Column::Action,
+            Column::ResourceType,
+            Column::Source,
+            Column::ActorType,
+            Column::Outcome,
+        ]);
+        for (values, column) in [
+            (&self.actor_ids, Column::ActorId),
+            (&self.resource_ids, Column::ResourceId),
         ] {
             if !values.is_empty() {
-                condition = condition.add(any_of(values, column, prefixes));
+                condition = condition.add(any_of(values, column, false));
             }
-        }
-        if !self.actor_types.is_empty() {
-            condition = condition.add(Column::ActorType.is_in(self.actor_types.clone()));
-        }
-        if !self.outcomes.is_empty() {
-            condition = condition.add(Column::Outcome.is_in(self.outcomes.clone()));
         }
         if let Some(email) = &self.actor_email {
             condition = condition.add(ExprTrait::eq(
@@ -266,31 +254,13 @@ impl EventMatcher {
         if unexpressible || !on_hour(self.start) || !on_hour(self.end) {
             return None;
         }
-        let mut condition = Condition::all();
-        let any_of = |values: &[String], column: Rollup, prefixes: bool| {
-            values.iter().fold(Condition::any(), |any, value| {
-                if prefixes {
-                    any.add(exact_or_prefix(column, value))
-                } else {
-                    any.add(column.eq(value.as_str()))
-                }
-            })
-        };
-        for (values, column, prefixes) in [
-            (&self.actions, Rollup::Action, true),
-            (&self.resource_types, Rollup::ResourceType, false),
-            (&self.sources, Rollup::Source, false),
-        ] {
-            if !values.is_empty() {
-                condition = condition.add(any_of(values, column, prefixes));
-            }
-        }
-        if !self.actor_types.is_empty() {
-            condition = condition.add(Rollup::ActorType.is_in(self.actor_types.clone()));
-        }
-        if !self.outcomes.is_empty() {
-            condition = condition.add(Rollup::Outcome.is_in(self.outcomes.clone()));
-        }
+        let mut condition = self.dimensions_condition([
+            Rollup::Action,
+            Rollup::ResourceType,
+            Rollup::Source,
+            Rollup::ActorType,
+            Rollup::Outcome,
+        ]);
         // On whole hours, an hour is inside the bounds exactly when each of
         // its events is.
         if let Some(start) = self.start {
@@ -300,6 +270,32 @@ impl EventMatcher {
             condition = condition.add(Rollup::HourStart.lt(end));
         }
         Some(condition)
+    }
+
+    /// The parts of the filter on the dimensions rollups keep (`actions`,
+    /// `resource_types`, `sources`, `actor_types`, `outcomes`), on the
+    /// `[action, resource_type, source, actor_type, outcome]` columns.
+    fn dimensions_condition<C: ColumnTrait>(
+        &self,
+        [action, resource_type, source, actor_type, outcome]: [C; 5],
+    ) -> Condition {
+        let mut condition = Condition::all();
+        for (values, column, prefixes) in [
+            (&self.actions, action, true),
+            (&self.resource_types, resource_type, false),
+            (&self.sources, source, false),
+        ] {
+            if !values.is_empty() {
+                condition = condition.add(any_of(values, column, prefixes));
+            }
+        }
+        if !self.actor_types.is_empty() {
+            condition = condition.add(actor_type.is_in(self.actor_types.clone()));
+        }
+        if !self.outcomes.is_empty() {
+            condition = condition.add(outcome.is_in(self.outcomes.clone()));
+        }
+        condition
     }
 
     /// Whether `event` matches: the same answer the database gives for the
@@ -345,6 +341,18 @@ impl EventMatcher {
             && self.end.is_none_or(|end| occurred_at.is_some_and(|t| t < end))
             && self.expression.as_ref().is_none_or(|node| node.matches(event))
     }
+}
+
+/// `column` equals one of `values` (or, with `prefixes`, starts with one
+/// ending in `*`).
+fn any_of(values: &[String], column: impl ColumnTrait, prefixes: bool) -> Condition {
+    values.iter().fold(Condition::any(), |any, value| {
+        if prefixes {
+            any.add(exact_or_prefix(column, value))
+        } else {
+            any.add(column.eq(value.as_str()))
+        }
+    })
 }
 
 /// The values, or the index of the first one that is not a known enum value.

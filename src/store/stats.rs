@@ -367,6 +367,8 @@ impl Store {
         let mut width = Ord::max(self.stats_scan.first_chunk, 1);
         let mut slowest = Duration::ZERO;
         let mut partial = false;
+        // A chunk stopped mid-statement at the deadline.
+        let mut interrupted = false;
         while through < last_seq {
             let chunk_started = Instant::now();
             if through > 0 && chunk_started + slowest * 2 > soft_deadline {
@@ -382,6 +384,7 @@ impl Store {
                 Ok(chunk) => counted.add(chunk?),
                 Err(_) => {
                     partial = true;
+                    interrupted = true;
                     break;
                 }
             }
@@ -392,9 +395,9 @@ impl Store {
                 width = Ord::min(width.saturating_mul(2), MAX_CHUNK);
             }
         }
-        // A scan cut short leaves its snapshot unfinished; dropping it rolls
-        // it back.
-        if !partial {
+        // A statement stopped mid-way leaves the transaction unusable:
+        // dropping it rolls it back.
+        if !interrupted {
             txn.commit().await?;
         }
         let buckets = match &query.bucket {

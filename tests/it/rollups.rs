@@ -8,8 +8,7 @@ use std::time::Duration;
 use audit_service::convert::micros_to_timestamp;
 use audit_service::filter::EventMatcher;
 use audit_service::proto::{
-    self, ActorType, EventFilter, EventInput, GetFilterMetadataRequest, GetFilterMetadataResponse, Outcome,
-    StatsRequest, StatsResponse, StatsSource,
+    self, ActorType, EventFilter, EventInput, Outcome, StatsRequest, StatsResponse, StatsSource,
 };
 use audit_service::store::stats::{GroupField, ScanLimits, StatsQuery, StatsSource as Answered};
 use audit_service::tenant::TenantId;
@@ -18,6 +17,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use sea_orm::{ConnectionTrait, Statement};
 
+use crate::filter_metadata::metadata;
 use crate::on_both_backends;
 use crate::retention::{a_moment_later, apply_at, delete, set_retention, store_of};
 use crate::support::{Backend, Caller, TestServer, event, new_tenant};
@@ -170,16 +170,6 @@ fn by_scan(request: &StatsRequest) -> StatsRequest {
 async fn stats(caller: &mut Caller, request: StatsRequest) -> StatsResponse {
     let request = caller.request(request);
     caller.client.stats(request).await.expect("stats").into_inner()
-}
-
-async fn metadata(caller: &mut Caller) -> GetFilterMetadataResponse {
-    let request = caller.request(GetFilterMetadataRequest {});
-    caller
-        .client
-        .get_filter_metadata(request)
-        .await
-        .expect("metadata")
-        .into_inner()
 }
 
 /// The counts of a response, without what answered it.
