@@ -26,6 +26,7 @@ on_both_backends!(
     rollup_answers_equal_the_scans_after_appends_deletions_and_retention,
     stats_says_whether_rollups_or_a_scan_answered,
     rollups_rebuild_recomputes_corrupted_rollups_from_the_events,
+    rollups_rebuilt_while_appends_and_deletes_go_on_stay_exact,
     filter_metadata_drops_values_whose_last_event_is_erased,
     a_scan_out_of_time_answers_partially_naming_the_seq_it_reached,
 );
@@ -400,6 +401,40 @@ async fn rollups_rebuild_recomputes_corrupted_rollups_from_the_events(backend: B
     assert!(!listed.actions.contains(&"ghost.action".to_owned()), "{listed:?}");
     assert!(!listed.sources.contains(&"ghost".to_owned()), "{listed:?}");
     store.close().await.expect("close");
+    server.stop().await;
+}
+
+async fn rollups_rebuilt_while_appends_and_deletes_go_on_stay_exact(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let tenant = new_tenant();
+    let span = Span::now();
+    let mut writer = server.caller_for(&tenant).await;
+    let writing = tokio::spawn(async move {
+        let mut rng = StdRng::seed_from_u64(99);
+        for _ in 0..30 {
+            let ids = append_random(&mut writer, &mut rng, span, 5).await;
+            if rng.random_bool(0.5) {
+                delete(&mut writer, &ids[0]).await.expect("delete");
+            }
+        }
+    });
+    let store = store_of(&server).await;
+    let tenant_id = TenantId::parse(&tenant, "tenant").unwrap();
+    let mut rebuilds = 0;
+    while !writing.is_finished() || rebuilds == 0 {
+        store.rebuild_rollups(&tenant_id).await.expect("rebuild");
+        rebuilds += 1;
+    }
+    writing.await.expect("writer");
+    store.close().await.expect("close");
+
+    let mut caller = server.caller_for(&tenant).await;
+    let mut rng = StdRng::seed_from_u64(100);
+    assert_rollups_agree(&mut caller, &StatsRequest::default()).await;
+    for _ in 0..20 {
+        let request = expressible_request(&mut rng, span);
+        assert_rollups_agree(&mut caller, &request).await;
+    }
     server.stop().await;
 }
 
