@@ -691,6 +691,59 @@ pub mod access_audit_setting {
     tenant_scoped!();
 }
 
+/// Rollups: a tenant's live events counted per hour of `occurred_at` and
+/// per combination of the dimensions `Stats` groups on. `Append`, `Delete`
+/// and retention keep them in their own transactions; a row reaching 0 is
+/// deleted, so every row counts at least one live event.
+pub mod event_rollup {
+    use sea_orm::entity::prelude::*;
+
+    /// Width of a rollup's time bucket: one hour, in microseconds.
+    pub const HOUR_MICROS: i64 = 3_600_000_000;
+
+    /// Start of the hour holding `micros` (floor division, also before 1970).
+    pub fn hour_of(micros: i64) -> i64 {
+        micros - micros.rem_euclid(HOUR_MICROS)
+    }
+
+    /// The live events of one key in one hour.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "event_rollups")]
+    pub struct Model {
+        /// The tenant whose events are counted.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: crate::tenant::TenantId,
+        /// Start of the hour of `occurred_at`, unix microseconds.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub hour_start: i64,
+        /// The events' action.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub action: String,
+        /// The events' `Outcome` enum value.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub outcome: i32,
+        /// The events' `ActorType` enum value.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub actor_type: i32,
+        /// The events' resource type (empty when none).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub resource_type: String,
+        /// The events' source (empty when none).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub source: String,
+        /// How many live events have this key in this hour (at least 1).
+        pub event_count: i64,
+    }
+
+    /// Relations to other tables: none (sea-orm requires the enum).
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+
+    tenant_scoped!();
+}
+
 #[cfg(test)]
 mod tests {
     use sea_orm::{DbBackend, EntityTrait, QueryTrait, Value};
@@ -735,6 +788,10 @@ mod tests {
                 (
                     "access_audit_settings",
                     access_audit_setting::Entity::of_tenant(&tenant).build(backend),
+                ),
+                (
+                    "event_rollups",
+                    event_rollup::Entity::of_tenant(&tenant).build(backend),
                 ),
             ];
             for (table, statement) in statements {

@@ -2,7 +2,8 @@
 //! service; `keys` manages API keys; `verify` checks a tenant's log against
 //! its signed checkpoints; `export` writes a tenant's log to a file and
 //! `verify-export` checks such a file offline; `retention apply` runs the
-//! retention task now; `token mint` prints a bearer token for debugging.
+//! retention task now; `rollups rebuild` recomputes a tenant's rollups;
+//! `token mint` prints a bearer token for debugging.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -76,6 +77,11 @@ enum Command {
         #[command(subcommand)]
         command: RetentionCommand,
     },
+    /// The rollups `Stats` and `GetFilterMetadata` are answered from.
+    Rollups {
+        #[command(subcommand)]
+        command: RollupsCommand,
+    },
     /// Bearer tokens for debugging.
     Token {
         #[command(subcommand)]
@@ -116,6 +122,19 @@ enum RetentionCommand {
     /// status: 0 when every tenant's run went through, 1 when one failed
     /// (named on stderr; the next run continues it).
     Apply,
+}
+
+#[derive(Subcommand)]
+enum RollupsCommand {
+    /// Recompute a tenant's rollups from its live events, in one
+    /// transaction that holds the tenant's appends, deletions and retention
+    /// out until it commits (other tenants go on). Safe beside running
+    /// replicas. Prints the rows before and after and the events counted.
+    Rebuild {
+        /// Tenant whose rollups to rebuild.
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -217,6 +236,9 @@ async fn main() -> ExitCode {
         Some(Command::Retention {
             command: RetentionCommand::Apply,
         }) => apply_retention(database).await,
+        Some(Command::Rollups {
+            command: RollupsCommand::Rebuild { tenant },
+        }) => rebuild_rollups(database, &tenant).await,
         Some(Command::Token {
             command: TokenCommand::Mint(args),
         }) => mint_token(&cli.serve.jwt, args),
@@ -286,6 +308,19 @@ async fn apply_retention(database: DatabaseConfig) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn rebuild_rollups(database: DatabaseConfig, tenant: &str) -> anyhow::Result<ExitCode> {
+    let tenant = TenantId::parse(tenant, "--tenant")?;
+    let store = Store::connect(&database).await?;
+    let rebuilt = store.rebuild_rollups(&tenant).await;
+    store.close().await?;
+    let rebuilt = rebuilt?;
+    println!(
+        "tenant {tenant}: rollups rebuilt: {} rows (were {}) counting {} live events",
+        rebuilt.rows_after, rebuilt.rows_before, rebuilt.events
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn mint_token(jwt: &JwtConfig, args: MintArgs) -> anyhow::Result<ExitCode> {

@@ -29,6 +29,7 @@ use crate::filter::EventMatcher;
 use crate::filter::expr::{Field, FieldKind, METADATA_FIELD};
 use crate::integrity::Notary;
 use crate::observe::CallRecord;
+use crate::proto;
 use crate::proto::{
     ActorType, AppendRequest, AppendResponse, AppendResult, AuditEvent, DeleteRequest, DeleteResponse,
     ExportRequest, FilterField, GetFilterMetadataRequest, GetFilterMetadataResponse, GetRequest, Outcome,
@@ -36,7 +37,7 @@ use crate::proto::{
     watch_response,
 };
 use crate::store::page_token::QueryFingerprint;
-use crate::store::stats::{GroupField, GroupValue};
+use crate::store::stats::{GroupField, GroupValue, StatsSource};
 use crate::store::{ChangeRequest, EventOrder, PageLimits, Store};
 use crate::watch::WatchHub;
 use crate::wire::server::audit_service_server::AuditService;
@@ -193,10 +194,7 @@ impl AuditService for AuditApi {
             EventMatcher::new(&filter, "filter"),
             validate::stats_query(&request),
         )?;
-        let stats = self
-            .store
-            .stats(&caller.tenant, matcher.condition(self.store.backend()), &query)
-            .await?;
+        let stats = self.store.stats(&caller.tenant, &matcher, &query).await?;
         let groups = stats
             .groups
             .into_iter()
@@ -218,10 +216,20 @@ impl AuditService for AuditApi {
                 count: bucket.count,
             })
             .collect();
+        let (answered_from, partial, scanned_through) = match stats.answered_by {
+            StatsSource::Rollup => (proto::StatsSource::Rollup, false, 0),
+            StatsSource::Scan {
+                partial,
+                scanned_through,
+            } => (proto::StatsSource::Scan, partial, scanned_through),
+        };
         Ok(Response::new(StatsResponse {
             total: stats.total,
             groups,
             buckets,
+            answered_from: answered_from as i32,
+            partial,
+            scanned_through_seq: seq_to_proto(scanned_through),
         }))
     }
 

@@ -196,32 +196,20 @@ impl EventMatcher {
             TimeBounds::Indexed => Expr::col((audit_event::Entity, Column::OccurredAt)),
             TimeBounds::Filtered => Expr::cust(r#"+"audit_events"."occurred_at""#),
         };
-        let mut condition = Condition::all();
-        let any_of = |values: &[String], column: Column, prefixes: bool| {
-            values.iter().fold(Condition::any(), |any, value| {
-                if prefixes {
-                    any.add(exact_or_prefix(column, value))
-                } else {
-                    any.add(column.eq(value.as_str()))
-                }
-            })
-        };
-        for (values, column, prefixes) in [
-            (&self.actions, Column::Action, true),
-            (&self.actor_ids, Column::ActorId, false),
-            (&self.resource_types, Column::ResourceType, false),
-            (&self.resource_ids, Column::ResourceId, false),
-            (&self.sources, Column::Source, false),
+        let mut condition = self.dimensions_condition([
+            Column::Action,
+            Column::ResourceType,
+            Column::Source,
+            Column::ActorType,
+            Column::Outcome,
+        ]);
+        for (values, column) in [
+            (&self.actor_ids, Column::ActorId),
+            (&self.resource_ids, Column::ResourceId),
         ] {
             if !values.is_empty() {
-                condition = condition.add(any_of(values, column, prefixes));
+                condition = condition.add(any_of(values, column, false));
             }
-        }
-        if !self.actor_types.is_empty() {
-            condition = condition.add(Column::ActorType.is_in(self.actor_types.clone()));
-        }
-        if !self.outcomes.is_empty() {
-            condition = condition.add(Column::Outcome.is_in(self.outcomes.clone()));
         }
         if let Some(email) = &self.actor_email {
             condition = condition.add(ExprTrait::eq(
@@ -243,6 +231,69 @@ impl EventMatcher {
         }
         if let Some(node) = &self.expression {
             condition = condition.add(sql::condition(node, backend));
+        }
+        condition
+    }
+
+    /// The condition selecting the rollup rows that count exactly the
+    /// matching events, when the filter can be answered from rollups: only
+    /// the structured fields on their dimensions (`actions`, `actor_types`,
+    /// `resource_types`, `outcomes`, `sources`) and time bounds on whole
+    /// hours. `None` for anything else (an expression, `actor_ids`,
+    /// `actor_email`, `resource_ids`, `request_id`, `client_ip`, a bound
+    /// inside an hour).
+    pub fn rollup_condition(&self) -> Option<Condition> {
+        use crate::entity::event_rollup::{Column as Rollup, hour_of};
+        let unexpressible = !self.actor_ids.is_empty()
+            || !self.resource_ids.is_empty()
+            || self.actor_email.is_some()
+            || self.request_id.is_some()
+            || self.client_ip.is_some()
+            || self.expression.is_some();
+        let on_hour = |bound: Option<i64>| bound.is_none_or(|t| hour_of(t) == t);
+        if unexpressible || !on_hour(self.start) || !on_hour(self.end) {
+            return None;
+        }
+        let mut condition = self.dimensions_condition([
+            Rollup::Action,
+            Rollup::ResourceType,
+            Rollup::Source,
+            Rollup::ActorType,
+            Rollup::Outcome,
+        ]);
+        // On whole hours, an hour is inside the bounds exactly when each of
+        // its events is.
+        if let Some(start) = self.start {
+            condition = condition.add(Rollup::HourStart.gte(start));
+        }
+        if let Some(end) = self.end {
+            condition = condition.add(Rollup::HourStart.lt(end));
+        }
+        Some(condition)
+    }
+
+    /// The parts of the filter on the dimensions rollups keep (`actions`,
+    /// `resource_types`, `sources`, `actor_types`, `outcomes`), on the
+    /// `[action, resource_type, source, actor_type, outcome]` columns.
+    fn dimensions_condition<C: ColumnTrait>(
+        &self,
+        [action, resource_type, source, actor_type, outcome]: [C; 5],
+    ) -> Condition {
+        let mut condition = Condition::all();
+        for (values, column, prefixes) in [
+            (&self.actions, action, true),
+            (&self.resource_types, resource_type, false),
+            (&self.sources, source, false),
+        ] {
+            if !values.is_empty() {
+                condition = condition.add(any_of(values, column, prefixes));
+            }
+        }
+        if !self.actor_types.is_empty() {
+            condition = condition.add(actor_type.is_in(self.actor_types.clone()));
+        }
+        if !self.outcomes.is_empty() {
+            condition = condition.add(outcome.is_in(self.outcomes.clone()));
         }
         condition
     }
@@ -290,6 +341,18 @@ impl EventMatcher {
             && self.end.is_none_or(|end| occurred_at.is_some_and(|t| t < end))
             && self.expression.as_ref().is_none_or(|node| node.matches(event))
     }
+}
+
+/// `column` equals one of `values` (or, with `prefixes`, starts with one
+/// ending in `*`).
+fn any_of(values: &[String], column: impl ColumnTrait, prefixes: bool) -> Condition {
+    values.iter().fold(Condition::any(), |any, value| {
+        if prefixes {
+            any.add(exact_or_prefix(column, value))
+        } else {
+            any.add(column.eq(value.as_str()))
+        }
+    })
 }
 
 /// The values, or the index of the first one that is not a known enum value.

@@ -4,11 +4,9 @@
 
 use sea_orm::{ColumnTrait, Condition};
 
-use crate::entity::audit_event;
-
 /// `column` matches `value` exactly, or starts with it when it ends in `*`.
 /// A prefix becomes a range so both databases use the index.
-pub fn exact_or_prefix(column: audit_event::Column, value: &str) -> Condition {
+pub fn exact_or_prefix(column: impl ColumnTrait, value: &str) -> Condition {
     match value.strip_suffix('*') {
         Some(prefix) => match prefix_upper_bound(prefix) {
             Some(upper) => Condition::all().add(column.gte(prefix)).add(column.lt(upper)),

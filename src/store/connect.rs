@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, broadcast};
 use super::page_token::PageTokenKey;
 use super::reads::READ_DEADLINE;
 use super::secrets::load_or_create_secret;
+use super::stats::ScanLimits;
 use super::{Store, StoreResult, sessions, tuning};
 use crate::config::DatabaseConfig;
 
@@ -59,6 +60,7 @@ impl Store {
             page_tokens,
             commits,
             maintain_tree: true,
+            stats_scan: ScanLimits::default(),
             group_commit: Arc::default(),
             metrics: Arc::default(),
         })

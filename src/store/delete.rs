@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::holds::ActiveHolds;
 use super::policy::lock_policy_row;
+use super::rollups::Tally;
 use super::sequencer::{Head, lock_head};
 use super::service_event::{ChangeRequest, SERVICE_ACTION_PREFIX, ServiceEvent, append_service_event};
 use super::tree::extend_tree;
@@ -63,6 +64,7 @@ impl Store {
         let tree_size = extend_tree(&txn, tenant, tree_size, head, &[]).await?;
         let erased = target.clone().erased(now);
         erased.into_active_model().reset_all().update(&txn).await?;
+        Tally::erased_event(&target).apply(&txn, tenant).await?;
 
         let event = append_service_event(
             &txn,

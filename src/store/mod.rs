@@ -20,6 +20,7 @@ mod policy;
 mod query;
 mod reads;
 mod retention;
+mod rollups;
 mod scan;
 mod secrets;
 mod sequencer;
@@ -64,6 +65,7 @@ use reads::{fetch_event, fetch_events, within_deadline};
 
 use crate::observe::Metrics;
 pub use retention::{RETENTION_ACTION, RETENTION_ACTOR, RETENTION_BATCH, RetentionRun};
+pub use rollups::RollupRebuild;
 pub use service_event::{ChangeRequest, SERVICE_ACTION_PREFIX};
 pub use sessions::{
     APPLICATION_NAME, CLIENT_CHECK_INTERVAL, IDLE_IN_TRANSACTION_LIMIT, LOCK_WAIT_LIMIT, connection_died,
@@ -93,6 +95,8 @@ pub struct Store {
     commits: broadcast::Sender<Arc<Committed>>,
     /// Whether `Append` extends the Merkle tree in its transaction.
     maintain_tree: bool,
+    /// How far a `Stats` scan may go before it answers with what it has.
+    stats_scan: stats::ScanLimits,
     /// Appends of one tenant waiting to share a transaction.
     group_commit: Arc<append::GroupCommit>,
     /// Where appends, group commits and retention are counted.
@@ -104,6 +108,13 @@ impl Store {
     /// its cost); the next checkpoint, proof or `Delete` catches it up.
     pub fn with_tree_maintenance(mut self, maintain: bool) -> Self {
         self.maintain_tree = maintain;
+        self
+    }
+
+    /// Scans for `Stats` within `limits` (by default
+    /// [`ScanLimits::default`](stats::ScanLimits::default)).
+    pub fn with_stats_scan(mut self, limits: stats::ScanLimits) -> Self {
+        self.stats_scan = limits;
         self
     }
 

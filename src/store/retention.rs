@@ -31,6 +31,7 @@ use sea_orm::{
 use super::access::READ_ACTION;
 use super::holds::ActiveHolds;
 use super::policy::{LOG_RESOURCE_TYPE, lock_policy_row, policy_row};
+use super::rollups::Tally;
 use super::sequencer::{Head, lock_head};
 use super::service_event::{ChangeRequest, SERVICE_ACTION_PREFIX, ServiceEvent, append_service_event};
 use super::{Store, StoreError, StoreResult, events_of};
@@ -334,6 +335,9 @@ async fn erase_events(
     seqs: &[i64],
     now: i64,
 ) -> StoreResult<u64> {
+    // Read before the erasure, which empties the columns counted; no
+    // `Delete` erases meanwhile (it takes the policy row this batch holds).
+    let tally = Tally::erased(txn, tenant, seqs).await?;
     let mut update = audit_event::Entity::update_of_tenant(tenant)
         .col_expr(audit_event::Column::DeletedAt, Expr::val(now));
     for column in audit_event::CONTENT_COLUMNS {
@@ -344,6 +348,7 @@ async fn erase_events(
         .filter(audit_event::Column::DeletedAt.is_null())
         .exec(txn)
         .await?;
+    tally.apply(txn, tenant).await?;
     Ok(result.rows_affected)
 }
 

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::commits::{Committed, announce};
 use super::insert::insert_events;
+use super::rollups::Tally;
 use super::sequencer::{Head, set_head};
 use super::tree::extend_tree;
 use super::{NewEvent, Store, StoreResult, now_micros};
@@ -83,6 +84,9 @@ pub(super) async fn append_service_event(
         .into_model(tenant, seq, Uuid::now_v7(), now_micros());
     let tree_size = extend_tree(txn, tenant, head.tree_size, seq, std::slice::from_ref(&event)).await?;
     insert_events(txn, vec![event.clone()]).await?;
+    Tally::added(std::slice::from_ref(&event))
+        .apply(txn, tenant)
+        .await?;
     set_head(txn, tenant, seq, tree_size).await?;
     announce(txn, tenant, seq, seq).await?;
     Ok(event)

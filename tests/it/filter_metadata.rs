@@ -22,7 +22,7 @@ fn sourced(action: &str, resource_type: &str, source: &str) -> EventInput {
     }
 }
 
-async fn metadata(caller: &mut Caller) -> GetFilterMetadataResponse {
+pub(crate) async fn metadata(caller: &mut Caller) -> GetFilterMetadataResponse {
     let request = caller.request(GetFilterMetadataRequest {});
     caller
         .client

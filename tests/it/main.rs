@@ -28,6 +28,7 @@ mod replicas;
 mod retention;
 mod retention_replicas;
 mod retention_review;
+mod rollups;
 mod serving;
 mod shutdown;
 mod stats;

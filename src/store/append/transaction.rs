@@ -16,6 +16,7 @@ use crate::entity::audit_event;
 use crate::integrity::merkle::{CompactTree, Hash, NodeId};
 use crate::store::commits::{Committed, announce};
 use crate::store::insert::insert_events;
+use crate::store::rollups::Tally;
 use crate::store::sequencer::{Head, lock_head, lock_head_now, set_head};
 use crate::store::tree::{grow_tree, insert_nodes, push_rows, tree_size_of};
 use crate::store::{Store, StoreError, StoreResult, now_micros, sessions};
@@ -119,11 +120,16 @@ impl Store {
                 });
             }
             let committed = self.wants_commits().then(|| rows.clone());
+            let tally = Tally::added(&rows);
             insert_nodes(&txn, tenant, nodes).await?;
             insert_events(&txn, rows).await?;
             if predecessor.is_some() {
                 confirm_predecessor(&txn, tenant, predecessor, head, tree_size).await?;
             }
+            // Only now, holding the head: the rollup rows are every group's
+            // of the tenant, and a group written ahead must not wait on its
+            // predecessor's (see `AHEAD_LOCK_WAIT`).
+            tally.apply(&txn, tenant).await?;
             set_head(&txn, tenant, last_seq, new_tree_size).await?;
             announce(&txn, tenant, head + 1, last_seq).await?;
             Ok((outcomes, committed.map(|events| (last_seq, events))))
