@@ -5,10 +5,10 @@
 //! exported without content (filtered out, or erased).
 
 use futures::TryStreamExt as _;
-use sea_orm::sea_query::{Condition, Expr};
-use sea_orm::{ColumnTrait, Iterable, QueryFilter, QueryOrder, QuerySelect, QueryTrait};
+use sea_orm::sea_query::Condition;
+use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait};
 
-use super::tree::{missing_node, node_hashes};
+use super::tree::{leaf_hashes, node_hashes};
 use super::{PageSink, Store, StoreResult, within_deadline};
 use crate::entity::audit_event;
 use crate::filter::EventMatcher;
@@ -95,8 +95,7 @@ impl Store {
                     .add(matcher.condition(self.backend())),
             )
             .order_by_asc(audit_event::Column::Seq)
-            .limit(limits.events)
-            .column_as(Expr::cust(LEAF_OF_ROW), "leaf_hash");
+            .limit(limits.events);
         // Rows are written one at a time and reading stops at the byte
         // budget (on SQLite the statement stops there too; PostgreSQL has
         // produced at most `limits.events` rows, which the caller sizes from
@@ -107,8 +106,8 @@ impl Store {
         let (events, last, whole, more) = within_deadline(async {
             let mut rows = reads.stream_rows(select.build(self.backend())).await?;
             let mut events = S::with_budget(limits.bytes, capacity);
-            // The seq of the last event taken, and the leaf index and
-            // stored leaf hash (if any) of each whole one.
+            // The seq of the last event taken, and the leaf index of each
+            // whole one.
             let (mut last, mut whole) = (None, Vec::new());
             while let Some(row) = rows.try_next().await? {
                 let fields = audit_event::fields_of_row(&row)?;
@@ -117,8 +116,7 @@ impl Store {
                 }
                 last = Some(fields.seq);
                 if !audit_event::is_erased_row(&row)? {
-                    let leaf = row.try_get_by_index::<Option<Vec<u8>>>(leaf_column())?;
-                    whole.push((leaf_index(fields.seq), leaf));
+                    whole.push(leaf_index(fields.seq));
                 }
             }
             let full = u64::try_from(events.count()).is_ok_and(|n| n >= limits.events);
@@ -133,24 +131,13 @@ impl Store {
         // Leaves of the whole events; subtrees over every other seq.
         let mut gaps = Vec::new();
         let mut at = leaf_index(after + 1);
-        for next in whole
-            .iter()
-            .map(|(index, _)| *index)
-            .chain([leaf_index(through + 1)])
-        {
+        for next in whole.iter().copied().chain([leaf_index(through + 1)]) {
             if next > at {
                 gaps.extend(LeafRange { start: at, end: next }.aligned_subtrees());
             }
             at = next + 1;
         }
-        let leaves = whole
-            .iter()
-            .map(|(index, leaf)| {
-                leaf.as_deref()
-                    .and_then(|hash| Hash::try_from(hash).ok())
-                    .ok_or_else(|| missing_node(tenant, NodeId::new(0, *index)))
-            })
-            .collect::<StoreResult<Vec<Hash>>>()?;
+        let leaves = leaf_hashes(reads, tenant, &whole).await?;
         let skipped_hashes = node_hashes(reads, tenant, &gaps).await?;
         let skipped = gaps.into_iter().zip(skipped_hashes).collect();
         Ok(ExportChunk {
@@ -161,19 +148,6 @@ impl Store {
             through,
         })
     }
-}
-
-/// The stored leaf hash of an `audit_events` row's event (the tree holds
-/// every seq up to the head of an export: `export_start` brought it there),
-/// read with the row instead of by a statement of its own: on SQLite every
-/// row handed over costs as much as a small event's bytes.
-const LEAF_OF_ROW: &str = "(SELECT merkle_nodes.hash FROM merkle_nodes \
-     WHERE merkle_nodes.tenant_id = audit_events.tenant_id \
-     AND merkle_nodes.level = 0 AND merkle_nodes.idx = audit_events.seq - 1)";
-
-/// The index of the [`LEAF_OF_ROW`] column: after the table's columns.
-fn leaf_column() -> usize {
-    audit_event::Column::iter().count()
 }
 
 /// The leaf index of `seq` (seqs start at 1).

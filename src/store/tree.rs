@@ -121,7 +121,7 @@ fn missing_event(tenant: &TenantId, seq: i64) -> StoreError {
     }
 }
 
-pub(super) fn missing_node(tenant: &TenantId, id: NodeId) -> StoreError {
+fn missing_node(tenant: &TenantId, id: NodeId) -> StoreError {
     StoreError::Corrupt {
         tenant: tenant.clone(),
         what: format!(
@@ -244,6 +244,46 @@ pub(super) async fn node_hashes<C: ConnectionTrait>(
     let stored = fetch_nodes(conn, tenant, ids).await?;
     ids.iter()
         .map(|id| stored.get(id).copied().ok_or_else(|| missing_node(tenant, *id)))
+        .collect()
+}
+
+/// The stored leaf hashes of `indices` (ascending), read as one range of
+/// leaves when they fill most of it, else by key.
+pub(super) async fn leaf_hashes<C: ConnectionTrait>(
+    conn: &C,
+    tenant: &TenantId,
+    indices: &[u64],
+) -> StoreResult<Vec<Hash>> {
+    let (Some(first), Some(last)) = (indices.first(), indices.last()) else {
+        return Ok(Vec::new());
+    };
+    let span = last - first + 1;
+    if u64::try_from(indices.len()).unwrap_or(u64::MAX).saturating_mul(2) < span {
+        let ids: Vec<NodeId> = indices.iter().map(|i| NodeId::new(0, *i)).collect();
+        return node_hashes(conn, tenant, &ids).await;
+    }
+    // Only the index and hash of each leaf, in order, merged with
+    // `indices` (both ascending): no owned rows, no map.
+    let rows: Vec<(i64, Vec<u8>)> = merkle_node::Entity::of_tenant(tenant)
+        .filter(merkle_node::Column::Level.eq(0))
+        .filter(merkle_node::Column::Idx.between(stored_index(*first), stored_index(*last)))
+        .select_only()
+        .column(merkle_node::Column::Idx)
+        .column(merkle_node::Column::Hash)
+        .order_by_asc(merkle_node::Column::Idx)
+        .into_tuple()
+        .all(conn)
+        .await?;
+    let mut stored = rows.into_iter().peekable();
+    indices
+        .iter()
+        .map(|&i| {
+            while stored.next_if(|(idx, _)| *idx < stored_index(i)).is_some() {}
+            stored
+                .next_if(|(idx, _)| *idx == stored_index(i))
+                .and_then(|(_, hash)| Hash::try_from(hash.as_slice()).ok())
+                .ok_or_else(|| missing_node(tenant, NodeId::new(0, i)))
+        })
         .collect()
 }
 
