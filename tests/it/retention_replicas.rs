@@ -151,7 +151,7 @@ async fn two_replicas_enforcing_together_erase_each_event_once_and_record_the_ru
     let mut admin = replicas[1].admin_for(&tenant).await;
     let erased = Erased::of(&url, &tenant).await;
     set_retention(&mut admin, 1).await;
-    erased.until(6000, Duration::from_secs(120)).await;
+    erased.until(6000, Duration::from_secs(300)).await;
     // Both replicas keep running: a later run must find nothing to do.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(erased.count().await, 6000);
@@ -207,7 +207,7 @@ async fn a_run_cut_short_by_a_killed_replica_is_finished_and_recorded_by_another
 
     let second = ServerProcess::start(&url, &EVERY_SECOND);
     let mut reader = second.admin_for(&tenant).await;
-    erased.until(BACKLOG, Duration::from_secs(120)).await;
+    erased.until(BACKLOG, Duration::from_secs(300)).await;
     let start = Instant::now();
     let recorded = loop {
         let recorded = runs(&mut reader).await;
