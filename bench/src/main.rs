@@ -10,6 +10,7 @@
 //! target/release/audit-bench --backend both              # 1M events per backend
 //! target/release/audit-bench --retention --backend both  # issue 19: Append during a retention run
 //! target/release/audit-bench --export --backend both     # issue 20: Export beside COPY / SELECT
+//! target/release/audit-bench --storage --backend both    # issue 22: bytes per event, query plans
 //! ```
 #![expect(
     clippy::cast_precision_loss,
@@ -23,6 +24,7 @@ mod measure;
 mod report;
 mod retention;
 mod server;
+mod storage;
 mod workloads;
 
 use std::path::PathBuf;
@@ -100,6 +102,11 @@ struct Options {
     /// a `SELECT` (SQLite) of the same rows, and the service's RSS during it.
     #[arg(long, conflicts_with_all = ["append_only", "retention"])]
     export: bool,
+    /// Only the storage rows (issue 22): bytes per event of each table and
+    /// index after filling one tenant (default 200 000 events), and the plan
+    /// of each statement shape the service runs on the event tables.
+    #[arg(long, conflicts_with_all = ["append_only", "retention", "export"])]
+    storage: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -122,6 +129,7 @@ struct Settings {
     client_counts: Vec<usize>,
     retention: bool,
     export: bool,
+    storage: bool,
 }
 
 impl Settings {
@@ -165,6 +173,8 @@ async fn run(options: Options) -> anyhow::Result<()> {
         quick: options.quick,
         events: options.events.unwrap_or(if options.retention {
             retention::DEFAULT_BACKLOG
+        } else if options.storage {
+            200_000
         } else if options.quick {
             60_000
         } else {
@@ -190,6 +200,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         },
         retention: options.retention,
         export: options.export,
+        storage: options.storage,
     };
     let backends = match options.backend {
         BackendChoice::Sqlite => vec![Backend::Sqlite],
@@ -202,7 +213,12 @@ async fn run(options: Options) -> anyhow::Result<()> {
         eprintln!("== {} ==", backend.title());
         tables.push(run_backend(&settings, backend).await?);
     }
-    if settings.export {
+    if settings.storage {
+        println!(
+            "### audit-bench --storage — {} events in the measured tenant\n",
+            grouped(settings.events)
+        );
+    } else if settings.export {
         println!(
             "### audit-bench{} --export — {} events in the exported tenant\n",
             if settings.quick { " --quick" } else { "" },
@@ -252,6 +268,8 @@ async fn run_backend(settings: &Settings, backend: Backend) -> anyhow::Result<Ta
         retention::bench(settings, &database).await
     } else if settings.export {
         export::bench(settings, &database).await
+    } else if settings.storage {
+        storage::bench(settings, &database).await
     } else {
         bench(settings, &database).await
     };

@@ -12,6 +12,7 @@ mod m20261202_000004_create_policies;
 mod m20261210_000005_create_access_audit;
 mod m20261215_000006_add_request_client_identity;
 mod m20261220_000007_create_rollups;
+mod m20261221_000008_compact_storage;
 
 /// Every migration of the service, oldest first.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261210_000005_create_access_audit::Migration),
             Box::new(m20261215_000006_add_request_client_identity::Migration),
             Box::new(m20261220_000007_create_rollups::Migration),
+            Box::new(m20261221_000008_compact_storage::Migration),
         ]
     }
 }

@@ -582,3 +582,111 @@ fn open_stored(
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use audit_migrations::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, Statement};
+
+    use super::*;
+    use crate::store::NewEvent;
+
+    /// `merkle_nodes`' CREATE statement and whether the idempotency index
+    /// is partial, on SQLite.
+    async fn schema(store: &Store) -> (String, bool) {
+        let row = |sql: &str| Statement::from_string(DbBackend::Sqlite, sql);
+        let nodes: String = store
+            .connection()
+            .query_one_raw(row("SELECT sql FROM sqlite_schema WHERE name = 'merkle_nodes'"))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index(0)
+            .unwrap();
+        let partial: bool = store
+            .connection()
+            .query_one_raw(row("SELECT partial FROM pragma_index_list('audit_events') \
+                 WHERE name = 'ux_audit_events_idempotency'"))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index(0)
+            .unwrap();
+        (nodes, partial)
+    }
+
+    fn keyed(n: i64, key: Option<&str>) -> NewEvent {
+        NewEvent {
+            action: format!("document.read.{n}"),
+            actor_id: "alice".into(),
+            idempotency_key: key.map(str::to_owned),
+            ..NewEvent::default()
+        }
+    }
+
+    /// The compact storage migration (rowless Merkle nodes, a partial
+    /// idempotency index) keeps a database with events working: the tree's
+    /// roots, recorded idempotency keys and new appends, in both
+    /// directions.
+    #[tokio::test]
+    async fn the_compact_storage_migration_keeps_tree_and_idempotency() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display());
+        let store = Store::connect(&crate::config::DatabaseConfig::new(url))
+            .await
+            .unwrap();
+        let (nodes, partial) = schema(&store).await;
+        assert!(nodes.contains("WITHOUT ROWID"), "{nodes}");
+        assert!(partial, "only events with a key are indexed");
+
+        let tenant = TenantId::parse("acme", "tenant").unwrap();
+        let keys: Vec<String> = (0..40).map(|n| format!("key-{n}")).collect();
+        let first: Vec<NewEvent> = (0..40i64)
+            .map(|n| {
+                keyed(
+                    n,
+                    (n % 2 == 0).then(|| keys[usize::try_from(n).unwrap()].as_str()),
+                )
+            })
+            .collect();
+        let appended = store.append(&tenant, first).await.unwrap();
+        let root_40 = store.tree_root(&tenant, 40).await.unwrap();
+
+        // Back to the previous schema and forth again, with the data.
+        Migrator::down(store.connection(), Some(1)).await.unwrap();
+        let (nodes, partial) = schema(&store).await;
+        assert!(!nodes.contains("WITHOUT ROWID"), "{nodes}");
+        assert!(!partial);
+        assert_eq!(store.tree_root(&tenant, 40).await.unwrap(), root_40);
+        Migrator::up(store.connection(), None).await.unwrap();
+        assert!(schema(&store).await.0.contains("WITHOUT ROWID"));
+        assert_eq!(store.tree_root(&tenant, 40).await.unwrap(), root_40);
+
+        // A recorded key answers with its event; new events extend the tree.
+        let again = store
+            .append(
+                &tenant,
+                vec![
+                    keyed(100, Some("key-4")),
+                    keyed(101, Some("key-new")),
+                    keyed(102, None),
+                ],
+            )
+            .await
+            .unwrap();
+        assert!(again[0].duplicate);
+        assert_eq!((again[0].id, again[0].seq), (appended[4].id, appended[4].seq));
+        assert!(!again[1].duplicate && !again[2].duplicate);
+        assert_eq!(again[2].seq, 42);
+        assert_eq!(store.tree_size(&tenant).await.unwrap(), 42);
+        let proof = store.consistency_proof(&tenant, 40, 42).await.unwrap();
+        assert_eq!(proof.first_root, root_40);
+        assert_eq!(proof.second_root, store.tree_root(&tenant, 42).await.unwrap());
+        let leaves = store.stored_leaves(&tenant, 0, 100).await.unwrap();
+        assert_eq!(leaves.len(), 42);
+        assert_eq!(
+            leaves.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            (0..42).collect::<Vec<u64>>()
+        );
+    }
+}
