@@ -445,13 +445,28 @@ async fn shapes(db: &DatabaseConnection, events: u64) -> anyhow::Result<Vec<(Str
             ),
         ),
         (
-            "Export: a chunk with each row's leaf hash".to_owned(),
+            "Export: a chunk".to_owned(),
             raw(
                 backend,
-                "SELECT audit_events.*, (SELECT merkle_nodes.hash FROM merkle_nodes \
-                 WHERE merkle_nodes.tenant_id = audit_events.tenant_id AND merkle_nodes.level = 0 \
-                 AND merkle_nodes.idx = audit_events.seq - 1) AS leaf_hash FROM audit_events \
+                "SELECT * FROM audit_events \
                  WHERE tenant_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq ASC LIMIT 1000",
+                chunk(),
+            ),
+        ),
+        (
+            "Export: a chunk's leaf hashes as one row".to_owned(),
+            raw(
+                backend,
+                match backend {
+                    DbBackend::Postgres => {
+                        "SELECT COUNT(*), string_agg(hash, ''::bytea ORDER BY idx) FROM merkle_nodes \
+                         WHERE tenant_id = $1 AND level = 0 AND idx BETWEEN $2 AND $3"
+                    }
+                    _ => {
+                        "SELECT COUNT(*), unhex(group_concat(hex(hash), '' ORDER BY idx)) FROM merkle_nodes \
+                         WHERE tenant_id = $1 AND level = 0 AND idx BETWEEN $2 AND $3"
+                    }
+                },
                 chunk(),
             ),
         ),
