@@ -53,13 +53,8 @@ pub(super) async fn announce(
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "SELECT pg_notify($1, $2)",
-        [NOTIFY_CHANNEL.into(), notify_payload(tenant, first, last).into()],
+        [NOTIFY_CHANNEL.into(), format!("{tenant}\t{first}\t{last}").into()],
     ))
     .await?;
     Ok(())
-}
-
-/// The payload on [`NOTIFY_CHANNEL`] announcing seqs `first..=last` of `tenant`.
-pub(super) fn notify_payload(tenant: &TenantId, first: i64, last: i64) -> String {
-    format!("{tenant}\t{first}\t{last}")
 }

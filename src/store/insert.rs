@@ -3,7 +3,6 @@
 
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, IntoActiveModel,
-    Value,
 };
 
 use super::pg_array::ArrayLiteral;
@@ -13,7 +12,7 @@ use crate::entity::{audit_event, tenant_statement};
 /// PostgreSQL's limits for batches of any size.
 const INSERT_CHUNK: usize = 400;
 /// Rows per `unnest` INSERT on PostgreSQL (bounds one statement's size).
-pub(super) const UNNEST_CHUNK: usize = 5000;
+const UNNEST_CHUNK: usize = 5000;
 
 /// Inserts `rows` (events of one tenant) in the transaction.
 pub(super) async fn insert_events(
@@ -48,37 +47,6 @@ pub(super) async fn insert_events(
 async fn insert_events_postgres(txn: &DatabaseTransaction, rows: &[audit_event::Model]) -> Result<(), DbErr> {
     let Some(first) = rows.first() else {
         return Ok(());
-    };
-    let values = events_insert_values(rows)?;
-    txn.execute_raw(tenant_statement(
-        DbBackend::Postgres,
-        &first.tenant_id,
-        EVENTS_INSERT_POSTGRES,
-        values,
-    ))
-    .await?;
-    Ok(())
-}
-
-/// The `unnest` INSERT of events of one tenant on PostgreSQL: `$1` is the
-/// tenant, `$2..=$26` the [`events_insert_values`].
-pub(super) const EVENTS_INSERT_POSTGRES: &str = "INSERT INTO audit_events (tenant_id, seq, id, occurred_at, recorded_at, actor_type, outcome, \
-         request_status_code, deleted_at, actor_id, actor_name, actor_email, action, resource_type, \
-         resource_id, resource_name, request_method, request_path, request_client_ip, \
-         request_user_agent, request_id, request_client_identity, source, reasoning, metadata, \
-         idempotency_key) \
-         SELECT $1, t.* FROM unnest($2::text::bigint[], $3::text::uuid[], $4::text::bigint[], \
-         $5::text::bigint[], $6::text::int[], $7::text::int[], $8::text::int[], $9::text::bigint[], \
-         $10::text::text[], $11::text::text[], $12::text::text[], $13::text::text[], $14::text::text[], \
-         $15::text::text[], $16::text::text[], $17::text::text[], $18::text::text[], $19::text::text[], \
-         $20::text::text[], $21::text::text[], $22::text::text[], $23::text::text[], \
-         $24::text::text[], $25::text::jsonb[], $26::text::text[]) AS t";
-
-/// The parameters after the tenant of [`EVENTS_INSERT_POSTGRES`] for
-/// `rows` (events of one tenant): one array literal per column.
-pub(super) fn events_insert_values(rows: &[audit_event::Model]) -> Result<Vec<Value>, DbErr> {
-    let Some(first) = rows.first() else {
-        return Ok(Vec::new());
     };
     let n = rows.len();
     let mut numbers: [ArrayLiteral; 8] = std::array::from_fn(|_| ArrayLiteral::with_capacity(n * 17));
@@ -128,9 +96,23 @@ pub(super) fn events_insert_values(rows: &[audit_event::Model]) -> Result<Vec<Va
             literal.push_text(value);
         }
     }
-    Ok(numbers
-        .into_iter()
-        .chain(texts)
-        .map(|l| l.finish().into())
-        .collect())
+    let values = numbers.into_iter().chain(texts).map(|l| l.finish().into());
+    txn.execute_raw(tenant_statement(
+        DbBackend::Postgres,
+        &first.tenant_id,
+        "INSERT INTO audit_events (tenant_id, seq, id, occurred_at, recorded_at, actor_type, outcome, \
+         request_status_code, deleted_at, actor_id, actor_name, actor_email, action, resource_type, \
+         resource_id, resource_name, request_method, request_path, request_client_ip, \
+         request_user_agent, request_id, request_client_identity, source, reasoning, metadata, \
+         idempotency_key) \
+         SELECT $1, t.* FROM unnest($2::text::bigint[], $3::text::uuid[], $4::text::bigint[], \
+         $5::text::bigint[], $6::text::int[], $7::text::int[], $8::text::int[], $9::text::bigint[], \
+         $10::text::text[], $11::text::text[], $12::text::text[], $13::text::text[], $14::text::text[], \
+         $15::text::text[], $16::text::text[], $17::text::text[], $18::text::text[], $19::text::text[], \
+         $20::text::text[], $21::text::text[], $22::text::text[], $23::text::text[], \
+         $24::text::text[], $25::text::jsonb[], $26::text::text[]) AS t",
+        values,
+    ))
+    .await?;
+    Ok(())
 }

@@ -146,15 +146,6 @@ impl Tally {
         Ok(())
     }
 
-    /// The upsert [`Tally::apply`] sends on PostgreSQL, as SQL (`$1` the
-    /// tenant, `$2..=$8` its own) and the parameters after the tenant, for
-    /// a tally that only adds (nothing to delete after it); `None` for any
-    /// other tally.
-    pub fn postgres_upsert(&self) -> Option<(String, Vec<sea_orm::Value>)> {
-        (!self.0.is_empty() && self.0.values().all(|count| *count > 0))
-            .then(|| (upsert_sql_postgres(), upsert_values_postgres(&self.0)))
-    }
-
     async fn delete_emptied(&self, txn: &DatabaseTransaction, tenant: &TenantId) -> Result<(), DbErr> {
         let mut hours: Vec<i64> = self
             .0
@@ -205,29 +196,6 @@ async fn upsert_postgres(
     tenant: &TenantId,
     tally: &BTreeMap<RollupKey, i64>,
 ) -> Result<(), DbErr> {
-    txn.execute_raw(tenant_statement(
-        DbBackend::Postgres,
-        tenant,
-        &upsert_sql_postgres(),
-        upsert_values_postgres(tally),
-    ))
-    .await?;
-    Ok(())
-}
-
-/// The upsert of [`upsert_postgres`]: `$1` is the tenant, `$2..=$8` the
-/// [`upsert_values_postgres`].
-fn upsert_sql_postgres() -> String {
-    format!(
-        "INSERT INTO event_rollups ({UPSERT_COLUMNS}) \
-         SELECT $1, t.* FROM unnest($2::text::bigint[], $3::text::text[], $4::text::int[], \
-         $5::text::int[], $6::text::text[], $7::text::text[], $8::text::bigint[]) AS t \
-         {ON_KEY_ADD}"
-    )
-}
-
-/// The parameters after the tenant of [`upsert_sql_postgres`].
-fn upsert_values_postgres(tally: &BTreeMap<RollupKey, i64>) -> Vec<sea_orm::Value> {
     let n = tally.len();
     let mut numbers: [ArrayLiteral; 4] = std::array::from_fn(|_| ArrayLiteral::with_capacity(n * 12));
     let mut texts: [ArrayLiteral; 3] = std::array::from_fn(|_| ArrayLiteral::with_capacity(n * 16));
@@ -244,7 +212,7 @@ fn upsert_values_postgres(tally: &BTreeMap<RollupKey, i64>) -> Vec<sea_orm::Valu
     }
     let [hour, outcome, actor_type, event_count] = numbers;
     let [action, resource_type, source] = texts;
-    [
+    let values = [
         hour,
         action,
         outcome,
@@ -254,8 +222,20 @@ fn upsert_values_postgres(tally: &BTreeMap<RollupKey, i64>) -> Vec<sea_orm::Valu
         event_count,
     ]
     .into_iter()
-    .map(|l| l.finish().into())
-    .collect()
+    .map(|l| l.finish().into());
+    txn.execute_raw(tenant_statement(
+        DbBackend::Postgres,
+        tenant,
+        &format!(
+            "INSERT INTO event_rollups ({UPSERT_COLUMNS}) \
+             SELECT $1, t.* FROM unnest($2::text::bigint[], $3::text::text[], $4::text::int[], \
+             $5::text::int[], $6::text::text[], $7::text::text[], $8::text::bigint[]) AS t \
+             {ON_KEY_ADD}"
+        ),
+        values,
+    ))
+    .await?;
+    Ok(())
 }
 
 /// A multi-row upsert (SQLite has one writer at a time: the order does not

@@ -168,24 +168,6 @@ async fn insert_nodes_postgres(
     tenant: &TenantId,
     nodes: &[(NodeId, Hash)],
 ) -> Result<(), DbErr> {
-    txn.execute_raw(tenant_statement(
-        DbBackend::Postgres,
-        tenant,
-        NODES_INSERT_POSTGRES,
-        nodes_insert_values(nodes),
-    ))
-    .await?;
-    Ok(())
-}
-
-/// The `unnest` INSERT of a tenant's nodes on PostgreSQL: `$1` is the
-/// tenant, `$2..=$4` the [`nodes_insert_values`].
-pub(super) const NODES_INSERT_POSTGRES: &str = "INSERT INTO merkle_nodes (tenant_id, level, idx, hash) \
-     SELECT $1, l, i, decode(h, 'hex') \
-     FROM unnest($2::text::int[], $3::text::bigint[], $4::text::text[]) AS t(l, i, h)";
-
-/// The parameters after the tenant of [`NODES_INSERT_POSTGRES`].
-pub(super) fn nodes_insert_values(nodes: &[(NodeId, Hash)]) -> Vec<sea_orm::Value> {
     let mut levels = ArrayLiteral::with_capacity(nodes.len() * 3);
     let mut indexes = ArrayLiteral::with_capacity(nodes.len() * 8);
     let mut hashes = ArrayLiteral::with_capacity(nodes.len() * 65);
@@ -194,11 +176,20 @@ pub(super) fn nodes_insert_values(nodes: &[(NodeId, Hash)]) -> Vec<sea_orm::Valu
         indexes.push_plain(Some(id.index));
         hashes.push_plain(Some(Hex(hash)));
     }
-    vec![
-        levels.finish().into(),
-        indexes.finish().into(),
-        hashes.finish().into(),
-    ]
+    txn.execute_raw(tenant_statement(
+        DbBackend::Postgres,
+        tenant,
+        "INSERT INTO merkle_nodes (tenant_id, level, idx, hash) \
+         SELECT $1, l, i, decode(h, 'hex') \
+         FROM unnest($2::text::int[], $3::text::bigint[], $4::text::text[]) AS t(l, i, h)",
+        [
+            levels.finish().into(),
+            indexes.finish().into(),
+            hashes.finish().into(),
+        ],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// Lower-case hex of a hash, written without an intermediate string.

@@ -34,7 +34,6 @@ use tokio::sync::{OwnedMutexGuard, oneshot, watch};
 
 use super::transaction::{Predecessor, Tail};
 use super::{AppendOutcome, NewEvent};
-use crate::integrity::merkle::CompactTree;
 use crate::store::{Store, StoreError, StoreResult};
 use crate::tenant::TenantId;
 
@@ -97,18 +96,10 @@ impl TenantQueue {
     }
 }
 
-/// The queues of every tenant with appends in flight, and the tree
-/// frontiers this process last committed.
+/// The queues of every tenant with appends in flight.
 #[derive(Default)]
 pub(in crate::store) struct GroupCommit {
     queues: Mutex<HashMap<String, Arc<TenantQueue>>>,
-    /// Each tenant's Merkle tree (its right edge) as this process's last
-    /// group left it. A tree of a given size never changes (its leaves are
-    /// the first events of the log, and nothing rewrites them), so the
-    /// entry is right whenever the tenant's head row, read under its lock,
-    /// still has that tree size, whoever appended since; otherwise the
-    /// frontier is read from storage.
-    frontiers: Mutex<HashMap<String, CompactTree>>,
 }
 
 impl GroupCommit {
@@ -119,31 +110,6 @@ impl GroupCommit {
             queues.retain(|_, queue| Arc::strong_count(queue) > 1);
         }
         queues.entry(tenant.as_str().to_owned()).or_default().clone()
-    }
-
-    /// The tenant's tree of `size` leaves, if this process committed it last.
-    pub(super) fn frontier(&self, tenant: &TenantId, size: i64) -> Option<CompactTree> {
-        let frontiers = self.frontiers.lock().unwrap_or_else(|e| e.into_inner());
-        frontiers
-            .get(tenant.as_str())
-            .filter(|tree| i64::try_from(tree.size()).is_ok_and(|s| s == size))
-            .cloned()
-    }
-
-    /// Keeps `tree`, which a group of the tenant has committed, unless a
-    /// larger one is kept already (groups may report out of order).
-    pub(super) fn remember_frontier(&self, tenant: &TenantId, tree: CompactTree) {
-        let mut frontiers = self.frontiers.lock().unwrap_or_else(|e| e.into_inner());
-        if frontiers.len() > PRUNE_ABOVE && !frontiers.contains_key(tenant.as_str()) {
-            frontiers.clear();
-        }
-        match frontiers.get_mut(tenant.as_str()) {
-            Some(kept) if kept.size() >= tree.size() => {}
-            Some(kept) => *kept = tree,
-            None => {
-                frontiers.insert(tenant.as_str().to_owned(), tree);
-            }
-        }
     }
 }
 

@@ -13,15 +13,12 @@ use uuid::Uuid;
 
 use super::{AppendOutcome, NewEvent};
 use crate::entity::audit_event;
-use crate::entity::tenant_statement;
 use crate::integrity::merkle::{CompactTree, Hash, NodeId};
-use crate::store::commits::{Committed, NOTIFY_CHANNEL, announce, notify_payload};
-use crate::store::insert::{EVENTS_INSERT_POSTGRES, UNNEST_CHUNK, events_insert_values, insert_events};
+use crate::store::commits::{Committed, announce};
+use crate::store::insert::insert_events;
 use crate::store::rollups::Tally;
 use crate::store::sequencer::{Head, lock_head, lock_head_now, set_head};
-use crate::store::tree::{
-    NODES_INSERT_POSTGRES, grow_tree, insert_nodes, nodes_insert_values, push_rows, tree_size_of,
-};
+use crate::store::tree::{grow_tree, insert_nodes, push_rows, tree_size_of};
 use crate::store::{Store, StoreError, StoreResult, now_micros, sessions};
 use crate::tenant::TenantId;
 
@@ -108,13 +105,12 @@ impl Store {
             if rows.is_empty() {
                 // Duplicates only; their answers may come from the predecessor.
                 await_predecessor(tenant, predecessor).await?;
-                return Ok((outcomes, None, None));
+                return Ok((outcomes, None));
             }
             let (tree, nodes) = self
                 .group_tree(&txn, tenant, predecessor.as_ref(), tree_size, last_seq, &rows)
                 .await?;
             let new_tree_size = tree.as_ref().map_or(tree_size, tree_size_of);
-            let kept_tree = tree.clone();
             if let Some(planned) = planned.take_if(|_| overlaps) {
                 planned(Tail {
                     head: last_seq,
@@ -125,21 +121,6 @@ impl Store {
             }
             let committed = self.wants_commits().then(|| rows.clone());
             let tally = Tally::added(&rows);
-            if predecessor.is_none() && overlaps && rows.len() <= UNNEST_CHUNK {
-                // Holding the head since the start: the rest is one statement.
-                let first_seq = head + 1;
-                let written = GroupWrite {
-                    nodes: &nodes,
-                    rows: &rows,
-                    tally: &tally,
-                    first_seq,
-                    last_seq,
-                    tree_size: new_tree_size,
-                };
-                if written.write_postgres(&txn, tenant).await? {
-                    return Ok((outcomes, committed.map(|events| (last_seq, events)), kept_tree));
-                }
-            }
             insert_nodes(&txn, tenant, nodes).await?;
             insert_events(&txn, rows).await?;
             if predecessor.is_some() {
@@ -151,9 +132,9 @@ impl Store {
             tally.apply(&txn, tenant).await?;
             set_head(&txn, tenant, last_seq, new_tree_size).await?;
             announce(&txn, tenant, head + 1, last_seq).await?;
-            Ok((outcomes, committed.map(|events| (last_seq, events)), kept_tree))
+            Ok((outcomes, committed.map(|events| (last_seq, events))))
         };
-        let (results, committed, kept_tree) = match write.await {
+        let (results, committed) = match write.await {
             Ok(written) => written,
             Err(error) => {
                 // At once, not when the connection is next used: other
@@ -163,9 +144,6 @@ impl Store {
             }
         };
         txn.commit().await?;
-        if let Some(tree) = kept_tree {
-            self.group_commit.remember_frontier(tenant, tree);
-        }
         if let Some((last_seq, events)) = committed {
             self.publish(Committed {
                 tenant: tenant.clone(),
@@ -226,18 +204,10 @@ impl Store {
                     what: "the group before this one did not extend the tree".into(),
                 });
             }
-            None => match self.group_commit.frontier(tenant, tree_size) {
-                // The head row, locked, says the tree this process last
-                // committed is still the tenant's (see `GroupCommit`).
-                Some(mut tree) if rows.first().is_some_and(|row| row.seq == tree_size + 1) => {
-                    let nodes = push_rows(&mut tree, rows);
-                    (Some(tree), nodes)
-                }
-                _ => {
-                    let (tree, nodes) = grow_tree(txn, tenant, tree_size, last_seq, rows).await?;
-                    (Some(tree), nodes)
-                }
-            },
+            None => {
+                let (tree, nodes) = grow_tree(txn, tenant, tree_size, last_seq, rows).await?;
+                (Some(tree), nodes)
+            }
         })
     }
 
@@ -250,80 +220,6 @@ impl Store {
             .await?;
         Ok(txn)
     }
-}
-
-/// What a group holding the tenant's head lock writes after it: nodes,
-/// rows, rollup counts, the new head and the announcement.
-struct GroupWrite<'a> {
-    nodes: &'a [(NodeId, Hash)],
-    rows: &'a [audit_event::Model],
-    tally: &'a Tally,
-    first_seq: i64,
-    last_seq: i64,
-    tree_size: i64,
-}
-
-impl GroupWrite<'_> {
-    /// On PostgreSQL, writes all of it in one statement (one round trip
-    /// instead of five): the nodes, the rows and the rollup upsert as
-    /// data-modifying CTEs, the head's UPDATE, and the NOTIFY as its
-    /// result. Returns false, having written nothing, when the group is
-    /// not of the shape it takes (a tally that takes counts away).
-    async fn write_postgres(&self, txn: &DatabaseTransaction, tenant: &TenantId) -> Result<bool, DbErr> {
-        let Some((upsert, upsert_values)) = self.tally.postgres_upsert() else {
-            return Ok(false);
-        };
-        let mut sql = String::from("WITH ");
-        let mut values = Vec::new();
-        for (name, part, part_values) in [
-            ("nodes", NODES_INSERT_POSTGRES, nodes_insert_values(self.nodes)),
-            ("events", EVENTS_INSERT_POSTGRES, events_insert_values(self.rows)?),
-            ("rollups", upsert.as_str(), upsert_values),
-        ] {
-            let shifted = shift_parameters(part, values.len());
-            sql.push_str(&format!("{name} AS ({shifted}), "));
-            values.extend(part_values);
-        }
-        let next = values.len() + 2;
-        sql.push_str(&format!(
-            "head AS (UPDATE tenant_heads SET head_seq = ${}, tree_size = ${} WHERE tenant_id = $1) \
-             SELECT pg_notify(${}, ${})",
-            next,
-            next + 1,
-            next + 2,
-            next + 3
-        ));
-        values.extend([
-            self.last_seq.into(),
-            self.tree_size.into(),
-            NOTIFY_CHANNEL.into(),
-            notify_payload(tenant, self.first_seq, self.last_seq).into(),
-        ]);
-        txn.execute_raw(tenant_statement(DbBackend::Postgres, tenant, &sql, values))
-            .await?;
-        Ok(true)
-    }
-}
-
-/// `sql` with each parameter after `$1` (the tenant) moved up by `by`, so
-/// statements that each number their own parameters from `$2` can be
-/// joined into one.
-fn shift_parameters(sql: &str, by: usize) -> String {
-    let mut shifted = String::with_capacity(sql.len() + 16);
-    let mut rest = sql;
-    while let Some(at) = rest.find('$') {
-        shifted.push_str(&rest[..at]);
-        let digits = rest[at + 1..]
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len() - at - 1);
-        match rest[at + 1..at + 1 + digits].parse::<usize>() {
-            Ok(n) if n >= 2 => shifted.push_str(&format!("${}", n + by)),
-            _ => shifted.push_str(&rest[at..at + 1 + digits]),
-        }
-        rest = &rest[at + 1 + digits..];
-    }
-    shifted.push_str(rest);
-    shifted
 }
 
 /// The outcomes, rows and keys of a group once each event has its seq.
@@ -478,19 +374,4 @@ async fn recorded_keys(
         }
     }
     Ok(recorded)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shift_parameters;
-
-    #[test]
-    fn parameters_after_the_tenant_move_up() {
-        assert_eq!(
-            shift_parameters("SELECT $1, $2::int, $10, $25::text[]", 3),
-            "SELECT $1, $5::int, $13, $28::text[]"
-        );
-        assert_eq!(shift_parameters("no parameters", 7), "no parameters");
-        assert_eq!(shift_parameters("$2", 0), "$2");
-    }
 }
