@@ -315,6 +315,17 @@ async fn bench(settings: &Settings, database: &BenchDatabase) -> anyhow::Result<
         ..Row::default()
     });
 
+    let (bytes, stored) = storage::database_bytes(&db, database.backend).await?;
+    table.push(Row {
+        workload: format!(
+            "Storage: every table and index ÷ events stored ({} events, all tenants)",
+            grouped(u64::try_from(stored).unwrap_or_default())
+        ),
+        rate: format!("{:.1} B/event", bytes as f64 / stored.max(1) as f64),
+        baseline: format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0)),
+        ..Row::default()
+    });
+
     let reader = Caller::new(channels[0].clone(), QUERY_TENANT)?;
     query_rows(settings, &db, &reader, &mut table).await?;
 
@@ -476,14 +487,15 @@ async fn append_matrix(
 
 /// The page `request` returns, served again and again from memory by a
 /// tonic server in the bench process (see [`page_floor`]), beside the SQL
-/// of that page (`sql_p99`).
+/// of that page (`sql_p99`): its p99, and a row of the table when `shown`.
 async fn page_floor_row(
     settings: &Settings,
     reader: &Caller,
     request: QueryRequest,
     sql_p99: Duration,
+    shown: bool,
     table: &mut Table,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Duration> {
     let mut caller = reader.clone();
     let page = caller
         .client
@@ -495,18 +507,20 @@ async fn page_floor_row(
     let floor_caller = Caller::new(connect(&format!("http://{}", floor.addr)).await?, QUERY_TENANT)?;
     let phase = workloads::query(&floor_caller, request, settings.phase).await?;
     let p = phase.percentiles();
-    table.push(Row {
-        workload: format!(
-            "Query first page served from memory (tonic in-process, no database), {} per page",
-            workloads::PAGE_SIZE
-        ),
-        rate: rate(phase.calls_per_sec(), "ops/s"),
-        latency: Some(p),
-        baseline: format!("direct SQL p99 {} ms", millis(sql_p99)),
-        ratio: Some(latency_ratio(p.p99, sql_p99)),
-        target: None,
-    });
-    Ok(())
+    if shown {
+        table.push(Row {
+            workload: format!(
+                "Query first page served from memory (tonic in-process, no database), {} per page",
+                workloads::PAGE_SIZE
+            ),
+            rate: rate(phase.calls_per_sec(), "ops/s"),
+            latency: Some(p),
+            baseline: format!("direct SQL p99 {} ms", millis(sql_p99)),
+            ratio: Some(latency_ratio(p.p99, sql_p99)),
+            target: None,
+        });
+    }
+    Ok(p.p99)
 }
 
 /// Query: first page, a deep page reached through tokens, a selective
@@ -579,6 +593,7 @@ async fn query_rows(
         .await?;
         let (p, sql) = (service.percentiles(), direct.percentiles());
         let ratio = latency_ratio(p.p99, sql.p99);
+        let case = workload.clone();
         let workload = flagged(
             table,
             format!("{workload}, {} per page", workloads::PAGE_SIZE),
@@ -592,9 +607,25 @@ async fn query_rows(
             ratio: Some(ratio),
             target: Some(Target::at_most(ratio, 2.0, "× SQL p99")),
         });
+        // The baseline issue 22 holds Query to: the SQL of the page plus
+        // the same page served from memory (gRPC, encoding, the client).
+        let floor_p99 = page_floor_row(settings, reader, request, sql.p99, i == 0, table).await?;
+        let combined = sql.p99 + floor_p99;
+        let combined_ratio = latency_ratio(p.p99, combined);
+        table.push(Row {
+            workload: format!("{case} p99 / (SQL p99 + in-memory page floor p99)"),
+            baseline: format!(
+                "SQL {} + floor {} = {} ms",
+                millis(sql.p99),
+                millis(floor_p99),
+                millis(combined)
+            ),
+            ratio: Some(combined_ratio),
+            target: Some(Target::at_most(combined_ratio, 1.5, "×")),
+            ..Row::default()
+        });
         if i == 0 {
             first_page_p50 = p.p50;
-            page_floor_row(settings, reader, request, sql.p99, table).await?;
         } else if i == 1 {
             let deep_ratio = latency_ratio(p.p50, first_page_p50);
             table.push(Row {
@@ -610,8 +641,35 @@ async fn query_rows(
 }
 
 async fn stats_rows(settings: &Settings, reader: &Caller, table: &mut Table) -> anyhow::Result<()> {
+    // 30 days of hourly buckets ending at the end of the tenant's day.
+    let thirty_days = 30 * DAY_MICROS;
+    let window_end = DAY_START_MICROS + DAY_MICROS;
     let cases = [
-        ("Stats total of the whole tenant", StatsRequest::default()),
+        ("Stats total of the whole tenant", StatsRequest::default(), true),
+        (
+            "Stats of the whole tenant grouped by action",
+            StatsRequest {
+                group_by: vec!["action".into()],
+                ..StatsRequest::default()
+            },
+            true,
+        ),
+        (
+            "Stats hourly buckets over 30 days",
+            StatsRequest {
+                filter: Some(EventFilter {
+                    start_time: Some(timestamp(window_end - thirty_days)),
+                    end_time: Some(timestamp(window_end)),
+                    ..EventFilter::default()
+                }),
+                bucket: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+                ..StatsRequest::default()
+            },
+            true,
+        ),
         (
             "Stats of 1 actor grouped by action",
             StatsRequest {
@@ -622,18 +680,33 @@ async fn stats_rows(settings: &Settings, reader: &Caller, table: &mut Table) -> 
                 group_by: vec!["action".into()],
                 ..StatsRequest::default()
             },
+            false,
         ),
     ];
-    for (workload, request) in cases {
-        let phase = workloads::stats(reader, request, settings.phase).await?;
-        let workload = flagged(table, workload.into(), &[&phase]);
+    for (workload, request, targeted) in cases {
+        let (phase, answered) = workloads::stats(reader, request, settings.phase).await?;
+        let workload = flagged(table, format!("{workload} (answered from {answered})"), &[&phase]);
+        let p = phase.percentiles();
+        let p99_ms = p.p99.as_secs_f64() * 1000.0;
         table.push(Row {
             workload,
             rate: rate(phase.calls_per_sec(), "ops/s"),
-            latency: Some(phase.percentiles()),
+            latency: Some(p),
+            target: targeted.then(|| Target::at_most(p99_ms, 50.0, " ms p99")),
             ..Row::default()
         });
     }
+    let phase = workloads::filter_metadata(reader, settings.phase).await?;
+    let workload = flagged(table, "GetFilterMetadata".into(), &[&phase]);
+    let p = phase.percentiles();
+    let p99_ms = p.p99.as_secs_f64() * 1000.0;
+    table.push(Row {
+        workload,
+        rate: rate(phase.calls_per_sec(), "ops/s"),
+        latency: Some(p),
+        target: Some(Target::at_most(p99_ms, 20.0, " ms p99")),
+        ..Row::default()
+    });
     Ok(())
 }
 

@@ -152,6 +152,25 @@ pub async fn bench(settings: &Settings, database: &BenchDatabase) -> anyhow::Res
     Ok(table)
 }
 
+/// Bytes of every table and index of the database, and the events it
+/// holds (all tenants), after a WAL checkpoint on SQLite: the full run's
+/// one storage figure.
+pub async fn database_bytes(db: &DatabaseConnection, backend: Backend) -> anyhow::Result<(i64, i64)> {
+    let relations = match backend {
+        Backend::Sqlite => {
+            db.execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)").await?;
+            sqlite_sizes(db).await?
+        }
+        Backend::Postgres => postgres_sizes(db).await?,
+    };
+    let statement = Statement::from_string(db.get_database_backend(), "SELECT COUNT(*) FROM audit_events");
+    let events: i64 = match db.query_one_raw(statement).await? {
+        Some(row) => row.try_get_by_index(0)?,
+        None => 0,
+    };
+    Ok((relations.iter().map(|r| r.bytes).sum(), events))
+}
+
 /// `12.3 MiB`.
 fn bytes_text(bytes: i64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))

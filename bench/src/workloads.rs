@@ -314,18 +314,52 @@ pub async fn get(caller: &Caller, ids: Vec<String>, duration: Duration) -> anyho
     .await
 }
 
-/// One client calling `Stats` with `request`.
+/// One client calling `Stats` with `request`, and what answered its last
+/// call (`ROLLUP`, `SCAN`, with `partial` when the scan stopped early).
 pub async fn stats(
     caller: &Caller,
     request: proto::StatsRequest,
     duration: Duration,
-) -> anyhow::Result<Phase> {
+) -> anyhow::Result<(Phase, String)> {
+    let caller = caller.clone();
+    let answered = Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = answered.clone();
+    let phase = closed_loop(1, duration, move |_, _| {
+        let mut caller = caller.clone();
+        let request = caller.request(request.clone());
+        let seen = seen.clone();
+        async move {
+            let response = caller.client.stats(request).await.context("Stats")?.into_inner();
+            let source = response
+                .answered_from()
+                .as_str_name()
+                .trim_start_matches("STATS_SOURCE_");
+            let text = if response.partial {
+                format!("{source}, partial")
+            } else {
+                source.to_owned()
+            };
+            *seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = text;
+            Ok(1)
+        }
+    })
+    .await?;
+    let answered = answered.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    Ok((phase, answered))
+}
+
+/// One client calling `GetFilterMetadata`.
+pub async fn filter_metadata(caller: &Caller, duration: Duration) -> anyhow::Result<Phase> {
     let caller = caller.clone();
     closed_loop(1, duration, move |_, _| {
         let mut caller = caller.clone();
-        let request = caller.request(request.clone());
+        let request = caller.request(proto::GetFilterMetadataRequest {});
         async move {
-            caller.client.stats(request).await.context("Stats")?;
+            caller
+                .client
+                .get_filter_metadata(request)
+                .await
+                .context("GetFilterMetadata")?;
             Ok(1)
         }
     })
