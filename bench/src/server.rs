@@ -85,6 +85,40 @@ impl BenchDatabase {
         })
     }
 
+    /// The PostgreSQL database `name`, created unless it exists, and kept
+    /// after the run (to run again on what an earlier run filled).
+    pub async fn postgres_kept(admin_url: &str, name: &str) -> anyhow::Result<Self> {
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            bail!("--keep-database takes a plain database name (letters, digits, '_'), not {name:?}");
+        }
+        let admin = Database::connect(admin_url)
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {admin_url} (see --postgres-url)"))?;
+        let exists = admin
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"),
+            ))
+            .await?
+            .is_some();
+        if !exists {
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .with_context(|| format!("creating database {name}"))?;
+        }
+        admin.close().await?;
+        eprintln!(
+            "  database {name} {} and kept after the run",
+            if exists { "reused" } else { "created" }
+        );
+        Ok(Self {
+            backend: Backend::Postgres,
+            url: replace_database(admin_url, name)?,
+            cleanup: Cleanup::Done,
+        })
+    }
+
     /// Removes the database; also done (less politely) on drop.
     pub async fn remove(mut self) -> anyhow::Result<()> {
         match std::mem::replace(&mut self.cleanup, Cleanup::Done) {
