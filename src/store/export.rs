@@ -4,13 +4,16 @@
 //! event's stored leaf hash, and the subtrees covering every run of seqs
 //! exported without content (filtered out, or erased).
 
+use std::time::Instant;
+
 use futures::TryStreamExt as _;
 use sea_orm::sea_query::Condition;
-use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait};
+use sea_orm::{ColumnTrait, DbBackend, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select};
 
+use super::sqlite_rows::read_events;
 use super::tree::{leaf_hashes, node_hashes};
-use super::{PageSink, Store, StoreResult, within_deadline};
-use crate::entity::audit_event;
+use super::{PageSink, READ_DEADLINE, Store, StoreResult, within_deadline};
+use crate::entity::audit_event::{self, EventFields};
 use crate::filter::EventMatcher;
 use crate::integrity::merkle::{Hash, LeafRange, NodeId, frontier};
 use crate::integrity::{SignedCheckpoint, SigningKey};
@@ -77,7 +80,7 @@ impl Store {
     /// events `matcher` matches and the erased ones, written into the sink
     /// straight from the rows, with the hashes that cover the rest of its
     /// seqs.
-    pub async fn export_chunk<S: PageSink>(
+    pub async fn export_chunk<S: PageSink + Send + 'static>(
         &self,
         tenant: &TenantId,
         matcher: &EventMatcher,
@@ -86,16 +89,6 @@ impl Store {
         limits: ChunkLimits,
     ) -> StoreResult<ExportChunk<S>> {
         let reads = self.reader();
-        let select = audit_event::Entity::of_tenant(tenant)
-            .filter(audit_event::Column::Seq.gt(after))
-            .filter(audit_event::Column::Seq.lte(head))
-            .filter(
-                Condition::any()
-                    .add(audit_event::Column::DeletedAt.is_not_null())
-                    .add(matcher.condition(self.backend())),
-            )
-            .order_by_asc(audit_event::Column::Seq)
-            .limit(limits.events);
         // Rows are written one at a time and reading stops at the byte
         // budget (on SQLite the statement stops there too; PostgreSQL has
         // produced at most `limits.events` rows, which the caller sizes from
@@ -103,26 +96,41 @@ impl Store {
         let capacity = usize::try_from(limits.events)
             .unwrap_or(usize::MAX)
             .saturating_mul(EVENT_BYTES_GUESS);
-        let (events, last, whole, more) = within_deadline(async {
-            let mut rows = reads.stream_rows(select.build(self.backend())).await?;
-            let mut events = S::with_budget(limits.bytes, capacity);
-            // The seq of the last event taken, and the leaf index of each
-            // whole one.
-            let (mut last, mut whole) = (None, Vec::new());
-            while let Some(row) = rows.try_next().await? {
-                let fields = audit_event::fields_of_row(&row)?;
-                if !events.push(&fields) {
-                    return Ok::<_, sea_orm::DbErr>((events, last, whole, true));
+        let rows = ChunkRows {
+            events: S::with_budget(limits.bytes, capacity),
+            last: None,
+            whole: Vec::new(),
+            cut: false,
+        };
+        let statement =
+            chunk_select(tenant, matcher, self.backend(), after, head, limits.events).build(self.backend());
+        let rows = if self.backend() == DbBackend::Sqlite {
+            // Stepped in place on the blocking pool: no hand-off per row
+            // from the driver's thread, no copy of every value.
+            let pool = self.reads.get_sqlite_connection_pool();
+            let deadline = Instant::now() + READ_DEADLINE;
+            within_deadline(read_events(pool, statement, deadline, rows, ChunkRows::take)).await?
+        } else {
+            within_deadline(async {
+                let mut rows = rows;
+                let mut stream = reads.stream_rows(statement).await?;
+                while let Some(row) = stream.try_next().await? {
+                    let fields = audit_event::fields_of_row(&row)?;
+                    if !rows.take(&fields, audit_event::is_erased_row(&row)?) {
+                        break;
+                    }
                 }
-                last = Some(fields.seq);
-                if !audit_event::is_erased_row(&row)? {
-                    whole.push(leaf_index(fields.seq));
-                }
-            }
-            let full = u64::try_from(events.count()).is_ok_and(|n| n >= limits.events);
-            Ok((events, last, whole, full))
-        })
-        .await?;
+                Ok::<_, sea_orm::DbErr>(rows)
+            })
+            .await?
+        };
+        let ChunkRows {
+            events,
+            last,
+            whole,
+            cut,
+        } = rows;
+        let more = cut || u64::try_from(events.count()).is_ok_and(|n| n >= limits.events);
         let through = match last {
             Some(last) if more => last,
             _ => head,
@@ -147,6 +155,55 @@ impl Store {
             skipped,
             through,
         })
+    }
+}
+
+/// The rows of a chunk: the tenant's events after `after` up to `head`
+/// that `matcher` matches or that are erased, in seq order, at most
+/// `events` of them.
+pub(super) fn chunk_select(
+    tenant: &TenantId,
+    matcher: &EventMatcher,
+    backend: DbBackend,
+    after: i64,
+    head: i64,
+    events: u64,
+) -> Select<audit_event::Entity> {
+    audit_event::Entity::of_tenant(tenant)
+        .filter(audit_event::Column::Seq.gt(after))
+        .filter(audit_event::Column::Seq.lte(head))
+        .filter(
+            Condition::any()
+                .add(audit_event::Column::DeletedAt.is_not_null())
+                .add(matcher.condition(backend)),
+        )
+        .order_by_asc(audit_event::Column::Seq)
+        .limit(events)
+}
+
+/// What reading a chunk's rows keeps: the events the sink took, the last
+/// one's seq, the leaf index of each whole one, and whether the sink
+/// refused one (its byte budget reached).
+struct ChunkRows<S> {
+    events: S,
+    last: Option<i64>,
+    whole: Vec<u64>,
+    cut: bool,
+}
+
+impl<S: PageSink> ChunkRows<S> {
+    /// Takes the next row's event (`erased` when its content is gone);
+    /// whether to read on.
+    fn take(&mut self, fields: &EventFields<'_>, erased: bool) -> bool {
+        if !self.events.push(fields) {
+            self.cut = true;
+            return false;
+        }
+        self.last = Some(fields.seq);
+        if !erased {
+            self.whole.push(leaf_index(fields.seq));
+        }
+        true
     }
 }
 

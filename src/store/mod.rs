@@ -26,9 +26,12 @@ mod secrets;
 mod sequencer;
 mod service_event;
 mod sessions;
+// Calls C: an export's rows stepped on SQLite's own handle.
+#[allow(unsafe_code)]
+mod sqlite_rows;
 pub mod stats;
 mod tree;
-// The one module that calls C (SQLite's configuration, setsockopt).
+// Calls C: SQLite's configuration, setsockopt.
 #[allow(unsafe_code)]
 mod tuning;
 

@@ -1,6 +1,7 @@
-//! Every call into C the crate makes, and so all of its `unsafe`: SQLite's
+//! The crate's calls into C that tune it, and their `unsafe`: SQLite's
 //! process-wide configuration and per-connection options, and TCP_NODELAY
-//! on the PostgreSQL sockets.
+//! on the PostgreSQL sockets (the only other `unsafe` is the export's row
+//! reader, `store::sqlite_rows`).
 //!
 //! What changes the whole process happens only in [`tune_process`], which
 //! the binaries call first thing; a [`Store`](super::Store) connected
