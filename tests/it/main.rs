@@ -11,6 +11,7 @@ mod auth;
 mod backends;
 mod contention;
 mod delete;
+mod distribution;
 mod export;
 mod export_file;
 mod expression_property;
