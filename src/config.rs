@@ -29,10 +29,10 @@ pub struct DatabaseConfig {
         global = true
     )]
     pub max_connections: u32,
-    /// A PostgreSQL hot standby of `url` (streaming replication) that
-    /// serves `Query`, `Get`, `Stats`, `GetFilterMetadata`, `Export`'s
-    /// chunks and `Watch`'s catch-up; unset: reads use `url`. Refused with
-    /// SQLite.
+    /// `postgres://...` of a hot standby of `DATABASE_URL` (streaming
+    /// replication) that serves `Query`, `Get`, `Stats`,
+    /// `GetFilterMetadata`, `Export`'s chunks and `Watch`'s catch-up;
+    /// unset: reads use `DATABASE_URL`. Refused with SQLite.
     #[arg(
         long = "read-database-url",
         env = "AUDIT_READ_DATABASE_URL",
