@@ -1,6 +1,6 @@
 //! Opening a [`Store`]: the write and read pools (and a standby's, with
-//! `AUDIT_READ_DATABASE_URL`) with their connection settings, and the migrations (on PostgreSQL one replica at a time, under
-//! an advisory lock).
+//! `AUDIT_READ_DATABASE_URL`) with their connection settings, and the
+//! migrations (on PostgreSQL one replica at a time, under an advisory lock).
 
 use std::sync::Arc;
 use std::time::Duration;
