@@ -29,6 +29,17 @@ pub struct DatabaseConfig {
         global = true
     )]
     pub max_connections: u32,
+    /// `postgres://...` of a hot standby of `DATABASE_URL` (streaming
+    /// replication) that serves `Query`, `Get`, `Stats`,
+    /// `GetFilterMetadata`, `Export`'s chunks and `Watch`'s catch-up;
+    /// unset: reads use `DATABASE_URL`. Refused with SQLite.
+    #[arg(
+        long = "read-database-url",
+        env = "AUDIT_READ_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub read_url: Option<String>,
 }
 
 impl Default for DatabaseConfig {
@@ -43,6 +54,7 @@ impl DatabaseConfig {
         Self {
             url: url.into(),
             max_connections: 16,
+            read_url: None,
         }
     }
 }

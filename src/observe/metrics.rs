@@ -8,8 +8,8 @@
 //! No metric has a tenant label: per-tenant counts come from the Stats RPC.
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder as _, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Labels of the per-call gRPC metrics, without the code.
@@ -47,6 +47,18 @@ pub struct Metrics {
     pub page_token_rejects: IntCounter,
     /// `audit_auth_failures_total{reason}`.
     pub auth_failures: IntCounterVec,
+    /// `audit_read_replica_up`: the standby answered its last sample.
+    pub read_replica_up: IntGauge,
+    /// `audit_read_replica_in_recovery`: the read replica's database
+    /// reports `pg_is_in_recovery()`.
+    pub read_replica_in_recovery: IntGauge,
+    /// `audit_read_replica_lag_seconds`: the standby's replay lag at its
+    /// last sample.
+    pub read_replica_lag_seconds: Gauge,
+    /// `audit_read_replica_routed_total{served_by,reason}`: reads sent to
+    /// the standby (`current`, `waited` for replay) or the primary
+    /// (`unavailable`, `behind`, `failed`).
+    pub read_replica_routed: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -175,6 +187,30 @@ impl Metrics {
                 "audit_auth_failures_total",
                 "Calls refused before their handler for their credential, by ErrorInfo reason.",
                 &["reason"],
+            ),
+            read_replica_up: gauge(
+                "audit_read_replica_up",
+                "1 when the read replica (AUDIT_READ_DATABASE_URL) answered its last sample.",
+            ),
+            read_replica_in_recovery: gauge(
+                "audit_read_replica_in_recovery",
+                "1 when the read replica's database is a standby in recovery (pg_is_in_recovery()).",
+            ),
+            read_replica_lag_seconds: {
+                let metric = Gauge::new(
+                    "audit_read_replica_lag_seconds",
+                    "Replay lag of the read replica at its last sample: now() - pg_last_xact_replay_timestamp() while it has WAL to replay, else 0.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(metric.clone()))
+                    .expect("unique metric");
+                metric
+            },
+            read_replica_routed: counter_vec(
+                "audit_read_replica_routed_total",
+                "Reads routed with a read replica configured, by where they ran (replica, primary) and why.",
+                &["served_by", "reason"],
             ),
             registry,
         }

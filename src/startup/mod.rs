@@ -1,9 +1,11 @@
 //! Builds the gRPC server (AuditService, IntegrityService, PolicyService,
 //! reflection v1 and v1alpha, health) with its metrics and access log, and
-//! the `/metrics` listener when configured, starts the retention task, and
-//! runs until the shutdown token fires, then drains.
+//! the `/metrics` listener when configured, starts the retention task (and
+//! the read replica's sampler), and runs until the shutdown token fires,
+//! then drains.
 
 pub mod observe;
+pub mod read_replica;
 pub mod retention;
 pub mod signing_key;
 
@@ -70,6 +72,13 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
     tokio::spawn(watch_database(store.clone(), health.clone(), shutdown.clone()));
+    if store.has_read_replica() {
+        tokio::spawn(read_replica::follow(
+            store.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;

@@ -1,6 +1,6 @@
-//! Opening a [`Store`]: the write and read pools with their connection
-//! settings, and the migrations (on PostgreSQL one replica at a time, under
-//! an advisory lock).
+//! Opening a [`Store`]: the write and read pools (and a standby's, with
+//! `AUDIT_READ_DATABASE_URL`) with their connection settings, and the
+//! migrations (on PostgreSQL one replica at a time, under an advisory lock).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use tokio::sync::{Mutex, broadcast};
 
 use super::page_token::PageTokenKey;
 use super::reads::READ_DEADLINE;
+use super::replica::ReadReplica;
 use super::secrets::load_or_create_secret;
 use super::stats::ScanLimits;
 use super::{Store, StoreResult, sessions, tuning};
@@ -48,6 +49,10 @@ impl Store {
             }
             _ => db.clone(),
         };
+        let replica = match &config.read_url {
+            Some(read_url) => Some(Arc::new(connect_replica(config, backend, read_url).await?)),
+            None => None,
+        };
         let page_tokens = PageTokenKey::new(load_or_create_secret(&db, "page_token_key").await?);
         let sqlite_writer = (backend == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
         let (commits, _) = broadcast::channel(COMMIT_FEED_CAPACITY);
@@ -63,8 +68,47 @@ impl Store {
             stats_scan: ScanLimits::default(),
             group_commit: Arc::default(),
             metrics: Arc::default(),
+            replica,
         })
     }
+}
+
+/// The standby's pool: read-only sessions with the read deadline, opened
+/// lazily, so that a standby down at start only sends reads to the
+/// primary until it answers.
+async fn connect_replica(
+    config: &DatabaseConfig,
+    backend: DbBackend,
+    read_url: &str,
+) -> Result<ReadReplica, DbErr> {
+    if backend != DbBackend::Postgres {
+        return Err(DbErr::Custom(
+            "AUDIT_READ_DATABASE_URL (--read-database-url) names a PostgreSQL hot standby of \
+             DATABASE_URL, and SQLite has none: unset it, or use PostgreSQL"
+                .to_owned(),
+        ));
+    }
+    if backend_of(read_url).ok() != Some(DbBackend::Postgres) {
+        return Err(DbErr::Custom(
+            "AUDIT_READ_DATABASE_URL (--read-database-url) must be a postgres://... URL of a \
+             PostgreSQL hot standby"
+                .to_owned(),
+        ));
+    }
+    let loss = Arc::new(sessions::ConnectionLoss::default());
+    let replica_config = DatabaseConfig {
+        url: read_url.to_owned(),
+        ..config.clone()
+    };
+    let mut options = connect_options(&replica_config, backend, &loss);
+    options.min_connections(0).connect_lazy(true);
+    options.map_sqlx_postgres_opts(|opts| {
+        sessions::postgres_session(opts).options([
+            ("statement_timeout", READ_DEADLINE.as_millis().to_string()),
+            ("default_transaction_read_only", "on".to_owned()),
+        ])
+    });
+    Ok(ReadReplica::new(Database::connect(options).await?, loss))
 }
 
 fn backend_of(url: &str) -> Result<DbBackend, DbErr> {

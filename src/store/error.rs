@@ -200,7 +200,7 @@ pub fn is_unavailable(error: &DbErr) -> bool {
 
 /// Whether PostgreSQL cancelled the statement (SQLSTATE 57014), which is
 /// how a read's `statement_timeout` ends it.
-fn is_statement_timeout(error: &DbErr) -> bool {
+pub(super) fn is_statement_timeout(error: &DbErr) -> bool {
     match error {
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
             matches!(e.as_ref(), sea_orm::sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))

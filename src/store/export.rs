@@ -12,7 +12,7 @@ use sea_orm::{ColumnTrait, DbBackend, QueryFilter, QueryOrder, QuerySelect, Quer
 
 use super::sqlite_rows::read_events;
 use super::tree::{leaf_hashes, node_hashes};
-use super::{PageSink, READ_DEADLINE, Store, StoreResult, within_deadline};
+use super::{PageSink, READ_DEADLINE, ReadFloor, Store, StoreResult, within_deadline};
 use crate::entity::audit_event::{self, EventFields};
 use crate::filter::EventMatcher;
 use crate::integrity::merkle::{Hash, LeafRange, NodeId, frontier};
@@ -79,8 +79,26 @@ impl Store {
     /// The chunk after `after` (up to `head`): at most `limits` of the
     /// events `matcher` matches and the erased ones, written into the sink
     /// straight from the rows, with the hashes that cover the rest of its
-    /// seqs.
+    /// seqs. On a read replica, once it has replayed the tree up to `head`
+    /// (the export's checkpoint), else on the primary.
     pub async fn export_chunk<S: PageSink + Send + 'static>(
+        &self,
+        tenant: &TenantId,
+        matcher: &EventMatcher,
+        after: i64,
+        head: i64,
+        limits: ChunkLimits,
+    ) -> StoreResult<ExportChunk<S>> {
+        self.routed(tenant, ReadFloor::Tree(head), |store| async move {
+            store
+                .export_chunk_here(tenant, matcher, after, head, limits)
+                .await
+        })
+        .await
+    }
+
+    /// [`export_chunk`](Self::export_chunk) on this store's read pool.
+    async fn export_chunk_here<S: PageSink + Send + 'static>(
         &self,
         tenant: &TenantId,
         matcher: &EventMatcher,

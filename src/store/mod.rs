@@ -19,6 +19,7 @@ mod pg_array;
 mod policy;
 mod query;
 mod reads;
+mod replica;
 mod retention;
 mod rollups;
 mod scan;
@@ -65,6 +66,8 @@ pub use query::page_query;
 pub use query::{EventOrder, EventPage, PageLimits, PageSink};
 pub use reads::{READ_DEADLINE, events_of};
 use reads::{fetch_event, fetch_events, within_deadline};
+use replica::ReadFloor;
+pub use replica::{MAX_REPLICA_LAG, REPLAY_WAIT, REPLICA_SAMPLE_INTERVAL, ReplicaSample};
 
 use crate::observe::Metrics;
 pub use retention::{RETENTION_ACTION, RETENTION_ACTOR, RETENTION_BATCH, RetentionRun};
@@ -104,6 +107,8 @@ pub struct Store {
     group_commit: Arc<append::GroupCommit>,
     /// Where appends, group commits and retention are counted.
     metrics: Arc<Metrics>,
+    /// The hot standby that serves reads (`AUDIT_READ_DATABASE_URL`), if any.
+    replica: Option<Arc<replica::ReadReplica>>,
 }
 
 impl Store {
@@ -135,10 +140,13 @@ impl Store {
 
     /// Sets `audit_db_connections` from the pools as they are now.
     pub fn read_pool_usage(&self) {
-        let pools: &[(&str, &DatabaseConnection)] = match self.backend() {
-            DbBackend::Postgres => &[("write", &self.db), ("read", &self.reads)],
-            _ => &[("write", &self.db)],
-        };
+        let mut pools = vec![("write", &self.db)];
+        if self.backend() == DbBackend::Postgres {
+            pools.push(("read", &self.reads));
+        }
+        if let Some(replica) = &self.replica {
+            pools.push(("replica", replica.pool()));
+        }
         for (name, connection) in pools {
             let (size, idle) = match self.backend() {
                 DbBackend::Postgres => {
@@ -193,6 +201,9 @@ impl Store {
     pub async fn close(self) -> StoreResult<()> {
         if self.backend() == DbBackend::Postgres {
             self.reads.close().await?;
+        }
+        if let Some(replica) = &self.replica {
+            replica.pool().close_by_ref().await?;
         }
         Ok(self.db.close().await?)
     }

@@ -10,7 +10,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::sessions::RetryingReads;
-use super::{PageCursor, Store, StoreError, StoreResult, events_of, fetch_event, within_deadline};
+use super::{PageCursor, ReadFloor, Store, StoreError, StoreResult, events_of, fetch_event, within_deadline};
 use crate::entity::audit_event::EventFields;
 use crate::entity::{audit_event, tenant_statement};
 use crate::filter::{EventMatcher, TimeBounds};
@@ -135,13 +135,18 @@ impl EventOrder {
 impl Store {
     /// The tenant's live event with this id; [`StoreError::NotFound`] when
     /// it has none (or it was erased).
+    /// On a read replica, an id it does not know yet is looked up on the
+    /// primary: a client may hold it from `Append`.
     pub async fn get(&self, tenant: &TenantId, id: Uuid) -> StoreResult<audit_event::Model> {
-        fetch_event(
-            self.reader(),
-            events_of(tenant).filter(audit_event::Column::Id.eq(id)),
-        )
-        .await?
-        .ok_or_else(|| StoreError::event_not_found(id))
+        self.routed(tenant, ReadFloor::Any, |store| async move {
+            fetch_event(
+                store.reader(),
+                events_of(tenant).filter(audit_event::Column::Id.eq(id)),
+            )
+            .await?
+            .ok_or_else(|| StoreError::event_not_found(id))
+        })
+        .await
     }
 
     /// A page of the tenant's live events `matcher` matches, in `order`,
@@ -151,7 +156,27 @@ impl Store {
     /// Rows are read one at a time and the read stops where the page ends,
     /// so a page of large events holds its byte budget in memory, not
     /// `limits.events` rows.
+    ///
+    /// On a read replica, a page after `after` waits for the replica to
+    /// have replayed `after.seq` (the client has seen that event) or reads
+    /// the primary, so it never skips an event the client knows exists.
     pub async fn query_page<S: PageSink>(
+        &self,
+        tenant: &TenantId,
+        matcher: &EventMatcher,
+        order: EventOrder,
+        after: Option<PageCursor>,
+        limits: PageLimits,
+    ) -> StoreResult<EventPage<S>> {
+        let floor = after.map_or(ReadFloor::Any, |cursor| ReadFloor::Seq(cursor.seq));
+        self.routed(tenant, floor, |store| async move {
+            store.query_page_here(tenant, matcher, order, after, limits).await
+        })
+        .await
+    }
+
+    /// [`query_page`](Self::query_page) on this store's read pool.
+    async fn query_page_here<S: PageSink>(
         &self,
         tenant: &TenantId,
         matcher: &EventMatcher,

@@ -7,7 +7,8 @@ use std::ops::ControlFlow;
 use futures::StreamExt as _;
 use sea_orm::{ColumnTrait, Condition, QueryFilter, QueryOrder, QuerySelect, QueryTrait, StreamTrait};
 
-use super::{Store, StoreResult, events_of};
+use super::replica::ReadRoute;
+use super::{ReadFloor, Store, StoreResult, events_of};
 use crate::entity::audit_event;
 use crate::tenant::TenantId;
 
@@ -15,7 +16,39 @@ impl Store {
     /// Hands `visit`, in seq order, each of the tenant's live events
     /// matching `condition` with `after < seq <= up_to`, at most `max_rows`
     /// of them, until `visit` breaks; returns how many rows it handed over.
+    ///
+    /// On a read replica once it has replayed `up_to` (Watch reads up to a
+    /// head it learnt from the primary, and takes a short read as the end),
+    /// else on the primary; a replica read that fails before handing over
+    /// a row runs again on the primary.
     pub async fn scan_events(
+        &self,
+        tenant: &TenantId,
+        condition: Condition,
+        after: i64,
+        up_to: i64,
+        max_rows: u64,
+        mut visit: impl FnMut(audit_event::Model) -> ControlFlow<()> + Send,
+    ) -> StoreResult<u64> {
+        if let ReadRoute::Replica(replica) = self.read_route(tenant, ReadFloor::Seq(up_to)).await {
+            let mut handed_any = false;
+            let read = replica
+                .scan_events_here(tenant, condition.clone(), after, up_to, max_rows, |model| {
+                    handed_any = true;
+                    visit(model)
+                })
+                .await;
+            match read {
+                Err(error) if !handed_any && self.replica_failed(&error) => {}
+                read => return read,
+            }
+        }
+        self.scan_events_here(tenant, condition, after, up_to, max_rows, visit)
+            .await
+    }
+
+    /// [`scan_events`](Self::scan_events) on this store's main pool.
+    async fn scan_events_here(
         &self,
         tenant: &TenantId,
         condition: Condition,

@@ -14,7 +14,7 @@ use sea_orm::{
     QueryOrder, QuerySelect, QueryTrait,
 };
 
-use super::{READ_DEADLINE, Store, StoreError, StoreResult, events_of, within_deadline};
+use super::{READ_DEADLINE, ReadFloor, Store, StoreError, StoreResult, events_of, within_deadline};
 use crate::entity::audit_event::{self, Column};
 use crate::entity::event_rollup::{self, Column as RollupColumn};
 use crate::entity::tenant_statement;
@@ -248,19 +248,24 @@ impl Store {
     /// [`stats_by_scan`](Self::stats_by_scan). The answer says which.
     /// [`StoreError::TooManyBuckets`] when the series would exceed its
     /// `max_buckets`.
+    /// Runs on the read replica when there is one.
     pub async fn stats(
         &self,
         tenant: &TenantId,
         matcher: &EventMatcher,
         query: &StatsQuery,
     ) -> StoreResult<Stats> {
-        match rollup_plan(matcher, query) {
-            Some(condition) => self.stats_from_rollups(tenant, condition, query).await,
-            None => {
-                self.stats_by_scan(tenant, matcher.condition(self.backend()), query)
-                    .await
+        self.routed(tenant, ReadFloor::Any, |store| async move {
+            match rollup_plan(matcher, query) {
+                Some(condition) => store.stats_from_rollups(tenant, condition, query).await,
+                None => {
+                    store
+                        .stats_by_scan(tenant, matcher.condition(store.backend()), query)
+                        .await
+                }
             }
-        }
+        })
+        .await
     }
 
     async fn stats_from_rollups(
@@ -476,8 +481,17 @@ impl Store {
     /// The tenant's distinct actions, resource types and sources (empty
     /// values omitted), sorted, at most `limit` of each: those of its live
     /// events, read from the rollups (whose rows each count at least one
-    /// live event), one index step per value.
+    /// live event), one index step per value. Runs on the read replica
+    /// when there is one.
     pub async fn filter_values(&self, tenant: &TenantId, limit: u64) -> StoreResult<FilterValues> {
+        self.routed(tenant, ReadFloor::Any, |store| async move {
+            store.filter_values_here(tenant, limit).await
+        })
+        .await
+    }
+
+    /// [`filter_values`](Self::filter_values) on this store's read pool.
+    async fn filter_values_here(&self, tenant: &TenantId, limit: u64) -> StoreResult<FilterValues> {
         within_deadline(async {
             let txn = self.begin_read().await?;
             let values = FilterValues {

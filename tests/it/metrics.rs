@@ -21,7 +21,7 @@ on_both_backends!(metrics_count_a_known_sequence_of_calls_exactly);
 const INVENTED: [&str; 2] = ["/audit.v1.AuditService/Nope", "/no.such.Service/X"];
 
 /// A free port on loopback for the metrics listener.
-fn free_address() -> SocketAddr {
+pub fn free_address() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
 }
@@ -87,7 +87,7 @@ fn samples(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
 
 /// The sum of the samples of `name` whose labels include `labels` (0 when
 /// there are none).
-fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     samples(text)
         .into_iter()
         .filter(|(n, l, _)| {
