@@ -568,6 +568,41 @@ pub mod api_key {
         pub last_used_at: Option<i64>,
         /// When it was revoked, in unix microseconds; NULL while it is valid.
         pub revoked_at: Option<i64>,
+        /// A platform key (`keys create --platform`): its `tenant_id` is
+        /// the reserved `_platform`, and it may read across tenants.
+        pub platform: bool,
+        /// The partner whose tenants a platform key is limited to; NULL for
+        /// every tenant (and on a tenant's key).
+        pub partner_id: Option<String>,
+    }
+
+    /// Relations to other tables: none (sea-orm requires the enum).
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+
+    tenant_scoped!();
+}
+
+/// The tenants registry: one row per tenant, added by the transaction that
+/// creates its sequence head (its first append), with the partner an
+/// operator assigned. Platform reads across tenants take their tenant set
+/// from it.
+pub mod tenant {
+    use sea_orm::entity::prelude::*;
+
+    /// One tenant.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenants")]
+    pub struct Model {
+        /// The tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: crate::tenant::TenantId,
+        /// The partner (reseller, grouping) the tenant belongs to; NULL for none.
+        pub partner_id: Option<String>,
+        /// When the registry first saw the tenant, in unix microseconds.
+        pub created_at: i64,
     }
 
     /// Relations to other tables: none (sea-orm requires the enum).
@@ -777,6 +812,7 @@ mod tests {
                     merkle_checkpoint::Entity::of_tenant(&tenant).build(backend),
                 ),
                 ("api_keys", api_key::Entity::of_tenant(&tenant).build(backend)),
+                ("tenants", tenant::Entity::of_tenant(&tenant).build(backend)),
                 (
                     "retention_policies",
                     retention_policy::Entity::of_tenant(&tenant).build(backend),

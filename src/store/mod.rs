@@ -22,11 +22,13 @@ mod reads;
 mod retention;
 mod rollups;
 mod scan;
+mod scope;
 mod secrets;
 mod sequencer;
 mod service_event;
 mod sessions;
 pub mod stats;
+mod tenants;
 mod tree;
 // The one module that calls C (SQLite's configuration, setsockopt).
 #[allow(unsafe_code)]
@@ -41,7 +43,7 @@ use sea_orm::{
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 
 pub use access::{ACCESS_AUDIT_SET_ACTION, AccessAudit, AccessAuditChange, LogRead, READ_ACTION};
-pub use api_keys::ApiKeyInfo;
+pub use api_keys::{ApiKeyInfo, KeyHolder};
 pub use append::{AppendOutcome, NewEvent};
 pub use clock::now_micros;
 pub use commits::{Committed, NOTIFY_CHANNEL};
@@ -66,10 +68,12 @@ use reads::{fetch_event, fetch_events, within_deadline};
 use crate::observe::Metrics;
 pub use retention::{RETENTION_ACTION, RETENTION_ACTOR, RETENTION_BATCH, RetentionRun};
 pub use rollups::RollupRebuild;
+pub use scope::TenantScope;
 pub use service_event::{ChangeRequest, SERVICE_ACTION_PREFIX};
 pub use sessions::{
     APPLICATION_NAME, CLIENT_CHECK_INTERVAL, IDLE_IN_TRANSACTION_LIMIT, LOCK_WAIT_LIMIT, connection_died,
 };
+pub use tenants::TenantInfo;
 pub use tree::{ConsistencyProof, InclusionProof, LogRow};
 pub use tuning::tune_process;
 

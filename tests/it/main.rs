@@ -22,6 +22,7 @@ mod integrity;
 mod metrics;
 mod page_bytes;
 mod paging;
+mod platform;
 mod reconnect;
 mod reliability;
 mod replicas;
