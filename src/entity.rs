@@ -139,6 +139,24 @@ pub mod audit_event {
 
     tenant_scoped!();
 
+    impl Entity {
+        /// The rows of every tenant in the tenants registry but the
+        /// reserved `_platform`, or only of the tenants of `partner`: where
+        /// every statement of a platform read across tenants starts.
+        pub fn of_registered_tenants(partner: Option<&crate::tenant::PartnerId>) -> Select<Entity> {
+            use super::tenant as registry;
+            let mut tenants = sea_orm::sea_query::Query::select()
+                .column(registry::Column::TenantId)
+                .from(registry::Entity)
+                .and_where(registry::Column::TenantId.ne(crate::tenant::TenantId::platform()))
+                .to_owned();
+            if let Some(partner) = partner {
+                tenants.and_where(registry::Column::PartnerId.eq(partner.as_str()));
+            }
+            Entity::find().filter(Column::TenantId.in_subquery(tenants))
+        }
+    }
+
     /// The columns that hold an event's content: NULL once it is erased
     /// (what [`Model::erased`] clears). The idempotency key stays, so a
     /// producer's retry of an erased event is still known as a duplicate.
@@ -830,6 +848,14 @@ mod tests {
                     event_rollup::Entity::of_tenant(&tenant).build(backend),
                 ),
             ];
+            let partner = crate::tenant::PartnerId::parse("p1", "partner").unwrap();
+            let across = audit_event::Entity::of_registered_tenants(Some(&partner)).build(backend);
+            assert!(across.sql.contains("FROM \"tenants\""), "{}", across.sql);
+            assert_eq!(
+                across.values.as_ref().unwrap().0,
+                [Value::from(TenantId::platform()), Value::from("p1")],
+                "every tenant but _platform, of the partner"
+            );
             for (table, statement) in statements {
                 let condition = format!("WHERE \"{table}\".\"tenant_id\" = {placeholder}");
                 assert!(

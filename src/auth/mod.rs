@@ -33,7 +33,7 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 /// The RPCs a platform credential may call with `x-tenant-id: *`: the
 /// reads that span tenants. Everything else (`Append`, `Delete`, `Get`,
 /// `Watch`, PolicyService, IntegrityService) acts on one tenant's log.
-const ACROSS_TENANTS: &[&str] = &[];
+const ACROSS_TENANTS: &[&str] = &["/audit.v1.AuditService/Query"];
 
 /// The RPCs a platform credential may call on the platform's own log
 /// (`x-tenant-id: _platform`): reads only; the service alone writes there.
@@ -250,11 +250,7 @@ fn admit(path: &str, identity: &CallerIdentity) -> Result<(), Error> {
                 return Err(Error::PlatformReadOnly(format!(
                     "with x-tenant-id `*` a platform credential may call only the reads that span tenants \
                      ({}); {path} acts on one tenant's log",
-                    if ACROSS_TENANTS.is_empty() {
-                        "none are served yet".to_owned()
-                    } else {
-                        ACROSS_TENANTS.join(", ")
-                    }
+                    ACROSS_TENANTS.join(", ")
                 )));
             }
             identity.require(Scope::Admin)

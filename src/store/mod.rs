@@ -27,6 +27,7 @@ mod secrets;
 mod sequencer;
 mod service_event;
 mod sessions;
+mod span;
 pub mod stats;
 mod tenants;
 mod tree;
@@ -54,7 +55,7 @@ pub use holds::{
     HOLD_CREATED_ACTION, HOLD_RELEASED_ACTION, HOLD_RESOURCE_TYPE, HoldChange, LegalHold, MAX_ACTIVE_HOLDS,
     MAX_RELEASED_LISTED,
 };
-pub use page_token::{PageCursor, PageTokenKey};
+pub use page_token::{PageCursor, PageTokenKey, SpanCursor};
 pub use policy::{
     LOG_RESOURCE_TYPE, RETENTION_LOCKED_ACTION, RETENTION_SET_ACTION, Retention, RetentionChange,
     RetentionPolicy,
@@ -62,7 +63,7 @@ pub use policy::{
 #[cfg(feature = "bench")]
 pub use query::page_query;
 pub use query::{EventOrder, EventPage, PageLimits, PageSink};
-pub use reads::{READ_DEADLINE, events_of};
+pub use reads::{READ_DEADLINE, events_in, events_of};
 use reads::{fetch_event, fetch_events, within_deadline};
 
 use crate::observe::Metrics;
@@ -73,6 +74,7 @@ pub use service_event::{ChangeRequest, SERVICE_ACTION_PREFIX};
 pub use sessions::{
     APPLICATION_NAME, CLIENT_CHECK_INTERVAL, IDLE_IN_TRANSACTION_LIMIT, LOCK_WAIT_LIMIT, connection_died,
 };
+pub use span::SpanPage;
 pub use tenants::TenantInfo;
 pub use tree::{ConsistencyProof, InclusionProof, LogRow};
 pub use tuning::tune_process;

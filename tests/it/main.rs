@@ -23,6 +23,7 @@ mod metrics;
 mod page_bytes;
 mod paging;
 mod platform;
+mod platform_reads;
 mod reconnect;
 mod reliability;
 mod replicas;
