@@ -39,6 +39,22 @@ fn names_first_parameter(sql: &str) -> bool {
         .any(|(at, _)| !sql[at + 2..].starts_with(|c: char| c.is_ascii_digit()))
 }
 
+/// The ids of every tenant in the tenants registry but the reserved
+/// `_platform`, or only of the tenants of `partner`: the tenant set of a
+/// platform read across tenants.
+fn registered_tenants(partner: Option<&crate::tenant::PartnerId>) -> sea_orm::sea_query::SelectStatement {
+    use sea_orm::ColumnTrait as _;
+    let mut tenants = sea_orm::sea_query::Query::select()
+        .column(tenant::Column::TenantId)
+        .from(tenant::Entity)
+        .and_where(tenant::Column::TenantId.ne(TenantId::platform()))
+        .to_owned();
+    if let Some(partner) = partner {
+        tenants.and_where(tenant::Column::PartnerId.eq(partner.as_str()));
+    }
+    tenants
+}
+
 /// The `of_tenant` constructor of a table with a `tenant_id` column.
 macro_rules! tenant_scoped {
     () => {
@@ -144,16 +160,7 @@ pub mod audit_event {
         /// reserved `_platform`, or only of the tenants of `partner`: where
         /// every statement of a platform read across tenants starts.
         pub fn of_registered_tenants(partner: Option<&crate::tenant::PartnerId>) -> Select<Entity> {
-            use super::tenant as registry;
-            let mut tenants = sea_orm::sea_query::Query::select()
-                .column(registry::Column::TenantId)
-                .from(registry::Entity)
-                .and_where(registry::Column::TenantId.ne(crate::tenant::TenantId::platform()))
-                .to_owned();
-            if let Some(partner) = partner {
-                tenants.and_where(registry::Column::PartnerId.eq(partner.as_str()));
-            }
-            Entity::find().filter(Column::TenantId.in_subquery(tenants))
+            Entity::find().filter(Column::TenantId.in_subquery(super::registered_tenants(partner)))
         }
     }
 
@@ -795,6 +802,14 @@ pub mod event_rollup {
     impl ActiveModelBehavior for ActiveModel {}
 
     tenant_scoped!();
+
+    impl Entity {
+        /// The rollup rows of the tenants a platform read across tenants
+        /// spans (see `audit_event::Entity::of_registered_tenants`).
+        pub fn of_registered_tenants(partner: Option<&crate::tenant::PartnerId>) -> Select<Entity> {
+            Entity::find().filter(Column::TenantId.in_subquery(super::registered_tenants(partner)))
+        }
+    }
 }
 
 #[cfg(test)]

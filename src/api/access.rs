@@ -87,6 +87,10 @@ pub enum ReadRpc {
     Watch,
     /// `AuditService.Export`.
     Export,
+    /// `AuditService.Stats` (recorded across tenants only).
+    Stats,
+    /// `AuditService.GetFilterMetadata` (recorded across tenants only).
+    GetFilterMetadata,
 }
 
 impl ReadRpc {
@@ -97,6 +101,8 @@ impl ReadRpc {
             Self::Get => "Get",
             Self::Watch => "Watch",
             Self::Export => "Export",
+            Self::Stats => "Stats",
+            Self::GetFilterMetadata => "GetFilterMetadata",
         }
     }
 }

@@ -274,13 +274,31 @@ impl AuditService for AuditApi {
 
     async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         let caller = caller(&request, Scope::Read)?;
+        let reader = Reader::of(&request, &caller);
         let request = request.into_inner();
         let filter = request.filter.clone().unwrap_or_default();
         let (matcher, query) = validate::both(
             EventMatcher::new(&filter, "filter"),
             validate::stats_query(&request),
         )?;
-        let stats = self.store.stats(&caller.tenant, &matcher, &query).await?;
+        let stats = match &caller.tenants {
+            TenantScope::One(tenant) => self.store.stats(tenant, &matcher, &query).await?,
+            TenantScope::Platform { partner } => {
+                let target = ReadTarget::Filter {
+                    filter: &filter,
+                    after_seq: None,
+                };
+                let read = self
+                    .access
+                    .open_across(reader, ReadRpc::Stats, target, partner.as_ref());
+                let stats = self
+                    .store
+                    .stats_across(partner.as_ref(), &matcher, &query)
+                    .await?;
+                read.finish(stats.total).await?;
+                stats
+            }
+        };
         let groups = stats
             .groups
             .into_iter()
@@ -324,10 +342,27 @@ impl AuditService for AuditApi {
         request: Request<GetFilterMetadataRequest>,
     ) -> Result<Response<GetFilterMetadataResponse>, Status> {
         let caller = caller(&request, Scope::Read)?;
-        let values = self
-            .store
-            .filter_values(&caller.tenant, MAX_FILTER_VALUES)
-            .await?;
+        let values = match &caller.tenants {
+            TenantScope::One(tenant) => self.store.filter_values(tenant, MAX_FILTER_VALUES).await?,
+            TenantScope::Platform { partner } => {
+                let reader = Reader::of(&request, &caller);
+                let unfiltered = proto::EventFilter::default();
+                let target = ReadTarget::Filter {
+                    filter: &unfiltered,
+                    after_seq: None,
+                };
+                let read =
+                    self.access
+                        .open_across(reader, ReadRpc::GetFilterMetadata, target, partner.as_ref());
+                let values = self
+                    .store
+                    .filter_values_across(partner.as_ref(), MAX_FILTER_VALUES)
+                    .await?;
+                let listed = values.actions.len() + values.resource_types.len() + values.sources.len();
+                read.finish(u64::try_from(listed).unwrap_or(u64::MAX)).await?;
+                values
+            }
+        };
         Ok(Response::new(GetFilterMetadataResponse {
             fields: filter_fields(),
             order_by: EventOrder::ALL.iter().map(|o| o.as_str().to_owned()).collect(),

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use audit_service::proto::{AuditEvent, EventFilter, QueryRequest};
+use audit_service::proto::{AuditEvent, EventFilter, GetFilterMetadataRequest, QueryRequest, StatsRequest};
 use tonic::Code;
 
 use crate::fixtures::{micros, status_of};
@@ -20,6 +20,8 @@ on_both_backends!(
     a_page_token_is_bound_to_its_tenant_set,
     every_platform_read_is_recorded_in_the_platform_log,
     reading_across_tenants_needs_the_admin_scope,
+    stats_across_tenants_count_every_reached_tenants_events,
+    filter_metadata_across_tenants_lists_the_reached_tenants_values,
 );
 
 /// A platform JWT for subject `sub` with `scope`, limited to `partner`.
@@ -424,4 +426,111 @@ async fn reading_across_tenants_needs_the_admin_scope(backend: Backend) {
     let mut reader = server.caller_with("*", Credential::Bearer(token)).await;
     let status = status_of(reader.client.query(reader.request(QueryRequest::default())).await);
     assert_status(&status, Code::PermissionDenied, "MISSING_SCOPE", None);
+}
+
+/// A platform key limited to a fresh partner holding `members`.
+fn partner_key(server: &TestServer, members: &[Caller]) -> String {
+    let partner = fresh("partner");
+    for member in members {
+        cli(server, &["tenants", "set-partner", &member.tenant, &partner]);
+    }
+    let created = cli(
+        server,
+        &[
+            "keys",
+            "create",
+            "--platform",
+            "--partner",
+            &partner,
+            "--scope",
+            "audit:admin",
+            "--scope",
+            "audit:read",
+        ],
+    );
+    created.lines().last().expect("key").trim().to_owned()
+}
+
+/// The `audit.log.read` records of `operator`'s reads, from `_platform`.
+async fn records_of(server: &TestServer, operator: &str) -> Vec<AuditEvent> {
+    let token = platform_token(operator, "audit:read", None);
+    let mut log = server.caller_with("_platform", Credential::Bearer(token)).await;
+    let filter = EventFilter {
+        actions: vec!["audit.log.read".into()],
+        actor_ids: vec![operator.to_owned()],
+        ..EventFilter::default()
+    };
+    log.query_all(filter, "seq asc", 100).await
+}
+
+async fn stats_across_tenants_count_every_reached_tenants_events(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let action = fresh_action("stats");
+    let tenants = tenants_with(&server, 3, 2, &action).await;
+    let operator = fresh("operator");
+    let mut admin = platform(&server, &operator).await;
+    let stats = |filter: EventFilter| StatsRequest {
+        filter: Some(filter),
+        group_by: vec!["action".into()],
+        ..StatsRequest::default()
+    };
+    // From the rollups, and by a scan (actor ids are not in the rollups).
+    let scanned = EventFilter {
+        actor_ids: vec!["actor-0".into(), "actor-1".into()],
+        ..of_action(&action)
+    };
+    for filter in [of_action(&action), scanned] {
+        let request = admin.request(stats(filter));
+        let answer = admin.client.stats(request).await.expect("stats").into_inner();
+        assert_eq!(answer.total, 6, "{answer:?}");
+        assert_eq!(answer.groups.len(), 1, "{answer:?}");
+        assert_eq!(
+            (answer.groups[0].keys.clone(), answer.groups[0].count),
+            (vec![action.clone()], 6)
+        );
+    }
+    let key = partner_key(&server, &tenants[..2]);
+    let mut reseller = server.caller_with("*", Credential::ApiKey(key)).await;
+    let request = reseller.request(stats(of_action(&action)));
+    let answer = reseller.client.stats(request).await.expect("stats").into_inner();
+    assert_eq!(answer.total, 4, "only the partner's tenants: {answer:?}");
+
+    let records = records_of(&server, &operator).await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    let rpc = &records[0].metadata.as_ref().expect("metadata").fields["rpc"];
+    assert!(
+        matches!(&rpc.kind, Some(prost_types::value::Kind::StringValue(name)) if name == "Stats"),
+        "{records:?}"
+    );
+}
+
+async fn filter_metadata_across_tenants_lists_the_reached_tenants_values(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut tenants = Vec::new();
+    let mut actions = Vec::new();
+    for _ in 0..3 {
+        let action = fresh_action("meta");
+        tenants.extend(tenants_with(&server, 1, 1, &action).await);
+        actions.push(action);
+    }
+    let key = partner_key(&server, &tenants[..2]);
+    let mut reseller = server.caller_with("*", Credential::ApiKey(key)).await;
+    let request = reseller.request(GetFilterMetadataRequest::default());
+    let answer = reseller
+        .client
+        .get_filter_metadata(request)
+        .await
+        .expect("filter metadata")
+        .into_inner();
+    let mut wanted = actions[..2].to_vec();
+    wanted.sort();
+    assert_eq!(
+        answer.actions, wanted,
+        "the partner's tenants' actions, and only theirs"
+    );
+    assert!(
+        answer.fields.iter().any(|f| f.name == "tenant_id"),
+        "{:?}",
+        answer.fields
+    );
 }
