@@ -38,17 +38,21 @@ pub enum GroupField {
     Outcome,
     /// `source`
     Source,
+    /// `tenant_id`: one group in a tenant's own call, a group per tenant
+    /// across tenants.
+    TenantId,
 }
 
 impl GroupField {
     /// Every groupable field.
-    pub const ALL: [GroupField; 6] = [
+    pub const ALL: [GroupField; 7] = [
         Self::Action,
         Self::ActorId,
         Self::ActorType,
         Self::ResourceType,
         Self::Outcome,
         Self::Source,
+        Self::TenantId,
     ];
 
     /// The dotted name used in `group_by`.
@@ -60,6 +64,7 @@ impl GroupField {
             Self::ResourceType => "resource.type",
             Self::Outcome => "outcome",
             Self::Source => "source",
+            Self::TenantId => "tenant_id",
         }
     }
 
@@ -76,6 +81,7 @@ impl GroupField {
             Self::ResourceType => Column::ResourceType,
             Self::Outcome => Column::Outcome,
             Self::Source => Column::Source,
+            Self::TenantId => Column::TenantId,
         }
     }
 
@@ -238,6 +244,7 @@ impl GroupField {
             Self::ResourceType => Some(RollupColumn::ResourceType),
             Self::Outcome => Some(RollupColumn::Outcome),
             Self::Source => Some(RollupColumn::Source),
+            Self::TenantId => Some(RollupColumn::TenantId),
         }
     }
 }

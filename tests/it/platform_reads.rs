@@ -22,6 +22,7 @@ on_both_backends!(
     reading_across_tenants_needs_the_admin_scope,
     stats_across_tenants_count_every_reached_tenants_events,
     filter_metadata_across_tenants_lists_the_reached_tenants_values,
+    stats_across_tenants_group_by_tenant,
 );
 
 /// A platform JWT for subject `sub` with `scope`, limited to `partner`.
@@ -533,4 +534,28 @@ async fn filter_metadata_across_tenants_lists_the_reached_tenants_values(backend
         "{:?}",
         answer.fields
     );
+}
+
+async fn stats_across_tenants_group_by_tenant(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let action = fresh_action("grouped");
+    let mut tenants = tenants_with(&server, 3, 1, &action).await;
+    tenants[0].append(vec![event(&action, "again")]).await;
+    let mut admin = platform(&server, &fresh("operator")).await;
+    let request = admin.request(StatsRequest {
+        filter: Some(of_action(&action)),
+        group_by: vec!["tenant_id".into()],
+        ..StatsRequest::default()
+    });
+    let answer = admin.client.stats(request).await.expect("stats").into_inner();
+    let groups: Vec<(Vec<String>, u64)> = answer.groups.into_iter().map(|g| (g.keys, g.count)).collect();
+    assert_eq!(groups[0], (vec![tenants[0].tenant.clone()], 2), "largest first");
+    let mut rest: Vec<(Vec<String>, u64)> = groups[1..].to_vec();
+    rest.sort();
+    let mut wanted = vec![
+        (vec![tenants[1].tenant.clone()], 1),
+        (vec![tenants[2].tenant.clone()], 1),
+    ];
+    wanted.sort();
+    assert_eq!(rest, wanted);
 }
