@@ -162,6 +162,8 @@ pub fn filter_to_json(filter: &proto::EventFilter) -> serde_json::Value {
     strings("resourceTypes", &filter.resource_types);
     strings("resourceIds", &filter.resource_ids);
     strings("sources", &filter.sources);
+    strings("tenantIds", &filter.tenant_ids);
+    strings("partnerIds", &filter.partner_ids);
     let mut text = |name: &str, value: &str| {
         if !value.is_empty() {
             out.insert(name.to_owned(), Value::from(value));

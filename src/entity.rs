@@ -39,6 +39,22 @@ fn names_first_parameter(sql: &str) -> bool {
         .any(|(at, _)| !sql[at + 2..].starts_with(|c: char| c.is_ascii_digit()))
 }
 
+/// The ids of every tenant in the tenants registry but the reserved
+/// `_platform`, or only of the tenants of `partner`: the tenant set of a
+/// platform read across tenants.
+fn registered_tenants(partner: Option<&crate::tenant::PartnerId>) -> sea_orm::sea_query::SelectStatement {
+    use sea_orm::ColumnTrait as _;
+    let mut tenants = sea_orm::sea_query::Query::select()
+        .column(tenant::Column::TenantId)
+        .from(tenant::Entity)
+        .and_where(tenant::Column::TenantId.ne(TenantId::platform()))
+        .to_owned();
+    if let Some(partner) = partner {
+        tenants.and_where(tenant::Column::PartnerId.eq(partner.as_str()));
+    }
+    tenants
+}
+
 /// The `of_tenant` constructor of a table with a `tenant_id` column.
 macro_rules! tenant_scoped {
     () => {
@@ -138,6 +154,15 @@ pub mod audit_event {
     impl ActiveModelBehavior for ActiveModel {}
 
     tenant_scoped!();
+
+    impl Entity {
+        /// The rows of every tenant in the tenants registry but the
+        /// reserved `_platform`, or only of the tenants of `partner`: where
+        /// every statement of a platform read across tenants starts.
+        pub fn of_registered_tenants(partner: Option<&crate::tenant::PartnerId>) -> Select<Entity> {
+            Entity::find().filter(Column::TenantId.in_subquery(super::registered_tenants(partner)))
+        }
+    }
 
     /// The columns that hold an event's content: NULL once it is erased
     /// (what [`Model::erased`] clears). The idempotency key stays, so a
@@ -568,6 +593,41 @@ pub mod api_key {
         pub last_used_at: Option<i64>,
         /// When it was revoked, in unix microseconds; NULL while it is valid.
         pub revoked_at: Option<i64>,
+        /// A platform key (`keys create --platform`): its `tenant_id` is
+        /// the reserved `_platform`, and it may read across tenants.
+        pub platform: bool,
+        /// The partner whose tenants a platform key is limited to; NULL for
+        /// every tenant (and on a tenant's key).
+        pub partner_id: Option<String>,
+    }
+
+    /// Relations to other tables: none (sea-orm requires the enum).
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+
+    tenant_scoped!();
+}
+
+/// The tenants registry: one row per tenant, added by the transaction that
+/// creates its sequence head (its first append), with the partner an
+/// operator assigned. Platform reads across tenants take their tenant set
+/// from it.
+pub mod tenant {
+    use sea_orm::entity::prelude::*;
+
+    /// One tenant.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenants")]
+    pub struct Model {
+        /// The tenant.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: crate::tenant::TenantId,
+        /// The partner (reseller, grouping) the tenant belongs to; NULL for none.
+        pub partner_id: Option<String>,
+        /// When the registry first saw the tenant, in unix microseconds.
+        pub created_at: i64,
     }
 
     /// Relations to other tables: none (sea-orm requires the enum).
@@ -742,6 +802,14 @@ pub mod event_rollup {
     impl ActiveModelBehavior for ActiveModel {}
 
     tenant_scoped!();
+
+    impl Entity {
+        /// The rollup rows of the tenants a platform read across tenants
+        /// spans (see `audit_event::Entity::of_registered_tenants`).
+        pub fn of_registered_tenants(partner: Option<&crate::tenant::PartnerId>) -> Select<Entity> {
+            Entity::find().filter(Column::TenantId.in_subquery(super::registered_tenants(partner)))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -777,6 +845,7 @@ mod tests {
                     merkle_checkpoint::Entity::of_tenant(&tenant).build(backend),
                 ),
                 ("api_keys", api_key::Entity::of_tenant(&tenant).build(backend)),
+                ("tenants", tenant::Entity::of_tenant(&tenant).build(backend)),
                 (
                     "retention_policies",
                     retention_policy::Entity::of_tenant(&tenant).build(backend),
@@ -794,6 +863,14 @@ mod tests {
                     event_rollup::Entity::of_tenant(&tenant).build(backend),
                 ),
             ];
+            let partner = crate::tenant::PartnerId::parse("p1", "partner").unwrap();
+            let across = audit_event::Entity::of_registered_tenants(Some(&partner)).build(backend);
+            assert!(across.sql.contains("FROM \"tenants\""), "{}", across.sql);
+            assert_eq!(
+                across.values.as_ref().unwrap().0,
+                [Value::from(TenantId::platform()), Value::from("p1")],
+                "every tenant but _platform, of the partner"
+            );
             for (table, statement) in statements {
                 let condition = format!("WHERE \"{table}\".\"tenant_id\" = {placeholder}");
                 assert!(

@@ -43,6 +43,11 @@ pub enum Error {
     /// The credential belongs to another tenant than `x-tenant-id`.
     #[error("the credential's tenant does not match x-tenant-id")]
     TenantMismatch,
+    /// A platform credential asked for what the platform may not do: write
+    /// (it only reads), or call with `x-tenant-id: *` an RPC that acts on
+    /// one tenant's log.
+    #[error("{0}")]
+    PlatformReadOnly(String),
     /// The credential lacks the scope the RPC needs.
     #[error("the credential lacks the scope {0}")]
     MissingScope(&'static str),
@@ -104,6 +109,7 @@ impl Error {
             Self::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
             Self::TenantMismatch => (Code::PermissionDenied, "TENANT_MISMATCH"),
             Self::MissingScope(_) => (Code::PermissionDenied, "MISSING_SCOPE"),
+            Self::PlatformReadOnly(_) => (Code::PermissionDenied, "PLATFORM_READ_ONLY"),
             Self::NotFound { .. } => (Code::NotFound, "NOT_FOUND"),
             Self::FailedPrecondition { reason, .. } => (Code::FailedPrecondition, reason),
             Self::Unimplemented(_) => (Code::Unimplemented, "UNIMPLEMENTED"),

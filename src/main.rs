@@ -3,7 +3,8 @@
 //! its signed checkpoints; `export` writes a tenant's log to a file and
 //! `verify-export` checks such a file offline; `retention apply` runs the
 //! retention task now; `rollups rebuild` recomputes a tenant's rollups;
-//! `token mint` prints a bearer token for debugging.
+//! `tenants` lists the tenants registry and assigns partners; `token mint`
+//! prints a bearer token for debugging.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -23,8 +24,8 @@ use audit_service::config::{DatabaseConfig, IntegrityConfig, JwtConfig, ServeCon
 use audit_service::integrity::VerifierKey;
 use audit_service::proto::{EventFilter, ExportRequest};
 use audit_service::startup::signing_key::load_notary;
-use audit_service::store::Store;
-use audit_service::tenant::TenantId;
+use audit_service::store::{KeyHolder, Store};
+use audit_service::tenant::{PartnerId, TenantId};
 use audit_service::{startup, telemetry};
 
 /// mimalloc instead of the C library's allocator: a page of events is
@@ -82,6 +83,13 @@ enum Command {
         #[command(subcommand)]
         command: RollupsCommand,
     },
+    /// The tenants registry: every tenant from its first append on, and
+    /// the partner each belongs to (platform keys and tokens limited to a
+    /// partner read only its tenants).
+    Tenants {
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
     /// Bearer tokens for debugging.
     Token {
         #[command(subcommand)]
@@ -112,6 +120,25 @@ struct MintArgs {
     /// The token's subject (`sub`), recorded as the actor of what it does.
     #[arg(long = "sub", default_value = "debug")]
     subject: String,
+}
+
+#[derive(Subcommand)]
+enum TenantsCommand {
+    /// List every tenant: its id, partner (`-` for none) and when the
+    /// registry first saw it.
+    List,
+    /// Assign a tenant to a partner (replacing any partner it had).
+    SetPartner {
+        /// The tenant.
+        tenant: String,
+        /// The partner.
+        partner: String,
+    },
+    /// Take a tenant out of its partner.
+    ClearPartner {
+        /// The tenant.
+        tenant: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -190,20 +217,33 @@ struct VerifyExportArgs {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Mint a key for one tenant; the key is printed once, alone on the last line.
+    /// Mint a key for one tenant, or a platform key; the key is printed
+    /// once, alone on the last line.
     Create {
         /// Tenant the key acts for.
+        #[arg(long, required_unless_present = "platform", conflicts_with = "platform")]
+        tenant: Option<String>,
+        /// A platform administrator's key: it reads across tenants with
+        /// `x-tenant-id: *` (with audit:admin and audit:read) and the
+        /// platform's own log with `x-tenant-id: _platform`; it never
+        /// writes.
         #[arg(long)]
-        tenant: String,
+        platform: bool,
+        /// Limit the platform key to the tenants of this partner.
+        #[arg(long, requires = "platform")]
+        partner: Option<String>,
         /// Scope to grant (repeat): audit:read, audit:append, audit:write, audit:admin.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
     },
-    /// List a tenant's keys (never their secrets).
+    /// List a tenant's keys, or the platform keys (never their secrets).
     List {
         /// Tenant whose keys to list.
+        #[arg(long, required_unless_present = "platform", conflicts_with = "platform")]
+        tenant: Option<String>,
+        /// List the platform keys.
         #[arg(long)]
-        tenant: String,
+        platform: bool,
     },
     /// Revoke a key at once.
     Revoke {
@@ -239,6 +279,7 @@ async fn main() -> ExitCode {
         Some(Command::Rollups {
             command: RollupsCommand::Rebuild { tenant },
         }) => rebuild_rollups(database, &tenant).await,
+        Some(Command::Tenants { command }) => tenants(database, command).await,
         Some(Command::Token {
             command: TokenCommand::Mint(args),
         }) => mint_token(&cli.serve.jwt, args),
@@ -284,6 +325,42 @@ async fn keys(database: DatabaseConfig, command: KeysCommand) -> anyhow::Result<
     let result = run_keys(&store, command).await;
     store.close().await?;
     result.map(|()| ExitCode::SUCCESS)
+}
+
+async fn tenants(database: DatabaseConfig, command: TenantsCommand) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(&database).await?;
+    let result = run_tenants(&store, command).await;
+    store.close().await?;
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+async fn run_tenants(store: &Store, command: TenantsCommand) -> anyhow::Result<()> {
+    match command {
+        TenantsCommand::List => {
+            let tenants = store.list_tenants().await?;
+            println!("{:<40}  {:<40}  CREATED", "TENANT", "PARTNER");
+            for tenant in tenants {
+                println!(
+                    "{:<40}  {:<40}  {}",
+                    tenant.tenant,
+                    tenant.partner.as_ref().map_or("-", PartnerId::as_str),
+                    time(Some(tenant.created_at)),
+                );
+            }
+        }
+        TenantsCommand::SetPartner { tenant, partner } => {
+            let tenant = TenantId::parse(&tenant, "TENANT")?;
+            let partner = PartnerId::parse(&partner, "PARTNER")?;
+            let info = store.set_partner(&tenant, Some(&partner)).await?;
+            println!("Tenant {} now belongs to partner {partner}.", info.tenant);
+        }
+        TenantsCommand::ClearPartner { tenant } => {
+            let tenant = TenantId::parse(&tenant, "TENANT")?;
+            let info = store.set_partner(&tenant, None).await?;
+            println!("Tenant {} now belongs to no partner.", info.tenant);
+        }
+    }
+    Ok(())
 }
 
 async fn apply_retention(database: DatabaseConfig) -> anyhow::Result<ExitCode> {
@@ -501,8 +578,19 @@ fn seq_range(after_seq: u64, tree_size: u64) -> String {
 
 async fn run_keys(store: &Store, command: KeysCommand) -> anyhow::Result<()> {
     match command {
-        KeysCommand::Create { tenant, scopes } => {
-            let tenant = TenantId::parse(&tenant, "--tenant")?;
+        KeysCommand::Create {
+            tenant,
+            platform,
+            partner,
+            scopes,
+        } => {
+            let holder = match (tenant, platform) {
+                (Some(tenant), false) => KeyHolder::Tenant(TenantId::parse(&tenant, "--tenant")?),
+                (None, true) => KeyHolder::Platform {
+                    partner: partner.map(|p| PartnerId::parse(&p, "--partner")).transpose()?,
+                },
+                _ => anyhow::bail!("give either --tenant T or --platform"),
+            };
             for scope in &scopes {
                 if Scope::parse(scope).is_none() {
                     anyhow::bail!(
@@ -510,18 +598,26 @@ async fn run_keys(store: &Store, command: KeysCommand) -> anyhow::Result<()> {
                     );
                 }
             }
-            let (info, key) = store.create_api_key(&tenant, &scopes).await?;
+            let (info, key) = store.create_key(holder, &scopes).await?;
+            let holder = match (info.platform, &info.partner) {
+                (false, _) => format!("tenant {}", info.tenant),
+                (true, None) => "the platform (every tenant)".to_owned(),
+                (true, Some(partner)) => format!("the platform, limited to partner {partner}"),
+            };
             println!(
-                "Created API key {} for tenant {} with scopes {}.",
+                "Created API key {} for {holder} with scopes {}.",
                 info.id,
-                info.tenant,
                 info.scopes.join(" ")
             );
             println!("This is the only time the key is shown; store it now:");
             println!("{key}");
         }
-        KeysCommand::List { tenant } => {
-            let tenant = TenantId::parse(&tenant, "--tenant")?;
+        KeysCommand::List { tenant, platform } => {
+            let tenant = match (tenant, platform) {
+                (Some(tenant), false) => TenantId::parse(&tenant, "--tenant")?,
+                (None, true) => TenantId::platform(),
+                _ => anyhow::bail!("give either --tenant T or --platform"),
+            };
             let keys = store.list_api_keys(&tenant).await?;
             println!(
                 "{:<36}  {:<20}  {:<38}  {:<20}  {:<20}  REVOKED",

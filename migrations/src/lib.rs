@@ -13,6 +13,7 @@ mod m20261210_000005_create_access_audit;
 mod m20261215_000006_add_request_client_identity;
 mod m20261220_000007_create_rollups;
 mod m20261221_000008_compact_storage;
+mod m20261222_000009_platform;
 
 /// Every migration of the service, oldest first.
 pub struct Migrator;
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261215_000006_add_request_client_identity::Migration),
             Box::new(m20261220_000007_create_rollups::Migration),
             Box::new(m20261221_000008_compact_storage::Migration),
+            Box::new(m20261222_000009_platform::Migration),
         ]
     }
 }

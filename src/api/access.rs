@@ -40,7 +40,7 @@
 //! when it returned access records alone, since its answer still tells
 //! that no other event matched.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,7 +63,7 @@ use crate::store::{
     DELETION_RESOURCE_TYPE, LOG_RESOURCE_TYPE, LogRead, READ_ACTION, Store, StoreError, StoreResult,
     now_micros,
 };
-use crate::tenant::TenantId;
+use crate::tenant::{ALL_TENANTS, PartnerId, TenantId};
 
 /// Pauses before each new attempt to record a stream that ended (the
 /// first attempt is at once): a record of a long stream is worth a few
@@ -87,6 +87,10 @@ pub enum ReadRpc {
     Watch,
     /// `AuditService.Export`.
     Export,
+    /// `AuditService.Stats` (recorded across tenants only).
+    Stats,
+    /// `AuditService.GetFilterMetadata` (recorded across tenants only).
+    GetFilterMetadata,
 }
 
 impl ReadRpc {
@@ -97,6 +101,8 @@ impl ReadRpc {
             Self::Get => "Get",
             Self::Watch => "Watch",
             Self::Export => "Export",
+            Self::Stats => "Stats",
+            Self::GetFilterMetadata => "GetFilterMetadata",
         }
     }
 }
@@ -291,6 +297,31 @@ impl AccessLog {
         })
     }
 
+    /// Starts a platform read across tenants by `reader` (whose tenant is
+    /// the reserved `_platform`) of `target` through `rpc`: always
+    /// recorded, in the `_platform` log, naming the partner the credential
+    /// is limited to; [`OpenRead::finish_across`] adds the tenants touched.
+    pub fn open_across(
+        &self,
+        reader: Reader,
+        rpc: ReadRpc,
+        target: ReadTarget<'_>,
+        partner: Option<&PartnerId>,
+    ) -> OpenRead {
+        let mut record = PendingRecord::of(reader, rpc, target, now_micros());
+        record.read.resource_id = ALL_TENANTS.to_owned();
+        if let Value::Object(fields) = &mut record.read.metadata {
+            fields.insert(
+                "partner".to_owned(),
+                partner.map_or(Value::Null, |p| p.as_str().into()),
+            );
+        }
+        OpenRead {
+            log: self.clone(),
+            record: Some(record),
+        }
+    }
+
     /// Writes a unary read's record; a failure becomes the call's answer.
     async fn write(&self, record: PendingRecord) -> Result<(), Error> {
         let tenant = record.tenant.clone();
@@ -408,6 +439,20 @@ impl OpenRead {
     pub async fn finish(self, returned: u64) -> Result<(), Error> {
         match self.record {
             Some(record) => self.log.write(record.returned(returned)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Records a read across tenants that returned `returned` events of
+    /// `tenants`; answer the call only once this is Ok.
+    pub async fn finish_across(self, returned: u64, tenants: &BTreeSet<String>) -> Result<(), Error> {
+        match self.record {
+            Some(mut record) => {
+                if let Value::Object(fields) = &mut record.read.metadata {
+                    fields.insert("tenants".to_owned(), json!(tenants));
+                }
+                self.log.write(record.returned(returned)).await
+            }
             None => Ok(()),
         }
     }

@@ -38,7 +38,8 @@ use crate::proto::{
 };
 use crate::store::page_token::QueryFingerprint;
 use crate::store::stats::{GroupField, GroupValue, StatsSource};
-use crate::store::{ChangeRequest, EventOrder, PageLimits, Store};
+use crate::store::{ChangeRequest, EventOrder, PageLimits, Store, TenantScope};
+use crate::tenant::{ALL_TENANTS, PartnerId};
 use crate::watch::WatchHub;
 use crate::wire::server::audit_service_server::AuditService;
 use crate::wire::{EncodedExportResponse, EncodedQueryResponse, PageEvents};
@@ -55,8 +56,9 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// token continues there; the largest valid event is far smaller.
 pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Bytes of [`MAX_PAGE_BYTES`] kept for the `next_page_token` field (a
-/// token is 66 characters).
-const NEXT_PAGE_TOKEN_BYTES: usize = 128;
+/// token is 66 characters; one of a read across tenants, naming a tenant,
+/// at most 238).
+const NEXT_PAGE_TOKEN_BYTES: usize = 256;
 /// Most distinct values `GetFilterMetadata` lists per field.
 pub const MAX_FILTER_VALUES: u64 = 1000;
 
@@ -80,6 +82,70 @@ impl AuditApi {
             notary,
             access,
         }
+    }
+}
+
+/// A `Query` page across tenants (`x-tenant-id: *`), validated.
+struct AcrossQuery<'a> {
+    /// The partner the platform credential is limited to.
+    partner: Option<&'a PartnerId>,
+    filter: &'a proto::EventFilter,
+    matcher: &'a EventMatcher,
+    order: EventOrder,
+    page_token: &'a str,
+    limits: PageLimits,
+}
+
+impl AuditApi {
+    /// A page of a platform read across tenants, recorded by `read` in the
+    /// `_platform` log before it is answered. Its page tokens are bound to
+    /// the tenant set: the credential's partner and the filter (whose
+    /// `tenant_ids` and `partner_ids` narrow it).
+    async fn query_across(
+        &self,
+        query: AcrossQuery<'_>,
+        read: access::OpenRead,
+        record: CallRecord,
+    ) -> Result<EncodedQueryResponse, Error> {
+        let tenant_set = match query.partner {
+            Some(partner) => format!("{ALL_TENANTS}:{partner}"),
+            None => ALL_TENANTS.to_owned(),
+        };
+        let fingerprint =
+            QueryFingerprint::of(&tenant_set, query.order.as_str(), &query.filter.encode_to_vec());
+        let after = match query.page_token {
+            "" => None,
+            token => Some(
+                self.store
+                    .page_tokens()
+                    .open_span(token, fingerprint)
+                    .map_err(|e| {
+                        record.page_token_rejected();
+                        Error::invalid("page_token", e.to_string())
+                    })?,
+            ),
+        };
+        let page = self
+            .store
+            .query_page_across::<PageEvents>(
+                query.partner,
+                query.matcher,
+                query.order,
+                after.as_ref(),
+                query.limits,
+            )
+            .await?;
+        let returned = u64::try_from(page.page.events.count()).unwrap_or(u64::MAX);
+        read.finish_across(returned, &page.tenants).await?;
+        record.returned(returned);
+        let next_page_token = page
+            .next
+            .map(|cursor| self.store.page_tokens().issue_span(fingerprint, &cursor))
+            .unwrap_or_default();
+        Ok(EncodedQueryResponse {
+            events: page.page.events.into_bytes(),
+            next_page_token,
+        })
     }
 }
 
@@ -133,6 +199,30 @@ impl AuditService for AuditApi {
         })?;
         let filter = request.filter.unwrap_or_default();
         let matcher = EventMatcher::new(&filter, "filter")?;
+        let limits = PageLimits {
+            events: page_size,
+            bytes: MAX_PAGE_BYTES - NEXT_PAGE_TOKEN_BYTES,
+        };
+        if let TenantScope::Platform { partner } = &caller.tenants {
+            let read = self.access.open_across(
+                reader,
+                ReadRpc::Query,
+                ReadTarget::Filter {
+                    filter: &filter,
+                    after_seq: None,
+                },
+                partner.as_ref(),
+            );
+            let query = AcrossQuery {
+                partner: partner.as_ref(),
+                filter: &filter,
+                matcher: &matcher,
+                order,
+                page_token: &request.page_token,
+                limits,
+            };
+            return Ok(Response::new(self.query_across(query, read, record).await?));
+        }
         let fingerprint =
             QueryFingerprint::of(caller.tenant.as_str(), order.as_str(), &filter.encode_to_vec());
         let after = match request.page_token.as_str() {
@@ -143,10 +233,6 @@ impl AuditService for AuditApi {
             })?),
         };
 
-        let limits = PageLimits {
-            events: page_size,
-            bytes: MAX_PAGE_BYTES - NEXT_PAGE_TOKEN_BYTES,
-        };
         let target = ReadTarget::Filter {
             filter: &filter,
             after_seq: None,
@@ -188,13 +274,31 @@ impl AuditService for AuditApi {
 
     async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         let caller = caller(&request, Scope::Read)?;
+        let reader = Reader::of(&request, &caller);
         let request = request.into_inner();
         let filter = request.filter.clone().unwrap_or_default();
         let (matcher, query) = validate::both(
             EventMatcher::new(&filter, "filter"),
             validate::stats_query(&request),
         )?;
-        let stats = self.store.stats(&caller.tenant, &matcher, &query).await?;
+        let stats = match &caller.tenants {
+            TenantScope::One(tenant) => self.store.stats(tenant, &matcher, &query).await?,
+            TenantScope::Platform { partner } => {
+                let target = ReadTarget::Filter {
+                    filter: &filter,
+                    after_seq: None,
+                };
+                let read = self
+                    .access
+                    .open_across(reader, ReadRpc::Stats, target, partner.as_ref());
+                let stats = self
+                    .store
+                    .stats_across(partner.as_ref(), &matcher, &query)
+                    .await?;
+                read.finish(stats.total).await?;
+                stats
+            }
+        };
         let groups = stats
             .groups
             .into_iter()
@@ -238,10 +342,27 @@ impl AuditService for AuditApi {
         request: Request<GetFilterMetadataRequest>,
     ) -> Result<Response<GetFilterMetadataResponse>, Status> {
         let caller = caller(&request, Scope::Read)?;
-        let values = self
-            .store
-            .filter_values(&caller.tenant, MAX_FILTER_VALUES)
-            .await?;
+        let values = match &caller.tenants {
+            TenantScope::One(tenant) => self.store.filter_values(tenant, MAX_FILTER_VALUES).await?,
+            TenantScope::Platform { partner } => {
+                let reader = Reader::of(&request, &caller);
+                let unfiltered = proto::EventFilter::default();
+                let target = ReadTarget::Filter {
+                    filter: &unfiltered,
+                    after_seq: None,
+                };
+                let read =
+                    self.access
+                        .open_across(reader, ReadRpc::GetFilterMetadata, target, partner.as_ref());
+                let values = self
+                    .store
+                    .filter_values_across(partner.as_ref(), MAX_FILTER_VALUES)
+                    .await?;
+                let listed = values.actions.len() + values.resource_types.len() + values.sources.len();
+                read.finish(u64::try_from(listed).unwrap_or(u64::MAX)).await?;
+                values
+            }
+        };
         Ok(Response::new(GetFilterMetadataResponse {
             fields: filter_fields(),
             order_by: EventOrder::ALL.iter().map(|o| o.as_str().to_owned()).collect(),
@@ -397,6 +518,17 @@ mod tests {
         let token_only = EncodedQueryResponse {
             events: Vec::new(),
             next_page_token: key.issue(fingerprint, cursor),
+        };
+        assert!(token_only.encoded_len() <= NEXT_PAGE_TOKEN_BYTES);
+        let longest = crate::store::SpanCursor {
+            at: i64::MIN,
+            tenant: crate::tenant::TenantId::parse(&"a".repeat(crate::tenant::MAX_TENANT_ID_LEN), "t")
+                .unwrap(),
+            seq: i64::MAX,
+        };
+        let token_only = EncodedQueryResponse {
+            events: Vec::new(),
+            next_page_token: key.issue_span(fingerprint, &longest),
         };
         assert!(token_only.encoded_len() <= NEXT_PAGE_TOKEN_BYTES);
     }

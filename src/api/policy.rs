@@ -172,7 +172,7 @@ impl PolicyService for PolicyApi {
                 format!("must be at most {MAX_HOLD_FILTER_BYTES} bytes encoded (it is recorded in the log)"),
             ))
         } else {
-            EventMatcher::new(&filter, "filter")
+            EventMatcher::new(&filter, "filter").and_then(|m| m.decidable_in_memory("filter"))
         };
         let change = change_request(&caller, client_identity, request.reason, true);
         let (_, change) = super::validate::both(matched, change)?;

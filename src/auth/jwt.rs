@@ -23,7 +23,16 @@ pub const MAX_SUBJECT_BYTES: usize = 512;
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
-    tenant_id: String,
+    /// Required unless `platform` is true; then absent or `*`.
+    #[serde(default)]
+    tenant_id: Option<String>,
+    /// `true` on a platform administrator's token (any other type is a
+    /// malformed token).
+    #[serde(default)]
+    platform: bool,
+    /// On a platform token: the partner whose tenants it is limited to.
+    #[serde(default)]
+    partner_id: Option<String>,
     #[serde(default)]
     scope: String,
     /// Checked by `jsonwebtoken` (required, a whole number of seconds);
@@ -32,13 +41,26 @@ struct Claims {
     exp: Option<serde_json::Value>,
 }
 
+/// Whom a verified token acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenHolder {
+    /// `tenant_id`, as the token spells it.
+    Tenant(String),
+    /// `platform: true`: reads across tenants, limited to the tenants of
+    /// `partner_id` when it is set.
+    Platform {
+        /// `partner_id`, as the token spells it.
+        partner: Option<String>,
+    },
+}
+
 /// A verified token's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedToken {
     /// `sub`.
     pub subject: String,
-    /// `tenant_id`.
-    pub tenant: String,
+    /// `tenant_id`, or the platform.
+    pub holder: TokenHolder,
     /// `scope`, split on spaces.
     pub scopes: Vec<String>,
     /// `exp`, unix seconds; the token verifies until `exp + LEEWAY_SECS`
@@ -160,7 +182,7 @@ impl JwtVerifier {
                         "a required claim (exp, sub, or the configured iss/aud) is missing"
                     }
                     ErrorKind::InvalidAlgorithm => "alg mismatch",
-                    _ => "malformed token or claims (sub, tenant_id, scope, exp)",
+                    _ => "malformed token or claims (sub, tenant_id, platform, partner_id, scope, exp)",
                 })
             })?
             .claims;
@@ -170,9 +192,28 @@ impl JwtVerifier {
             .as_ref()
             .and_then(serde_json::Value::as_u64)
             .ok_or_else(|| refuse("exp is not a whole number of seconds"))?;
+        let holder = match (claims.platform, claims.tenant_id) {
+            (true, None) => TokenHolder::Platform {
+                partner: claims.partner_id,
+            },
+            (true, Some(tenant)) if tenant == crate::tenant::ALL_TENANTS => TokenHolder::Platform {
+                partner: claims.partner_id,
+            },
+            (true, Some(_)) => {
+                return Err(refuse("a platform token names no tenant_id, or `*`"));
+            }
+            (false, Some(tenant)) if tenant == crate::tenant::ALL_TENANTS => {
+                return Err(refuse("tenant_id `*` needs the claim `platform: true`"));
+            }
+            (false, Some(_)) if claims.partner_id.is_some() => {
+                return Err(refuse("partner_id is a claim of platform tokens only"));
+            }
+            (false, Some(tenant)) => TokenHolder::Tenant(tenant),
+            (false, None) => return Err(refuse("tenant_id is required (or `platform: true`)")),
+        };
         Ok(VerifiedToken {
             subject: claims.sub,
-            tenant: claims.tenant_id,
+            holder,
             scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
             expires_at,
         })

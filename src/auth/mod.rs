@@ -21,14 +21,35 @@ pub use jwt::JwtVerifier;
 
 use crate::error::Error;
 use crate::observe::CallRecord;
-use crate::store::{Store, now_micros};
-use crate::tenant::TenantId;
+use crate::store::{Store, TenantScope, now_micros};
+use crate::tenant::{ALL_TENANTS, PLATFORM_TENANT, PartnerId, TenantId};
 use crate::watch::CredentialCheck;
 
 /// Metadata key naming the tenant a call acts for.
 pub const TENANT_HEADER: &str = "x-tenant-id";
 /// Metadata key carrying an API key.
 pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// The RPCs a platform credential may call with `x-tenant-id: *`: the
+/// reads that span tenants. Everything else (`Append`, `Delete`, `Get`,
+/// `Watch`, PolicyService, IntegrityService) acts on one tenant's log.
+const ACROSS_TENANTS: &[&str] = &[
+    "/audit.v1.AuditService/Query",
+    "/audit.v1.AuditService/Stats",
+    "/audit.v1.AuditService/GetFilterMetadata",
+];
+
+/// The RPCs a platform credential may call on the platform's own log
+/// (`x-tenant-id: _platform`): reads only; the service alone writes there.
+const PLATFORM_LOG_READS: &[&str] = &[
+    "/audit.v1.AuditService/Query",
+    "/audit.v1.AuditService/Get",
+    "/audit.v1.AuditService/Stats",
+    "/audit.v1.AuditService/GetFilterMetadata",
+    "/audit.v1.AuditService/Export",
+    "/audit.v1.AuditService/Watch",
+    "/audit.v1.IntegrityService/",
+];
 
 /// Path prefixes of the services that need a credential; reflection and
 /// health stay open.
@@ -80,11 +101,40 @@ pub enum CredentialKind {
     ApiKey,
 }
 
+/// Whom a verified credential acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// One tenant.
+    Tenant(TenantId),
+    /// A platform administrator: reads across tenants (only those of
+    /// `partner` when set) and the platform's own log.
+    Platform {
+        /// The partner the credential is limited to.
+        partner: Option<PartnerId>,
+    },
+}
+
+/// What a call's `x-tenant-id` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantHeader {
+    /// One tenant's log (`_platform`: the platform's own).
+    Tenant(TenantId),
+    /// `*`: every tenant a platform credential reaches.
+    AllTenants,
+}
+
 /// Who is calling, for which tenant, with which scopes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerIdentity {
-    /// The tenant the call acts for (the credential's, equal to `x-tenant-id`).
+    /// The log the call acts on and the service records on its behalf in:
+    /// the credential's tenant, equal to `x-tenant-id`; for a platform
+    /// credential the reserved `_platform`.
     pub tenant: TenantId,
+    /// The tenants the call reads: [`TenantScope::One`] of `tenant`, except
+    /// for a platform credential sending `x-tenant-id: *`.
+    pub tenants: TenantScope,
+    /// Whom the credential acts for.
+    pub principal: Principal,
     /// The JWT `sub`, or the API key id.
     pub subject: String,
     /// Scopes the credential grants.
@@ -146,18 +196,74 @@ pub fn stream_credential<T>(request: &tonic::Request<T>) -> Result<Arc<dyn Crede
     Ok(Arc::new(credential.clone()))
 }
 
-/// The tenant named by `x-tenant-id`.
-pub fn tenant_from_headers(headers: &HeaderMap) -> Result<TenantId, Error> {
+/// What `x-tenant-id` names: a tenant, the platform's own log
+/// (`_platform`), or every tenant (`*`).
+pub fn tenant_from_headers(headers: &HeaderMap) -> Result<TenantHeader, Error> {
     let Some(value) = headers.get(TENANT_HEADER) else {
         return Err(Error::TenantRequired);
     };
     let value = value
         .to_str()
         .map_err(|_| Error::invalid(TENANT_HEADER, "must be printable ASCII"))?;
-    if value.trim().is_empty() {
-        return Err(Error::TenantRequired);
+    match value {
+        _ if value.trim().is_empty() => Err(Error::TenantRequired),
+        ALL_TENANTS => Ok(TenantHeader::AllTenants),
+        PLATFORM_TENANT => Ok(TenantHeader::Tenant(TenantId::platform())),
+        _ => TenantId::parse(value, TENANT_HEADER).map(TenantHeader::Tenant),
     }
-    TenantId::parse(value, TENANT_HEADER)
+}
+
+/// The log a `principal` acts on and the tenants it reads when it sends
+/// `header`: its own tenant's; for a platform credential the platform's
+/// log (only when not limited to a partner, as that log names every
+/// partner's tenants) or, with `*`, every tenant it reaches.
+/// [`Error::TenantMismatch`] otherwise.
+fn bind(principal: &Principal, header: TenantHeader) -> Result<(TenantId, TenantScope), Error> {
+    match (principal, header) {
+        (Principal::Tenant(own), TenantHeader::Tenant(named)) if *own == named => {
+            Ok((named.clone(), TenantScope::One(named)))
+        }
+        (Principal::Platform { partner: None }, TenantHeader::Tenant(named)) if named.is_platform() => {
+            Ok((named.clone(), TenantScope::One(named)))
+        }
+        (Principal::Platform { partner }, TenantHeader::AllTenants) => Ok((
+            TenantId::platform(),
+            TenantScope::Platform {
+                partner: partner.clone(),
+            },
+        )),
+        _ => Err(Error::TenantMismatch),
+    }
+}
+
+/// Ok when `identity` may call the RPC at `path`: a platform credential
+/// only reads, across tenants with the RPCs of [`ACROSS_TENANTS`] (holding
+/// `audit:admin`), in the platform's log with those of
+/// [`PLATFORM_LOG_READS`].
+fn admit(path: &str, identity: &CallerIdentity) -> Result<(), Error> {
+    if matches!(identity.principal, Principal::Tenant(_)) {
+        return Ok(());
+    }
+    let listed = |rpcs: &[&str]| {
+        rpcs.iter()
+            .any(|rpc| path == *rpc || (rpc.ends_with('/') && path.starts_with(rpc)))
+    };
+    match &identity.tenants {
+        TenantScope::Platform { .. } => {
+            if !listed(ACROSS_TENANTS) {
+                return Err(Error::PlatformReadOnly(format!(
+                    "with x-tenant-id `*` a platform credential may call only the reads that span tenants \
+                     ({}); {path} acts on one tenant's log",
+                    ACROSS_TENANTS.join(", ")
+                )));
+            }
+            identity.require(Scope::Admin)
+        }
+        TenantScope::One(_) if listed(PLATFORM_LOG_READS) => Ok(()),
+        TenantScope::One(_) => Err(Error::PlatformReadOnly(format!(
+            "the `{PLATFORM_TENANT}` log is written by the service only: a platform credential may read it, not call {path}"
+        ))),
+    }
 }
 
 /// Verifies the credentials of a call: a bearer JWT or an API key, whose
@@ -179,6 +285,16 @@ const CONFIRMED_KEYS: usize = 4096;
 
 /// Resolution of an API key's `last_used_at`.
 pub const LAST_USED_RESOLUTION: Duration = Duration::from_secs(30);
+
+/// What a verified credential says, before it is bound to `x-tenant-id`.
+struct Verified {
+    principal: Principal,
+    subject: String,
+    scopes: Vec<Scope>,
+    kind: CredentialKind,
+    expires_at: Option<u64>,
+    api_key: Option<Uuid>,
+}
 
 /// The credential a call presents.
 enum Credential<'a> {
@@ -222,10 +338,10 @@ impl Authenticator {
         Ok(at)
     }
 
-    /// The identity of a call carrying `headers`.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<CallerIdentity, Error> {
-        let tenant = tenant_from_headers(headers)?;
-        let identity = match credential(headers)? {
+    /// The identity of a call of the RPC at `path` carrying `headers`.
+    pub async fn authenticate(&self, path: &str, headers: &HeaderMap) -> Result<CallerIdentity, Error> {
+        let header = tenant_from_headers(headers)?;
+        let verified = match credential(headers)? {
             Credential::Bearer(token) => {
                 let jwt = self.jwt.as_ref().ok_or_else(|| {
                     Error::Unauthenticated(
@@ -234,10 +350,23 @@ impl Authenticator {
                     )
                 })?;
                 let token = jwt.verify(token)?;
-                CallerIdentity {
-                    tenant: TenantId::parse(&token.tenant, "tenant_id").map_err(|_| {
-                        Error::Unauthenticated("bearer token has a malformed tenant_id".into())
-                    })?,
+                let principal = match token.holder {
+                    jwt::TokenHolder::Tenant(tenant) => {
+                        Principal::Tenant(TenantId::parse(&tenant, "tenant_id").map_err(|_| {
+                            Error::Unauthenticated("bearer token has a malformed tenant_id".into())
+                        })?)
+                    }
+                    jwt::TokenHolder::Platform { partner } => Principal::Platform {
+                        partner: partner
+                            .map(|p| PartnerId::parse(&p, "partner_id"))
+                            .transpose()
+                            .map_err(|_| {
+                                Error::Unauthenticated("bearer token has a malformed partner_id".into())
+                            })?,
+                    },
+                };
+                Verified {
+                    principal,
                     subject: token.subject,
                     scopes: scopes(&token.scopes),
                     kind: CredentialKind::Jwt,
@@ -251,9 +380,18 @@ impl Authenticator {
                         Error::Unauthenticated("API key is unknown, wrong or revoked".into())
                     })?;
                 self.touch(key.id);
-                CallerIdentity {
-                    tenant: TenantId::parse(&key.tenant, "tenant_id")
-                        .map_err(|_| Error::Internal(format!("API key {} has a malformed tenant", key.id)))?,
+                let principal =
+                    if key.platform {
+                        Principal::Platform {
+                            partner: key.partner.clone(),
+                        }
+                    } else {
+                        Principal::Tenant(TenantId::parse(&key.tenant, "tenant_id").map_err(|_| {
+                            Error::Internal(format!("API key {} has a malformed tenant", key.id))
+                        })?)
+                    };
+                Verified {
+                    principal,
                     subject: key.id.to_string(),
                     scopes: scopes(&key.scopes),
                     kind: CredentialKind::ApiKey,
@@ -262,9 +400,18 @@ impl Authenticator {
                 }
             }
         };
-        if identity.tenant != tenant {
-            return Err(Error::TenantMismatch);
-        }
+        let (tenant, tenants) = bind(&verified.principal, header)?;
+        let identity = CallerIdentity {
+            tenant,
+            tenants,
+            principal: verified.principal,
+            subject: verified.subject,
+            scopes: verified.scopes,
+            kind: verified.kind,
+            expires_at: verified.expires_at,
+            api_key: verified.api_key,
+        };
+        admit(path, &identity)?;
         Ok(identity)
     }
 
@@ -310,6 +457,8 @@ fn failure_reason(headers: &HeaderMap, error: &Error) -> &'static str {
         Error::TenantRequired => "tenant_missing",
         Error::InvalidArgument(_) => "tenant_malformed",
         Error::TenantMismatch => "tenant_mismatch",
+        Error::PlatformReadOnly(_) => "platform_read_only",
+        Error::MissingScope(_) => "scope_missing",
         Error::Unauthenticated(_) => match credential(headers) {
             Ok(Credential::Bearer(_)) => "bearer_token_refused",
             Ok(Credential::ApiKey(_)) => "api_key_refused",
@@ -414,7 +563,7 @@ where
                 // Before the credential is read: what it says holds from then.
                 let verified_at = now_micros();
                 let record = CallRecord::in_extensions(request.extensions());
-                match authenticator.authenticate(request.headers()).await {
+                match authenticator.authenticate(path, request.headers()).await {
                     Ok(identity) => {
                         record.identified(identity.tenant.as_str(), identity.credential_id());
                         let credential = StreamCredential::new(authenticator.clone(), &identity, verified_at);

@@ -15,6 +15,7 @@ use crate::convert::timestamp_to_micros;
 use crate::entity::audit_event::{self, Column};
 use crate::error::{Error, FieldViolation};
 use crate::proto::{ActorType, EventFilter, Outcome};
+use crate::tenant::{PartnerId, TenantId};
 use prefix::exact_or_prefix;
 
 const NUL_REFUSED: &str = "must not contain NUL characters";
@@ -53,6 +54,10 @@ pub struct EventMatcher {
     start: Option<i64>,
     end: Option<i64>,
     expression: Option<expr::Node>,
+    /// Validated tenant ids.
+    tenant_ids: Vec<String>,
+    /// Validated partner ids: tenants the registry assigns them.
+    partner_ids: Vec<String>,
 }
 
 impl EventMatcher {
@@ -86,6 +91,30 @@ impl EventMatcher {
         let resource_types = strings("resource_types", &filter.resource_types);
         let resource_ids = strings("resource_ids", &filter.resource_ids);
         let sources = strings("sources", &filter.sources);
+        let mut ids = |name: &str, values: &[String], parse: fn(&str, &str) -> Result<String, Error>| {
+            if values.len() > MAX_VALUES_PER_FIELD {
+                violations.push(FieldViolation::new(
+                    field(name),
+                    format!("at most {MAX_VALUES_PER_FIELD} values"),
+                ));
+                return Vec::new();
+            }
+            let mut parsed = Vec::new();
+            for (i, value) in values.iter().enumerate() {
+                match parse(value, &format!("{}[{i}]", field(name))) {
+                    Ok(id) => parsed.push(id),
+                    Err(Error::InvalidArgument(v)) => violations.extend(v),
+                    Err(_) => {}
+                }
+            }
+            parsed
+        };
+        let tenant_ids = ids("tenant_ids", &filter.tenant_ids, |value, at| {
+            TenantId::parse(value, at).map(TenantId::into_string)
+        });
+        let partner_ids = ids("partner_ids", &filter.partner_ids, |value, at| {
+            PartnerId::parse(value, at).map(|p| p.as_str().to_owned())
+        });
 
         let mut enums =
             |name: &str, values: &[i32], known: fn(i32) -> bool, what: &str| match known_enums(values, known)
@@ -175,7 +204,23 @@ impl EventMatcher {
             start,
             end,
             expression,
+            tenant_ids,
+            partner_ids,
         })
+    }
+
+    /// Refuses the parts of the filter only the database can decide
+    /// (`partner_ids`, which the tenants registry resolves), for uses that
+    /// match events in memory (`Watch`, legal holds).
+    pub fn decidable_in_memory(self, prefix: &str) -> Result<Self, Error> {
+        if self.partner_ids.is_empty() {
+            Ok(self)
+        } else {
+            Err(Error::invalid(
+                format!("{prefix}.partner_ids"),
+                "is accepted by Query, Stats, GetFilterMetadata and Export only",
+            ))
+        }
     }
 
     /// The condition selecting the matching events on `backend`.
@@ -232,6 +277,18 @@ impl EventMatcher {
         if let Some(node) = &self.expression {
             condition = condition.add(sql::condition(node, backend));
         }
+        if !self.tenant_ids.is_empty() {
+            condition = condition.add(Column::TenantId.is_in(self.tenant_ids.iter().map(String::as_str)));
+        }
+        if !self.partner_ids.is_empty() {
+            use crate::entity::tenant as registry;
+            let of_partners = sea_orm::sea_query::Query::select()
+                .column(registry::Column::TenantId)
+                .from(registry::Entity)
+                .and_where(registry::Column::PartnerId.is_in(self.partner_ids.iter().map(String::as_str)))
+                .to_owned();
+            condition = condition.add(Column::TenantId.in_subquery(of_partners));
+        }
         condition
     }
 
@@ -249,7 +306,9 @@ impl EventMatcher {
             || self.actor_email.is_some()
             || self.request_id.is_some()
             || self.client_ip.is_some()
-            || self.expression.is_some();
+            || self.expression.is_some()
+            || !self.tenant_ids.is_empty()
+            || !self.partner_ids.is_empty();
         let on_hour = |bound: Option<i64>| bound.is_none_or(|t| hour_of(t) == t);
         if unexpressible || !on_hour(self.start) || !on_hour(self.end) {
             return None;
@@ -299,7 +358,8 @@ impl EventMatcher {
     }
 
     /// Whether `event` matches: the same answer the database gives for the
-    /// condition. An erased event never matches.
+    /// condition (for a filter without `partner_ids`: see
+    /// [`EventMatcher::decidable_in_memory`]). An erased event never matches.
     pub fn matches(&self, event: &audit_event::Model) -> bool {
         fn any_of(values: &[String], value: Option<&str>, prefixes: bool) -> bool {
             values.is_empty()
@@ -340,6 +400,7 @@ impl EventMatcher {
                 .is_none_or(|start| occurred_at.is_some_and(|t| t >= start))
             && self.end.is_none_or(|end| occurred_at.is_some_and(|t| t < end))
             && self.expression.as_ref().is_none_or(|node| node.matches(event))
+            && (self.tenant_ids.is_empty() || self.tenant_ids.iter().any(|t| t == event.tenant_id.as_str()))
     }
 }
 

@@ -44,6 +44,7 @@ fn text_column(field: Field, backend: DbBackend) -> Expr {
         Field::RequestPath => Some(r#""request_path" COLLATE "C""#),
         Field::RequestUserAgent => Some(r#""request_user_agent" COLLATE "C""#),
         Field::Reasoning => Some(r#""reasoning" COLLATE "C""#),
+        Field::TenantId => Some(r#""audit_events"."tenant_id" COLLATE "C""#),
         _ => None,
     };
     match uncollated {

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{Store, StoreError, StoreResult, now_micros};
 use crate::entity::api_key;
-use crate::tenant::TenantId;
+use crate::tenant::{PartnerId, TenantId};
 
 const KEY_PREFIX: &str = "ak_";
 const SECRET_BYTES: usize = 32;
@@ -35,6 +35,24 @@ pub struct ApiKeyInfo {
     pub last_used_at: Option<i64>,
     /// When it was revoked (unix microseconds).
     pub revoked_at: Option<i64>,
+    /// A platform key: it may read across tenants (`x-tenant-id: *`) and
+    /// the platform's own log; its `tenant` is the reserved `_platform`.
+    pub platform: bool,
+    /// The partner whose tenants a platform key is limited to.
+    pub partner: Option<PartnerId>,
+}
+
+/// Whom a new key acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyHolder {
+    /// One tenant.
+    Tenant(TenantId),
+    /// The platform: reads across every tenant, or only the tenants of
+    /// `partner`.
+    Platform {
+        /// The partner the key is limited to.
+        partner: Option<PartnerId>,
+    },
 }
 
 impl From<api_key::Model> for ApiKeyInfo {
@@ -46,6 +64,8 @@ impl From<api_key::Model> for ApiKeyInfo {
             created_at: model.created_at,
             last_used_at: model.last_used_at,
             revoked_at: model.revoked_at,
+            platform: model.platform,
+            partner: model.partner_id.map(PartnerId::stored),
         }
     }
 }
@@ -71,18 +91,35 @@ impl Store {
         tenant: &TenantId,
         scopes: &[String],
     ) -> StoreResult<(ApiKeyInfo, String)> {
+        self.create_key(KeyHolder::Tenant(tenant.clone()), scopes).await
+    }
+
+    /// Mints a key for `holder` with `scopes`; returns it with the only copy
+    /// of the full key text. A platform key is stored under the reserved
+    /// tenant `_platform` (`keys list --platform`).
+    pub async fn create_key(
+        &self,
+        holder: KeyHolder,
+        scopes: &[String],
+    ) -> StoreResult<(ApiKeyInfo, String)> {
+        let (tenant, platform, partner) = match holder {
+            KeyHolder::Tenant(tenant) => (tenant, false, None),
+            KeyHolder::Platform { partner } => (TenantId::platform(), true, partner),
+        };
         let id = Uuid::now_v7();
         let mut secret = [0u8; SECRET_BYTES];
         rand::rng().fill_bytes(&mut secret);
         let secret = URL_SAFE_NO_PAD.encode(secret);
         let model = api_key::Model {
             id,
-            tenant_id: tenant.clone(),
+            tenant_id: tenant,
             scopes: scopes.join(" "),
             secret_hash: secret_hash(&secret),
             created_at: now_micros(),
             last_used_at: None,
             revoked_at: None,
+            platform,
+            partner_id: partner.map(|p| p.as_str().to_owned()),
         };
         let _writer = self.write_guard().await;
         api_key::Entity::insert(model.clone().into_active_model().reset_all())

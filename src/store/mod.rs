@@ -23,14 +23,17 @@ mod replica;
 mod retention;
 mod rollups;
 mod scan;
+mod scope;
 mod secrets;
 mod sequencer;
 mod service_event;
 mod sessions;
 // Calls C: an export's rows stepped on SQLite's own handle.
+mod span;
 #[allow(unsafe_code)]
 mod sqlite_rows;
 pub mod stats;
+mod tenants;
 mod tree;
 // Calls C: SQLite's configuration, setsockopt.
 #[allow(unsafe_code)]
@@ -45,7 +48,7 @@ use sea_orm::{
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 
 pub use access::{ACCESS_AUDIT_SET_ACTION, AccessAudit, AccessAuditChange, LogRead, READ_ACTION};
-pub use api_keys::ApiKeyInfo;
+pub use api_keys::{ApiKeyInfo, KeyHolder};
 pub use append::{AppendOutcome, NewEvent};
 pub use clock::now_micros;
 pub use commits::{Committed, NOTIFY_CHANNEL};
@@ -56,7 +59,7 @@ pub use holds::{
     HOLD_CREATED_ACTION, HOLD_RELEASED_ACTION, HOLD_RESOURCE_TYPE, HoldChange, LegalHold, MAX_ACTIVE_HOLDS,
     MAX_RELEASED_LISTED,
 };
-pub use page_token::{PageCursor, PageTokenKey};
+pub use page_token::{PageCursor, PageTokenKey, SpanCursor};
 pub use policy::{
     LOG_RESOURCE_TYPE, RETENTION_LOCKED_ACTION, RETENTION_SET_ACTION, Retention, RetentionChange,
     RetentionPolicy,
@@ -64,7 +67,7 @@ pub use policy::{
 #[cfg(feature = "bench")]
 pub use query::page_query;
 pub use query::{EventOrder, EventPage, PageLimits, PageSink};
-pub use reads::{READ_DEADLINE, events_of};
+pub use reads::{READ_DEADLINE, events_in, events_of};
 use reads::{fetch_event, fetch_events, within_deadline};
 use replica::ReadFloor;
 pub use replica::{MAX_REPLICA_LAG, REPLAY_WAIT, REPLICA_SAMPLE_INTERVAL, ReplicaSample};
@@ -72,10 +75,13 @@ pub use replica::{MAX_REPLICA_LAG, REPLAY_WAIT, REPLICA_SAMPLE_INTERVAL, Replica
 use crate::observe::Metrics;
 pub use retention::{RETENTION_ACTION, RETENTION_ACTOR, RETENTION_BATCH, RetentionRun};
 pub use rollups::RollupRebuild;
+pub use scope::TenantScope;
 pub use service_event::{ChangeRequest, SERVICE_ACTION_PREFIX};
 pub use sessions::{
     APPLICATION_NAME, CLIENT_CHECK_INTERVAL, IDLE_IN_TRANSACTION_LIMIT, LOCK_WAIT_LIMIT, connection_died,
 };
+pub use span::SpanPage;
+pub use tenants::TenantInfo;
 pub use tree::{ConsistencyProof, InclusionProof, LogRow};
 pub use tuning::tune_process;
 

@@ -4,6 +4,12 @@
 //! query fingerprint (16) | HMAC-SHA256 of all that, truncated (16)`. The
 //! HMAC key is a secret shared by the replicas through the database, so a
 //! token made by one replica works on another and survives restarts.
+//!
+//! A page of a read across tenants ([`SpanCursor`]) continues after an
+//! event of some tenant: `version 2 (1) | time (8) | seq (8) | query
+//! fingerprint (16) | tenant id length (1) | tenant id | HMAC (16)`. Its
+//! fingerprint binds the tenant set (the credential's partner and the
+//! filter), so a token never moves to another set.
 
 use std::sync::Arc;
 
@@ -25,6 +31,24 @@ pub struct PageCursor {
     pub seq: i64,
     /// `occurred_at` (unix microseconds) of the last event returned.
     pub occurred_at: i64,
+}
+
+/// Version byte of the tokens of reads across tenants.
+const SPAN_VERSION: u8 = 2;
+/// Longest token of a read across tenants, in bytes before base64.
+pub const MAX_SPAN_TOKEN_BYTES: usize = BODY_LEN + 1 + crate::tenant::MAX_TENANT_ID_LEN + MAC_LEN;
+
+/// Where the previous page of a read across tenants ended: the keyset
+/// cursor `(time, tenant, seq)` of the next page, `time` being
+/// `recorded_at` or `occurred_at` as the order says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanCursor {
+    /// `recorded_at` or `occurred_at` (unix microseconds) of the last event returned.
+    pub at: i64,
+    /// Its tenant.
+    pub tenant: crate::tenant::TenantId,
+    /// Its seq.
+    pub seq: i64,
 }
 
 /// Identifies one query (tenant, filter, order) independently of paging.
@@ -83,6 +107,62 @@ impl PageTokenKey {
         mac.update(&token);
         token.extend_from_slice(&mac.finalize().into_bytes()[..MAC_LEN]);
         URL_SAFE_NO_PAD.encode(token)
+    }
+
+    /// A token for the page after `cursor` of the read across tenants
+    /// `fingerprint`.
+    pub fn issue_span(&self, fingerprint: QueryFingerprint, cursor: &SpanCursor) -> String {
+        let tenant = cursor.tenant.as_str().as_bytes();
+        let mut token = Vec::with_capacity(MAX_SPAN_TOKEN_BYTES);
+        token.push(SPAN_VERSION);
+        token.extend_from_slice(&cursor.at.to_be_bytes());
+        token.extend_from_slice(&cursor.seq.to_be_bytes());
+        token.extend_from_slice(&fingerprint.0);
+        // A tenant id is at most 128 bytes.
+        token.push(u8::try_from(tenant.len()).unwrap_or(u8::MAX));
+        token.extend_from_slice(tenant);
+        let mut mac = self.mac();
+        mac.update(&token);
+        token.extend_from_slice(&mac.finalize().into_bytes()[..MAC_LEN]);
+        URL_SAFE_NO_PAD.encode(token)
+    }
+
+    /// The cursor in `token`, if this key issued it for the read across
+    /// tenants `fingerprint`.
+    pub fn open_span(
+        &self,
+        token: &str,
+        fingerprint: QueryFingerprint,
+    ) -> Result<SpanCursor, PageTokenError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| PageTokenError::Invalid)?;
+        if bytes.len() < BODY_LEN + 1 + MAC_LEN || bytes[0] != SPAN_VERSION {
+            return Err(PageTokenError::Invalid);
+        }
+        let (body, tag) = bytes.split_at(bytes.len() - MAC_LEN);
+        let mut mac = self.mac();
+        mac.update(body);
+        mac.verify_truncated_left(tag)
+            .map_err(|_| PageTokenError::Invalid)?;
+        let tenant = &body[BODY_LEN + 1..];
+        if usize::from(body[BODY_LEN]) != tenant.len() {
+            return Err(PageTokenError::Invalid);
+        }
+        if body[17..BODY_LEN] != fingerprint.0 {
+            return Err(PageTokenError::OtherQuery);
+        }
+        let word = |range: std::ops::Range<usize>| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&body[range]);
+            i64::from_be_bytes(b)
+        };
+        let tenant = std::str::from_utf8(tenant).map_err(|_| PageTokenError::Invalid)?;
+        Ok(SpanCursor {
+            at: word(1..9),
+            tenant: crate::tenant::TenantId::stored(tenant.to_owned()),
+            seq: word(9..17),
+        })
     }
 
     /// The cursor in `token`, if this key issued it for `fingerprint`.
@@ -170,6 +250,45 @@ mod tests {
         for garbage in ["", "!!!", "AAAA", &"A".repeat(200)] {
             assert_eq!(key().open(garbage, query), Err(PageTokenError::Invalid));
         }
+    }
+
+    #[test]
+    fn span_tokens_round_trip_bind_their_query_and_detect_edits() {
+        let query = QueryFingerprint::of("*", "seq desc", b"filter");
+        let cursor = SpanCursor {
+            at: 1_700_000_000_000_000,
+            tenant: crate::tenant::TenantId::parse("acme", "t").unwrap(),
+            seq: 42,
+        };
+        let token = key().issue_span(query, &cursor);
+        assert_eq!(key().open_span(&token, query), Ok(cursor.clone()));
+        let partner = QueryFingerprint::of("*:p1", "seq desc", b"filter");
+        assert_eq!(key().open_span(&token, partner), Err(PageTokenError::OtherQuery));
+        // Neither kind of token opens as the other.
+        assert_eq!(key().open(&token, query), Err(PageTokenError::Invalid));
+        let single = key().issue(query, CURSOR);
+        assert_eq!(key().open_span(&single, query), Err(PageTokenError::Invalid));
+        let raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        for i in 0..raw.len() {
+            let mut edited = raw.clone();
+            edited[i] ^= 0x01;
+            let edited = URL_SAFE_NO_PAD.encode(&edited);
+            assert_eq!(
+                key().open_span(&edited, query),
+                Err(PageTokenError::Invalid),
+                "byte {i}"
+            );
+        }
+        let longest = SpanCursor {
+            tenant: crate::tenant::TenantId::parse(&"a".repeat(128), "t").unwrap(),
+            ..cursor
+        };
+        let token = key().issue_span(query, &longest);
+        assert_eq!(
+            URL_SAFE_NO_PAD.decode(&token).unwrap().len(),
+            MAX_SPAN_TOKEN_BYTES
+        );
+        assert_eq!(key().open_span(&token, query), Ok(longest));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, QueryFilter, QuerySelect, QueryTrait, Select};
 
-use super::{StoreError, StoreResult};
+use super::{StoreError, StoreResult, TenantScope};
 use crate::entity::audit_event;
 use crate::tenant::TenantId;
 
@@ -17,6 +17,16 @@ pub const READ_DEADLINE: Duration = Duration::from_secs(10);
 /// The tenant's live (not erased) events: the start of every read.
 pub fn events_of(tenant: &TenantId) -> Select<audit_event::Entity> {
     audit_event::Entity::of_tenant(tenant).filter(audit_event::Column::DeletedAt.is_null())
+}
+
+/// The live events of the tenants `scope` names: [`events_of`] one tenant,
+/// or every registered tenant's (a partner's) for a platform read.
+pub fn events_in(scope: &TenantScope) -> Select<audit_event::Entity> {
+    match scope {
+        TenantScope::One(tenant) => events_of(tenant),
+        TenantScope::Platform { partner } => audit_event::Entity::of_registered_tenants(partner.as_ref())
+            .filter(audit_event::Column::DeletedAt.is_null()),
+    }
 }
 
 /// The events `select` (an `audit_event::Entity::find()`, every column)

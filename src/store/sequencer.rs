@@ -8,7 +8,7 @@
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, QueryResult};
 
 use super::sessions::{LOCK_WAIT_LIMIT, millis_setting};
-use super::{StoreError, StoreResult};
+use super::{StoreError, StoreResult, now_micros};
 use crate::entity::tenant_statement;
 use crate::tenant::TenantId;
 
@@ -46,6 +46,16 @@ pub(super) async fn lock_head(txn: &DatabaseTransaction, tenant: &TenantId) -> S
             txn.execute_raw(statement(
                 "INSERT INTO tenant_heads (tenant_id, head_seq, tree_size) VALUES ($1, 0, 0) \
                  ON CONFLICT (tenant_id) DO NOTHING",
+            ))
+            .await?;
+            // The tenants registry learns of the tenant in the transaction
+            // that creates its head, once: later writes find the head.
+            txn.execute_raw(tenant_statement(
+                backend,
+                tenant,
+                "INSERT INTO tenants (tenant_id, partner_id, created_at) VALUES ($1, NULL, $2) \
+                 ON CONFLICT (tenant_id) DO NOTHING",
+                [now_micros().into()],
             ))
             .await?;
             txn.query_one_raw(statement(select))

@@ -11,15 +11,18 @@ use std::time::{Duration, Instant};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbErr, Order, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait,
+    QueryOrder, QuerySelect, QueryTrait, Select,
 };
 
-use super::{READ_DEADLINE, ReadFloor, Store, StoreError, StoreResult, events_of, within_deadline};
+use super::{
+    READ_DEADLINE, ReadFloor, Store, StoreError, StoreResult, TenantScope, events_in, events_of,
+    within_deadline,
+};
 use crate::entity::audit_event::{self, Column};
 use crate::entity::event_rollup::{self, Column as RollupColumn};
 use crate::entity::tenant_statement;
 use crate::filter::EventMatcher;
-use crate::tenant::TenantId;
+use crate::tenant::{PartnerId, TenantId};
 
 /// A field `Stats` can group by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,17 +39,21 @@ pub enum GroupField {
     Outcome,
     /// `source`
     Source,
+    /// `tenant_id`: one group in a tenant's own call, a group per tenant
+    /// across tenants.
+    TenantId,
 }
 
 impl GroupField {
     /// Every groupable field.
-    pub const ALL: [GroupField; 6] = [
+    pub const ALL: [GroupField; 7] = [
         Self::Action,
         Self::ActorId,
         Self::ActorType,
         Self::ResourceType,
         Self::Outcome,
         Self::Source,
+        Self::TenantId,
     ];
 
     /// The dotted name used in `group_by`.
@@ -58,6 +65,7 @@ impl GroupField {
             Self::ResourceType => "resource.type",
             Self::Outcome => "outcome",
             Self::Source => "source",
+            Self::TenantId => "tenant_id",
         }
     }
 
@@ -74,6 +82,7 @@ impl GroupField {
             Self::ResourceType => Column::ResourceType,
             Self::Outcome => Column::Outcome,
             Self::Source => Column::Source,
+            Self::TenantId => Column::TenantId,
         }
     }
 
@@ -236,6 +245,7 @@ impl GroupField {
             Self::ResourceType => Some(RollupColumn::ResourceType),
             Self::Outcome => Some(RollupColumn::Outcome),
             Self::Source => Some(RollupColumn::Source),
+            Self::TenantId => Some(RollupColumn::TenantId),
         }
     }
 }
@@ -257,7 +267,10 @@ impl Store {
     ) -> StoreResult<Stats> {
         self.routed(tenant, ReadFloor::Any, |store| async move {
             match rollup_plan(matcher, query) {
-                Some(condition) => store.stats_from_rollups(tenant, condition, query).await,
+                Some(condition) => {
+                    let rows = || event_rollup::Entity::of_tenant(tenant).filter(condition.clone());
+                    store.stats_from_rollups(rows, query).await
+                }
                 None => {
                     store
                         .stats_by_scan(tenant, matcher.condition(store.backend()), query)
@@ -268,13 +281,48 @@ impl Store {
         .await
     }
 
-    async fn stats_from_rollups(
+    /// Counts the live events `matcher` selects of the tenants a platform
+    /// credential limited to `partner` (or not) reaches: from the rollups
+    /// when [`stats`](Self::stats) would be, otherwise by one scan of the
+    /// matching events (not chunked: seqs of different tenants do not
+    /// line up), within [`READ_DEADLINE`](super::READ_DEADLINE).
+    pub async fn stats_across(
         &self,
-        tenant: &TenantId,
-        condition: Condition,
+        partner: Option<&PartnerId>,
+        matcher: &EventMatcher,
         query: &StatsQuery,
     ) -> StoreResult<Stats> {
-        let rows = || event_rollup::Entity::of_tenant(tenant).filter(condition.clone());
+        if let Some(condition) = rollup_plan(matcher, query) {
+            let rows = || event_rollup::Entity::of_registered_tenants(partner).filter(condition.clone());
+            return self.stats_from_rollups(rows, query).await;
+        }
+        let scope = TenantScope::Platform {
+            partner: partner.cloned(),
+        };
+        let condition = matcher.condition(self.backend());
+        let counted = within_deadline(async {
+            let txn = self.begin_read().await?;
+            let counted = self
+                .count_chunk(&txn, || events_in(&scope).filter(condition.clone()), query)
+                .await?;
+            txn.commit().await?;
+            Ok::<_, DbErr>(counted)
+        })
+        .await?;
+        counted.into_stats(
+            query,
+            StatsSource::Scan {
+                partial: false,
+                scanned_through: 0,
+            },
+        )
+    }
+
+    async fn stats_from_rollups(
+        &self,
+        rows: impl Fn() -> Select<event_rollup::Entity>,
+        query: &StatsQuery,
+    ) -> StoreResult<Stats> {
         let backend = self.backend();
         let (total, groups, non_empty) = within_deadline(async {
             let txn = self.begin_read().await?;
@@ -385,7 +433,8 @@ impl Store {
                 .clone()
                 .add(Column::Seq.gt(through))
                 .add(Column::Seq.lte(upto));
-            match in_time(hard_deadline, self.count_chunk(&txn, tenant, in_chunk, query)).await {
+            let events = || events_of(tenant).filter(in_chunk.clone());
+            match in_time(hard_deadline, self.count_chunk(&txn, events, query)).await {
                 Ok(chunk) => counted.add(chunk?),
                 Err(_) => {
                     partial = true;
@@ -405,33 +454,13 @@ impl Store {
         if !interrupted {
             txn.commit().await?;
         }
-        let buckets = match &query.bucket {
-            Some(spec) => {
-                let non_empty: Vec<BucketCount> = counted
-                    .buckets
-                    .into_iter()
-                    .map(|(start, count)| BucketCount { start, count })
-                    .collect();
-                series(spec, &non_empty)?
-            }
-            None => Vec::new(),
-        };
-        Ok(Stats {
-            total: counted.total,
-            groups: largest(
-                counted
-                    .groups
-                    .into_iter()
-                    .map(|(keys, count)| GroupCount { keys, count })
-                    .collect(),
-                query.limit,
-            ),
-            buckets,
-            answered_by: StatsSource::Scan {
+        counted.into_stats(
+            query,
+            StatsSource::Scan {
                 partial,
                 scanned_through: through,
             },
-        })
+        )
     }
 
     /// The counts of one chunk: every group and every non-empty bucket (at
@@ -439,12 +468,11 @@ impl Store {
     async fn count_chunk(
         &self,
         txn: &DatabaseTransaction,
-        tenant: &TenantId,
-        condition: Condition,
+        events: impl Fn() -> Select<audit_event::Entity>,
         query: &StatsQuery,
     ) -> Result<ScanCounts, DbErr> {
         let backend = self.backend();
-        let total = events_of(tenant).filter(condition.clone()).count(txn).await?;
+        let total = events().count(txn).await?;
         let mut counts = ScanCounts {
             total,
             ..ScanCounts::default()
@@ -453,7 +481,7 @@ impl Store {
             return Ok(counts);
         }
         if !query.group_by.is_empty() {
-            let mut select = events_of(tenant).filter(condition.clone()).select_only();
+            let mut select = events().select_only();
             for field in &query.group_by {
                 select = select.column(field.column()).group_by(field.column());
             }
@@ -463,8 +491,7 @@ impl Store {
             }
         }
         if let Some(spec) = &query.bucket {
-            let select = events_of(tenant)
-                .filter(condition)
+            let select = events()
                 .select_only()
                 .column_as(bucket_start(Expr::col(Column::OccurredAt), spec), BUCKET_ALIAS)
                 .column_as(Expr::cust("COUNT(*)"), COUNT_ALIAS)
@@ -498,6 +525,39 @@ impl Store {
                 actions: distinct(&txn, tenant, "action", limit).await?,
                 resource_types: distinct(&txn, tenant, "resource_type", limit).await?,
                 sources: distinct(&txn, tenant, "source", limit).await?,
+            };
+            txn.commit().await?;
+            Ok::<_, DbErr>(values)
+        })
+        .await
+    }
+}
+
+impl Store {
+    /// The distinct actions, resource types and sources (empty values
+    /// omitted) of the tenants a platform credential limited to `partner`
+    /// (or not) reaches, sorted, at most `limit` of each, from the rollups.
+    pub async fn filter_values_across(
+        &self,
+        partner: Option<&PartnerId>,
+        limit: u64,
+    ) -> StoreResult<FilterValues> {
+        let distinct = |column: RollupColumn| {
+            event_rollup::Entity::of_registered_tenants(partner)
+                .select_only()
+                .column(column)
+                .distinct()
+                .filter(column.gt(""))
+                .order_by_asc(column)
+                .limit(limit)
+                .into_tuple::<String>()
+        };
+        within_deadline(async {
+            let txn = self.begin_read().await?;
+            let values = FilterValues {
+                actions: distinct(RollupColumn::Action).all(&txn).await?,
+                resource_types: distinct(RollupColumn::ResourceType).all(&txn).await?,
+                sources: distinct(RollupColumn::Source).all(&txn).await?,
             };
             txn.commit().await?;
             Ok::<_, DbErr>(values)
@@ -595,6 +655,35 @@ async fn bucket_rows(
 
 /// The `limit` largest groups, largest first, ties in the order of their
 /// keys (text by bytes, enums by number), the same on both backends.
+impl ScanCounts {
+    /// The answer these counts make, `answered_by` as given.
+    fn into_stats(self, query: &StatsQuery, answered_by: StatsSource) -> StoreResult<Stats> {
+        let buckets = match &query.bucket {
+            Some(spec) => {
+                let non_empty: Vec<BucketCount> = self
+                    .buckets
+                    .into_iter()
+                    .map(|(start, count)| BucketCount { start, count })
+                    .collect();
+                series(spec, &non_empty)?
+            }
+            None => Vec::new(),
+        };
+        Ok(Stats {
+            total: self.total,
+            groups: largest(
+                self.groups
+                    .into_iter()
+                    .map(|(keys, count)| GroupCount { keys, count })
+                    .collect(),
+                query.limit,
+            ),
+            buckets,
+            answered_by,
+        })
+    }
+}
+
 fn largest(mut groups: Vec<GroupCount>, limit: u64) -> Vec<GroupCount> {
     groups.retain(|g| g.count > 0);
     groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.keys.cmp(&b.keys)));

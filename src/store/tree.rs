@@ -643,8 +643,19 @@ mod tests {
         let appended = store.append(&tenant, first).await.unwrap();
         let root_40 = store.tree_root(&tenant, 40).await.unwrap();
 
-        // Back to the previous schema and forth again, with the data.
-        Migrator::down(store.connection(), Some(1)).await.unwrap();
+        // Back to the previous schema (undoing the migrations after it too)
+        // and forth again, with the data.
+        let through_compact = Migrator::migrations()
+            .iter()
+            .rev()
+            .position(|m| m.name() == "m20261221_000008_compact_storage")
+            .unwrap();
+        Migrator::down(
+            store.connection(),
+            Some(u32::try_from(through_compact + 1).unwrap()),
+        )
+        .await
+        .unwrap();
         let (nodes, partial) = schema(&store).await;
         assert!(!nodes.contains("WITHOUT ROWID"), "{nodes}");
         assert!(!partial);

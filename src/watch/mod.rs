@@ -360,7 +360,7 @@ impl WatchHub {
         after_seq: Option<u64>,
         credential: Arc<dyn CredentialCheck>,
     ) -> Result<WatchStream, Error> {
-        let matcher = EventMatcher::new(filter, "filter")?;
+        let matcher = EventMatcher::new(filter, "filter")?.decidable_in_memory("filter")?;
         let condition = matcher.condition(self.store.backend());
         let after_seq = after_seq
             .map(|seq| seq_from_proto(seq, "after_seq"))

@@ -23,6 +23,8 @@ mod integrity;
 mod metrics;
 mod page_bytes;
 mod paging;
+mod platform;
+mod platform_reads;
 mod read_replica;
 mod reconnect;
 mod reliability;

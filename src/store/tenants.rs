@@ -1,0 +1,124 @@
+//! The tenants registry (`audit-service tenants`): every tenant with a log,
+//! from the transaction of its first append on, and the partner an operator
+//! assigned it.
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{EntityTrait, QueryOrder};
+
+use super::{Store, StoreError, StoreResult};
+use crate::entity::tenant;
+use crate::tenant::{PartnerId, TenantId};
+
+/// One tenant as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantInfo {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Its partner, if an operator assigned one.
+    pub partner: Option<PartnerId>,
+    /// When the registry first saw it (unix microseconds).
+    pub created_at: i64,
+}
+
+impl From<tenant::Model> for TenantInfo {
+    fn from(model: tenant::Model) -> Self {
+        Self {
+            tenant: model.tenant_id,
+            partner: model.partner_id.map(PartnerId::stored),
+            created_at: model.created_at,
+        }
+    }
+}
+
+impl Store {
+    /// Every tenant of the registry, by id (the reserved `_platform`
+    /// included once it has a log). The operator's `tenants list`.
+    pub async fn list_tenants(&self) -> StoreResult<Vec<TenantInfo>> {
+        let rows = tenant::Entity::find()
+            .order_by_asc(tenant::Column::TenantId)
+            .all(self.reader())
+            .await?;
+        Ok(rows.into_iter().map(TenantInfo::from).collect())
+    }
+
+    /// Assigns `tenant` to `partner` (`None`: to no partner) and returns it
+    /// as it now is; [`StoreError::NotFound`] when the registry has no such
+    /// tenant (it has never appended).
+    pub async fn set_partner(
+        &self,
+        tenant: &TenantId,
+        partner: Option<&PartnerId>,
+    ) -> StoreResult<TenantInfo> {
+        let _writer = self.write_guard().await;
+        let updated = tenant::Entity::update_of_tenant(tenant)
+            .col_expr(
+                tenant::Column::PartnerId,
+                Expr::value(partner.map(|p| p.as_str().to_owned())),
+            )
+            .exec(&self.db)
+            .await?;
+        if updated.rows_affected == 0 {
+            return Err(StoreError::NotFound {
+                kind: "tenant",
+                id: tenant.to_string(),
+            });
+        }
+        let row = tenant::Entity::of_tenant(tenant)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "tenant",
+                id: tenant.to_string(),
+            })?;
+        Ok(row.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use audit_migrations::{Migrator, MigratorTrait};
+
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::store::NewEvent;
+
+    fn event() -> NewEvent {
+        NewEvent {
+            action: "document.read".into(),
+            actor_id: "alice".into(),
+            ..NewEvent::default()
+        }
+    }
+
+    /// The migration that creates the registry fills it from the tenants
+    /// that already have logs, each dated by its first event.
+    #[tokio::test]
+    async fn the_registry_migration_backfills_existing_tenants() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display());
+        let store = Store::connect(&DatabaseConfig::new(url)).await.unwrap();
+        let acme = TenantId::parse("acme", "tenant").unwrap();
+        let globex = TenantId::parse("globex", "tenant").unwrap();
+        store.append(&acme, vec![event()]).await.unwrap();
+        store.append(&globex, vec![event(), event()]).await.unwrap();
+        let first = crate::entity::audit_event::Entity::of_tenant(&acme)
+            .one(store.connection())
+            .await
+            .unwrap()
+            .unwrap()
+            .recorded_at;
+
+        Migrator::down(store.connection(), Some(1)).await.unwrap();
+        Migrator::up(store.connection(), None).await.unwrap();
+
+        let listed = store.list_tenants().await.unwrap();
+        let ids: Vec<&str> = listed.iter().map(|t| t.tenant.as_str()).collect();
+        assert_eq!(ids, ["acme", "globex"]);
+        assert_eq!(listed[0].created_at, first);
+        assert!(listed.iter().all(|t| t.partner.is_none()));
+        // And a tenant's first append after it adds it.
+        let initech = TenantId::parse("initech", "tenant").unwrap();
+        store.append(&initech, vec![event()]).await.unwrap();
+        assert_eq!(store.list_tenants().await.unwrap().len(), 3);
+    }
+}
