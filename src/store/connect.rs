@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use audit_migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DbBackend, DbErr, Statement};
 use tokio::sync::{Mutex, broadcast};
 
@@ -39,8 +40,10 @@ impl Store {
         let reads = match backend {
             DbBackend::Postgres => {
                 let mut options = connect_options(config, backend, &loss);
+                // Replaces `connect_options`' function (sea-orm keeps one),
+                // so it starts from the same session settings.
                 options.map_sqlx_postgres_opts(|opts| {
-                    opts.options([
+                    service_session(opts).options([
                         ("statement_timeout", READ_DEADLINE.as_millis().to_string()),
                         ("default_transaction_read_only", "on".to_owned()),
                     ])
@@ -123,6 +126,13 @@ fn backend_of(url: &str) -> Result<DbBackend, DbErr> {
     }
 }
 
+/// The session settings of the service's own PostgreSQL pools (the writes'
+/// and the reads'): `sessions::postgres_session`, and every statement
+/// planned for its own values (see `connect_options`).
+fn service_session(options: PgConnectOptions) -> PgConnectOptions {
+    sessions::postgres_session(options).options([("plan_cache_mode", "force_custom_plan")])
+}
+
 fn connect_options(
     config: &DatabaseConfig,
     backend: DbBackend,
@@ -146,9 +156,7 @@ fn connect_options(
         // the tenant's nodes, one append in twenty took 8 ms longer, and
         // `Append` 100 × 1 fell to 0.45× of raw INSERT. Every statement is
         // planned for its own values instead (tens of microseconds each).
-        options.map_sqlx_postgres_opts(|opts| {
-            sessions::postgres_session(opts).options([("plan_cache_mode", "force_custom_plan")])
-        });
+        options.map_sqlx_postgres_opts(service_session);
         let loss = loss.clone();
         options.map_sqlx_postgres_pool_opts(move |pool| {
             loss.guard_postgres(pool).after_connect(|connection, _| {
@@ -199,4 +207,44 @@ async fn migrate_postgres(url: &str) -> Result<(), DbErr> {
     db.close().await?;
     migrated?;
     unlocked.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The read pool used to set its own function over the connection
+    /// options, which replaced the one setting `application_name`,
+    /// `lock_timeout`, the idle-in-transaction limit and the custom plans:
+    /// every pool of the service now starts its sessions alike.
+    #[tokio::test]
+    async fn the_read_pool_starts_its_sessions_like_the_write_pool() {
+        let url = match std::env::var("AUDIT_TEST_DATABASE_URL") {
+            Ok(url) => url,
+            Err(_) if std::env::var_os("CI").is_some() => {
+                panic!("CI needs AUDIT_TEST_DATABASE_URL for the PostgreSQL half of the tests")
+            }
+            Err(_) => return,
+        };
+        let store = Store::connect(&DatabaseConfig::new(url)).await.unwrap();
+        let sql = "SELECT current_setting('application_name') || ' ' || current_setting('plan_cache_mode') \
+                   || ' ' || current_setting('lock_timeout') || ' ' || \
+                   current_setting('idle_in_transaction_session_timeout')";
+        let settings =
+            |row: Option<sea_orm::QueryResult>| row.unwrap().try_get_by_index::<String>(0).unwrap();
+        let statement = || Statement::from_string(DbBackend::Postgres, sql);
+        let writes = settings(store.connection().query_one_raw(statement()).await.unwrap());
+        let reads = settings(store.reader().query_one_raw(statement()).await.unwrap());
+        assert!(writes.contains("force_custom_plan"), "{writes}");
+        assert_eq!(reads, writes);
+        let read_only = Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT current_setting('transaction_read_only')",
+        );
+        assert_eq!(
+            settings(store.reader().query_one_raw(read_only).await.unwrap()),
+            "on"
+        );
+        store.close().await.unwrap();
+    }
 }
