@@ -73,6 +73,26 @@ impl Credentials {
         })
     }
 
+    /// A platform token (`platform: true`, no tenant) granting `scopes`,
+    /// sent with `x-tenant-id: *`, valid for a day.
+    fn platform(scopes: &str) -> anyhow::Result<Self> {
+        let claims = serde_json::json!({
+            "sub": "audit-bench-platform",
+            "platform": true,
+            "scope": scopes,
+            "exp": chrono::Utc::now().timestamp() + 24 * 3600,
+        });
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        )?;
+        Ok(Self {
+            tenant: MetadataValue::from_static("*"),
+            authorization: format!("Bearer {token}").parse().context("token as metadata")?,
+        })
+    }
+
     fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         let metadata = request.metadata_mut();
@@ -98,6 +118,14 @@ impl Caller {
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024),
             credentials: Credentials::new(tenant, "audit:read audit:append audit:write")?,
+        })
+    }
+
+    /// A platform administrator reading every tenant (`x-tenant-id: *`).
+    pub fn platform(channel: Channel) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: AuditServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
+            credentials: Credentials::platform("audit:admin audit:read")?,
         })
     }
 
