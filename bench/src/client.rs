@@ -56,40 +56,26 @@ struct Credentials {
 impl Credentials {
     /// A token of `tenant` granting `scopes` (space-separated), valid for a day.
     fn new(tenant: &str, scopes: &str) -> anyhow::Result<Self> {
-        let claims = serde_json::json!({
-            "sub": "audit-bench",
-            "tenant_id": tenant,
-            "scope": scopes,
-            "exp": chrono::Utc::now().timestamp() + 24 * 3600,
-        });
-        let token = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &claims,
-            &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-        )?;
         Ok(Self {
             tenant: tenant.parse().context("tenant id as metadata")?,
-            authorization: format!("Bearer {token}").parse().context("token as metadata")?,
+            authorization: bearer(serde_json::json!({
+                "sub": "audit-bench",
+                "tenant_id": tenant,
+                "scope": scopes,
+            }))?,
         })
     }
 
     /// A platform token (`platform: true`, no tenant) granting `scopes`,
     /// sent with `x-tenant-id: *`, valid for a day.
     fn platform(scopes: &str) -> anyhow::Result<Self> {
-        let claims = serde_json::json!({
-            "sub": "audit-bench-platform",
-            "platform": true,
-            "scope": scopes,
-            "exp": chrono::Utc::now().timestamp() + 24 * 3600,
-        });
-        let token = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &claims,
-            &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-        )?;
         Ok(Self {
             tenant: MetadataValue::from_static("*"),
-            authorization: format!("Bearer {token}").parse().context("token as metadata")?,
+            authorization: bearer(serde_json::json!({
+                "sub": "audit-bench-platform",
+                "platform": true,
+                "scope": scopes,
+            }))?,
         })
     }
 
@@ -100,6 +86,18 @@ impl Credentials {
         metadata.insert("authorization", self.authorization.clone());
         request
     }
+}
+
+/// `Bearer <token>` of `claims` (an object) with an `exp` a day from now,
+/// signed HS256 with the bench's secret.
+fn bearer(mut claims: serde_json::Value) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>> {
+    claims["exp"] = serde_json::json!(chrono::Utc::now().timestamp() + 24 * 3600);
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )?;
+    format!("Bearer {token}").parse().context("token as metadata")
 }
 
 /// A client acting for one tenant with every data scope (read, append,
