@@ -184,14 +184,8 @@ impl StreamingPair {
     /// its output when it fails.
     fn run(&self, program: &str, args: &[&str]) {
         let binary = self.bin.join(program);
-        let mut command = if running_as_root() {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(&binary);
-            command
-        } else {
-            Command::new(&binary)
-        };
-        let output = command
+        let output = self
+            .command(program)
             .args(args)
             .current_dir(self.dir.path())
             .output()
@@ -204,21 +198,27 @@ impl StreamingPair {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+
+    /// A PostgreSQL binary as a command, run as `postgres` when root (the
+    /// server refuses root).
+    fn command(&self, program: &str) -> Command {
+        let binary = self.bin.join(program);
+        if running_as_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&binary);
+            command
+        } else {
+            Command::new(&binary)
+        }
+    }
 }
 
 impl Drop for StreamingPair {
     fn drop(&mut self) {
         for data in [self.standby_dir(), self.primary_dir()] {
             if Path::new(&data).join("postmaster.pid").exists() {
-                let binary = self.bin.join("pg_ctl");
-                let mut command = if running_as_root() {
-                    let mut command = Command::new("runuser");
-                    command.args(["-u", "postgres", "--"]).arg(&binary);
-                    command
-                } else {
-                    Command::new(&binary)
-                };
-                let _ = command
+                let _ = self
+                    .command("pg_ctl")
                     .args(["-D", &data, "-m", "immediate", "-w", "stop"])
                     .output();
             }
