@@ -36,6 +36,7 @@ pub async fn follow(store: Store, health: HealthReporter, shutdown: Cancellation
             tracing::info!(
                 reachable = sample.reachable,
                 in_recovery = sample.in_recovery,
+                receiving = sample.receiving,
                 lag_seconds = sample.lag.as_secs_f64(),
                 serving = sample.usable,
                 "read replica"

@@ -74,9 +74,14 @@ pub struct ReplicaSample {
     pub reachable: bool,
     /// `pg_is_in_recovery()`: it is a standby (false for a primary).
     pub in_recovery: bool,
+    /// It receives WAL from the primary (a WAL receiver runs), or it is not
+    /// a standby. A standby cut off from its primary has replayed all it
+    /// received, so its replay lag alone would read zero.
+    pub receiving: bool,
     /// How far its replay is behind: the age of the last transaction it
-    /// replayed while it has received WAL it has not replayed; zero when it
-    /// has replayed everything it received.
+    /// replayed while it has received WAL it has not replayed, or while it
+    /// receives none; zero when it streams and has replayed everything it
+    /// received.
     pub lag: Duration,
     /// Reads go to it.
     pub usable: bool,
@@ -243,13 +248,14 @@ impl Store {
     pub async fn sample_read_replica(&self) -> Option<ReplicaSample> {
         let replica = self.replica.as_ref()?;
         let sample = match tokio::time::timeout(SAMPLE_LIMIT, sample(replica)).await {
-            Ok(Ok((in_recovery, lag))) => {
+            Ok(Ok((in_recovery, receiving, lag))) => {
                 let lag = Duration::try_from_secs_f64(lag.max(0.0)).unwrap_or(Duration::MAX);
                 ReplicaSample {
                     reachable: true,
                     in_recovery,
+                    receiving,
                     lag,
-                    usable: lag <= MAX_REPLICA_LAG,
+                    usable: receiving && lag <= MAX_REPLICA_LAG,
                 }
             }
             Ok(Err(error)) => {
@@ -258,10 +264,11 @@ impl Store {
             }
             Err(_) => unreachable_sample(),
         };
-        let why = match (sample.reachable, sample.usable) {
-            (false, _) => "the standby does not answer",
-            (true, false) => "the standby's replay lags too far behind",
-            (true, true) => "the standby answers",
+        let why = match (sample.reachable, sample.receiving, sample.usable) {
+            (false, _, _) => "the standby does not answer",
+            (true, false, _) => "the standby receives no WAL from the primary",
+            (true, true, false) => "the standby's replay lags too far behind",
+            (true, true, true) => "the standby answers",
         };
         replica.set_usable(sample.usable, why);
         let metrics = &self.metrics;
@@ -280,24 +287,36 @@ fn unreachable_sample() -> ReplicaSample {
     ReplicaSample {
         reachable: false,
         in_recovery: false,
+        receiving: false,
         lag: Duration::ZERO,
         usable: false,
     }
 }
 
-/// `pg_is_in_recovery()` and the replay lag in seconds, from the standby.
-async fn sample(replica: &ReadReplica) -> Result<(bool, f64), DbErr> {
-    // A standby that has replayed all it received is current, however
-    // long ago its last transaction was (an idle primary writes none).
-    const SQL: &str = "SELECT pg_is_in_recovery(), \
-        CASE WHEN NOT pg_is_in_recovery() \
-               OR pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0 \
+/// `pg_is_in_recovery()`, whether it receives WAL, and the replay lag in
+/// seconds, from the standby.
+async fn sample(replica: &ReadReplica) -> Result<(bool, bool, f64), DbErr> {
+    // A standby that streams and has replayed all it received is current,
+    // however long ago its last transaction was (an idle primary writes
+    // none). One that receives nothing (no WAL receiver: its primary is
+    // unreachable or it was cut off) has replayed all it received too, but
+    // is current only as of its last transaction. `pg_stat_wal_receiver`
+    // shows its row (at least the pid) to any role.
+    const SQL: &str = "WITH s AS (SELECT pg_is_in_recovery() AS standby, \
+            EXISTS (SELECT 1 FROM pg_stat_wal_receiver) AS receiving) \
+        SELECT standby, NOT standby OR receiving, \
+        CASE WHEN NOT standby \
+               OR (receiving AND pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn()) THEN 0 \
              ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) \
-        END::float8";
+        END::float8 FROM s";
     let reads = RetryingReads::new(replica.pool.clone(), replica.loss.clone());
     let row = reads
         .query_one_raw(Statement::from_string(DbBackend::Postgres, SQL))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("read replica sample".into()))?;
-    Ok((row.try_get_by_index(0)?, row.try_get_by_index(1)?))
+    Ok((
+        row.try_get_by_index(0)?,
+        row.try_get_by_index(1)?,
+        row.try_get_by_index(2)?,
+    ))
 }

@@ -81,6 +81,7 @@ async fn reads_go_to_a_streaming_standby_and_never_skip_what_a_client_knows() {
     a_watch_resumed_beyond_the_replay_misses_nothing(&setup).await;
     an_export_beyond_the_replay_ends_at_its_checkpoint(&setup).await;
     a_stopped_standby_leaves_reads_to_the_primary_until_it_is_back(&setup).await;
+    a_standby_cut_off_from_the_primary_leaves_reads_to_the_primary(&setup).await;
 }
 
 /// The standby's database reports `pg_is_in_recovery()` through the read
@@ -252,6 +253,43 @@ async fn a_stopped_standby_leaves_reads_to_the_primary_until_it_is_back(setup: &
     assert!(
         served_by(setup, "replica").await > before,
         "the standby is used again"
+    );
+}
+
+/// A standby that still answers but no longer receives WAL (its link to
+/// the primary is down) has replayed everything it received, so its replay
+/// "lag" reads zero although it falls further behind with every append:
+/// reads must leave it, and health say why, until it streams again.
+async fn a_standby_cut_off_from_the_primary_leaves_reads_to_the_primary(setup: &Setup) {
+    let mut caller = setup.server.caller().await;
+    caller.append(vec![event("user.login", "a")]).await;
+    setup.pair.wait_for_replay().await;
+    let conninfo = setup.pair.cut_off_standby();
+    setup.pair.wait_for_receiver(false).await;
+    wait_for_health(setup, ServingStatus::NotServing).await;
+
+    caller.append(vec![event("user.login", "b")]).await;
+    assert_eq!(
+        seqs_of(&mut caller, "", 50).await.0,
+        [2, 1],
+        "a first page was served by a standby cut off from the primary"
+    );
+    let request = caller.request(StatsRequest::default());
+    let stats = caller.client.stats(request).await.expect("stats").into_inner();
+    assert_eq!(
+        stats.total, 2,
+        "Stats was served by a standby cut off from the primary"
+    );
+
+    setup.pair.reconnect_standby(&conninfo);
+    setup.pair.wait_for_receiver(true).await;
+    setup.pair.wait_for_replay().await;
+    wait_for_health(setup, ServingStatus::Serving).await;
+    let before = served_by(setup, "replica").await;
+    assert_eq!(seqs_of(&mut caller, "", 50).await.0, [2, 1]);
+    assert!(
+        served_by(setup, "replica").await > before,
+        "the standby is used again once it streams"
     );
 }
 

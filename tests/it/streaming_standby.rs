@@ -112,6 +112,38 @@ impl StreamingPair {
         psql(self.primary_port, sql)
     }
 
+    /// Cuts the standby off from the primary while it keeps running and
+    /// answering: its `primary_conninfo` is emptied and reloaded, so its WAL
+    /// receiver stops and nothing new arrives. Returns the setting, for
+    /// [`reconnect_standby`](Self::reconnect_standby).
+    pub fn cut_off_standby(&self) -> String {
+        let conninfo = self.standby_sql("SHOW primary_conninfo");
+        assert!(!conninfo.is_empty(), "the standby has no primary_conninfo");
+        self.standby_sql("ALTER SYSTEM SET primary_conninfo = ''");
+        self.standby_sql("SELECT pg_reload_conf()");
+        conninfo
+    }
+
+    /// Gives the standby its `primary_conninfo` back: it streams again.
+    pub fn reconnect_standby(&self, conninfo: &str) {
+        let quoted = conninfo.replace('\'', "''");
+        self.standby_sql(&format!("ALTER SYSTEM SET primary_conninfo = '{quoted}'"));
+        self.standby_sql("SELECT pg_reload_conf()");
+    }
+
+    /// Waits (at most 30 s) until the standby's WAL receiver is running
+    /// (`true`) or gone (`false`).
+    pub async fn wait_for_receiver(&self, running: bool) {
+        let wanted = if running { "t" } else { "f" };
+        for _ in 0..300 {
+            if self.standby_sql("SELECT EXISTS (SELECT 1 FROM pg_stat_wal_receiver)") == wanted {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the standby's WAL receiver running: not {wanted} within 30 s");
+    }
+
     /// Stops applying WAL on the standby (it keeps receiving it).
     pub fn pause_replay(&self) {
         self.standby_sql("SELECT pg_wal_replay_pause()");
