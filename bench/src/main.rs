@@ -11,6 +11,7 @@
 //! target/release/audit-bench --retention --backend both  # issue 19: Append during a retention run
 //! target/release/audit-bench --export --backend both     # issue 20: Export beside COPY / SELECT
 //! target/release/audit-bench --storage --backend both    # issue 22: bytes per event, query plans
+//! target/release/audit-bench --tenants 100 --backend both # issue 24: Append across 100 tenants
 //! ```
 #![expect(
     clippy::cast_precision_loss,
@@ -26,6 +27,7 @@ mod report;
 mod retention;
 mod server;
 mod storage;
+mod tenants;
 mod workloads;
 
 use std::path::PathBuf;
@@ -106,6 +108,10 @@ struct Options {
     /// (default 1 000), beside one tenant's first page.
     #[arg(long, conflicts_with_all = ["append_only", "retention", "export", "storage"])]
     platform: bool,
+    /// Only the many-tenant Append rows (issue 24): Append spread over N
+    /// tenants, beside the same load on one tenant and a raw INSERT.
+    #[arg(long, value_name = "N", conflicts_with_all = ["append_only", "retention", "export", "storage", "platform"])]
+    tenants: Option<usize>,
     /// PostgreSQL only: run on the database NAME (created if missing) and
     /// keep it afterwards; when its query tenant already holds `--events`
     /// events, the prefill is skipped (to measure the reads of a 10M-event
@@ -133,6 +139,8 @@ struct Settings {
     export: bool,
     storage: bool,
     platform: bool,
+    /// With `--tenants N`: N.
+    tenants: usize,
     keep_database: Option<String>,
 }
 
@@ -198,6 +206,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         export: options.export,
         storage: options.storage,
         platform: options.platform,
+        tenants: options.tenants.unwrap_or(0),
         keep_database: options.keep_database,
     };
     if settings.keep_database.is_some() && options.backend != BackendChoice::Postgres {
@@ -224,6 +233,12 @@ async fn run(options: Options) -> anyhow::Result<()> {
             "### audit-bench --platform — {} tenants × {} events, {} s phases\n",
             grouped(platform::TENANTS),
             grouped(settings.events),
+            settings.phase.as_secs_f64()
+        );
+    } else if settings.tenants > 0 {
+        println!(
+            "### audit-bench --tenants {} — {} s phases\n",
+            grouped(settings.tenants as u64),
             settings.phase.as_secs_f64()
         );
     } else if settings.export {
@@ -283,6 +298,8 @@ async fn run_backend(settings: &Settings, backend: Backend) -> anyhow::Result<Ta
         storage::bench(settings, &database).await
     } else if settings.platform {
         platform::bench(settings, &database).await
+    } else if settings.tenants > 0 {
+        tenants::bench(settings, &database).await
     } else {
         bench(settings, &database).await
     };
