@@ -162,6 +162,28 @@ pub mod audit_event {
         pub fn of_registered_tenants(partner: Option<&crate::tenant::PartnerId>) -> Select<Entity> {
             Entity::find().filter(Column::TenantId.in_subquery(super::registered_tenants(partner)))
         }
+
+        /// The same rows as [`Entity::of_registered_tenants`], for a read
+        /// that is to walk the time index (`ix_audit_events_recorded`) in
+        /// order: on SQLite the tenant test is written `+tenant_id IN
+        /// (...)`, which its planner does not take as an index key, so an
+        /// unselective read across tenants walks the newest rows and stops
+        /// after a page instead of fetching every tenant's rows by primary
+        /// key and sorting them all. PostgreSQL's planner weighs the two
+        /// itself.
+        pub fn of_registered_tenants_by_time(
+            partner: Option<&crate::tenant::PartnerId>,
+            backend: sea_orm::DbBackend,
+        ) -> Select<Entity> {
+            use sea_orm::sea_query::{Expr, ExprTrait as _};
+            match backend {
+                sea_orm::DbBackend::Sqlite => Entity::find().filter(
+                    Expr::cust(r#"+"audit_events"."tenant_id""#)
+                        .in_subquery(super::registered_tenants(partner)),
+                ),
+                _ => Self::of_registered_tenants(partner),
+            }
+        }
     }
 
     /// The columns that hold an event's content: NULL once it is erased

@@ -14,6 +14,7 @@ mod m20261215_000006_add_request_client_identity;
 mod m20261220_000007_create_rollups;
 mod m20261221_000008_compact_storage;
 mod m20261222_000009_platform;
+mod m20261223_000010_events_by_time;
 
 /// Every migration of the service, oldest first.
 pub struct Migrator;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261220_000007_create_rollups::Migration),
             Box::new(m20261221_000008_compact_storage::Migration),
             Box::new(m20261222_000009_platform::Migration),
+            Box::new(m20261223_000010_events_by_time::Migration),
         ]
     }
 }

@@ -67,7 +67,7 @@ pub use policy::{
 #[cfg(feature = "bench")]
 pub use query::page_query;
 pub use query::{EventOrder, EventPage, PageLimits, PageSink};
-pub use reads::{READ_DEADLINE, events_in, events_of};
+pub use reads::{READ_DEADLINE, events_by_time_in, events_in, events_of};
 use reads::{fetch_event, fetch_events, within_deadline};
 use replica::ReadFloor;
 pub use replica::{MAX_REPLICA_LAG, REPLAY_WAIT, REPLICA_SAMPLE_INTERVAL, ReplicaSample};

@@ -17,7 +17,7 @@ use sea_orm::{
 };
 
 use super::query::{EventOrder, EventPage, PageLimits, PageSink};
-use super::{SpanCursor, Store, StoreResult, TenantScope, events_in, within_deadline};
+use super::{SpanCursor, Store, StoreResult, TenantScope, events_by_time_in, events_in, within_deadline};
 use crate::entity::audit_event::{self, Column};
 use crate::filter::EventMatcher;
 use crate::tenant::{PartnerId, TenantId};
@@ -116,16 +116,21 @@ fn span_select(
     after: Option<&SpanCursor>,
     limit: u64,
 ) -> Select<audit_event::Entity> {
-    let scope = TenantScope::Platform {
-        partner: partner.cloned(),
-    };
     let time = if order_by_recording(order) {
         Column::RecordedAt
     } else {
         Column::OccurredAt
     };
     let descending = matches!(order, EventOrder::SeqDesc | EventOrder::OccurredAtDesc);
-    let mut select = events_in(&scope).filter(matcher.condition(backend));
+    let scope = TenantScope::Platform {
+        partner: partner.cloned(),
+    };
+    let events = if order_by_recording(order) {
+        events_by_time_in(&scope, backend)
+    } else {
+        events_in(&scope)
+    };
+    let mut select = events.filter(matcher.condition(backend));
     if let Some(cursor) = after {
         let tenant = cursor.tenant.as_str();
         let beyond = |left: Expr, right: Expr| {
@@ -136,7 +141,15 @@ fn span_select(
             }
         };
         let col = |column: Column| Expr::col((audit_event::Entity, column));
-        select = select.filter(
+        // The same rows as the condition below, but one an index on the
+        // time can seek to (the OR below it cannot): a later page starts
+        // where its cursor is instead of reading the pages before it.
+        let within = if descending {
+            col(time).lte(cursor.at)
+        } else {
+            col(time).gte(cursor.at)
+        };
+        select = select.filter(within).filter(
             Condition::any().add(beyond(col(time), Expr::val(cursor.at))).add(
                 Condition::all().add(col(time).eq(cursor.at)).add(
                     Condition::any()
@@ -156,4 +169,75 @@ fn span_select(
         .order_by(tenant_column(backend), direction.clone())
         .order_by(Column::Seq, direction)
         .limit(limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, QueryTrait, Statement};
+
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::proto::EventFilter;
+    use crate::store::NewEvent;
+
+    /// SQLite's plan for a page across tenants in `order` after `after`.
+    async fn plan(store: &Store, order: EventOrder, after: Option<&SpanCursor>) -> String {
+        let matcher = EventMatcher::new(&EventFilter::default(), "filter").unwrap();
+        let statement =
+            span_select(DbBackend::Sqlite, None, &matcher, order, after, 51).build(DbBackend::Sqlite);
+        let explain = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            format!("EXPLAIN QUERY PLAN {}", statement.sql),
+            statement.values.unwrap().0,
+        );
+        let rows = store.connection().query_all_raw(explain).await.unwrap();
+        let details: Vec<String> = rows
+            .iter()
+            .map(|row| row.try_get_by_index::<String>(3).unwrap())
+            .collect();
+        details.join("; ")
+    }
+
+    /// A page across tenants in the default order reads the newest rows of
+    /// the time index (first page and a later one, which seeks to its
+    /// cursor), instead of scanning every tenant's events and sorting them.
+    #[tokio::test]
+    async fn a_page_across_tenants_in_recording_order_walks_the_time_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display());
+        let store = Store::connect(&DatabaseConfig::new(url)).await.unwrap();
+        for n in 0..20 {
+            let tenant = TenantId::parse(&format!("tenant-{n:02}"), "tenant").unwrap();
+            let batch = (0..50)
+                .map(|i| NewEvent {
+                    actor_id: format!("actor-{i}"),
+                    action: "doc.read".into(),
+                    ..NewEvent::default()
+                })
+                .collect();
+            store.append(&tenant, batch).await.unwrap();
+        }
+        store.connection().execute_unprepared("ANALYZE").await.unwrap();
+        let cursor = SpanCursor {
+            at: crate::store::now_micros() - 1_000_000,
+            tenant: TenantId::parse("tenant-07", "tenant").unwrap(),
+            seq: 25,
+        };
+        for (order, after) in [
+            (EventOrder::SeqDesc, None),
+            (EventOrder::SeqDesc, Some(&cursor)),
+            (EventOrder::SeqAsc, Some(&cursor)),
+        ] {
+            let plan = plan(&store, order, after).await;
+            assert!(
+                plan.contains("ix_audit_events_recorded"),
+                "{order:?} after {after:?}: {plan}"
+            );
+        }
+        let plan = plan(&store, EventOrder::SeqDesc, Some(&cursor)).await;
+        assert!(
+            plan.contains("recorded_at<"),
+            "the cursor's page does not seek: {plan}"
+        );
+    }
 }
