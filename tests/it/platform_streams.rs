@@ -498,7 +498,7 @@ async fn platform_exports_and_watches_are_recorded_in_the_platform_log(backend: 
     // Written before the export's end went out.
     let records = records_of(&server, &operator, "Export").await;
     assert_eq!(records.len(), 1, "{records:?}");
-    assert_eq!(records[0].resource_id, "*");
+    assert_eq!(records[0].resource.as_ref().map(|r| r.id.as_str()), Some("*"));
     assert_eq!(metadata_tenants(&records[0]), all);
     assert_eq!(metadata_number(&records[0], "returned"), 4.0);
 
@@ -599,7 +599,7 @@ async fn the_partner_id_expression_selects_the_tenants_of_a_partner(backend: Bac
 
     // A bad comparison names the byte offset, as the language does for
     // any text field (`actor.name` is as long as `partner_id`).
-    let mut refusal = |expression: &str| {
+    async fn refusal(admin: &mut Caller, expression: &str) -> tonic::Status {
         let request = admin.request(QueryRequest {
             filter: Some(EventFilter {
                 expression: expression.to_owned(),
@@ -607,11 +607,11 @@ async fn the_partner_id_expression_selects_the_tenants_of_a_partner(backend: Bac
             }),
             ..QueryRequest::default()
         });
-        admin.client.query(request)
-    };
-    let status = status_of(refusal("action = \"x\" AND partner_id > ").await);
+        status_of(admin.client.query(request).await)
+    }
+    let status = refusal(&mut admin, "action = \"x\" AND partner_id > ").await;
     assert_status(&status, Code::InvalidArgument, "INVALID_ARGUMENT", Some("filter.expression"));
-    let text_field = status_of(refusal("action = \"x\" AND actor.name > ").await);
+    let text_field = refusal(&mut admin, "action = \"x\" AND actor.name > ").await;
     assert_eq!(
         status.message().replace("partner_id", "FIELD"),
         text_field.message().replace("actor.name", "FIELD")
