@@ -97,6 +97,10 @@ pub enum Node {
     Not(Box<Node>),
     /// A comparison.
     Test(Test),
+    /// A part decided already: a `partner_id` comparison bound to the
+    /// partner of the one tenant whose events are matched
+    /// ([`Node::bind_partner`]).
+    Decided(bool),
 }
 
 impl Node {
@@ -108,6 +112,33 @@ impl Node {
             Self::Or(parts) => parts.iter().any(|p| p.matches(event)),
             Self::Not(part) => !part.matches(event),
             Self::Test(test) => test.matches(event),
+            Self::Decided(holds) => *holds,
+        }
+    }
+
+    /// Whether the expression compares `partner_id`, which only the
+    /// tenants registry decides.
+    pub fn names_partner(&self) -> bool {
+        match self {
+            Self::And(parts) | Self::Or(parts) => parts.iter().any(Self::names_partner),
+            Self::Not(part) => part.names_partner(),
+            Self::Test(Test::Text(Field::PartnerId, _)) => true,
+            Self::Test(_) | Self::Decided(_) => false,
+        }
+    }
+
+    /// The expression for the events of one tenant whose partner is
+    /// `partner` (`None`: it has none, and the field is missing): every
+    /// `partner_id` comparison decided, as the database decides it.
+    pub fn bind_partner(&self, partner: Option<&str>) -> Self {
+        match self {
+            Self::And(parts) => Self::And(parts.iter().map(|p| p.bind_partner(partner)).collect()),
+            Self::Or(parts) => Self::Or(parts.iter().map(|p| p.bind_partner(partner)).collect()),
+            Self::Not(part) => Self::Not(Box::new(part.bind_partner(partner))),
+            Self::Test(Test::Text(Field::PartnerId, test)) => {
+                Self::Decided(partner.is_some_and(|p| test.holds(p)))
+            }
+            other => other.clone(),
         }
     }
 }
