@@ -18,7 +18,9 @@ use tonic::{Code, Streaming};
 use crate::export::Export;
 use crate::fixtures::status_of;
 use crate::on_both_backends;
-use crate::support::{Backend, Caller, Credential, TestServer, assert_status, end_status, event, hs256_token, now_secs};
+use crate::support::{
+    Backend, Caller, Credential, TestServer, assert_status, end_status, event, hs256_token, now_secs,
+};
 
 on_both_backends!(
     an_export_across_tenants_is_one_proven_section_per_tenant,
@@ -143,7 +145,10 @@ async fn export_across(
     });
     let mut stream = caller.client.export(request).await?.into_inner();
     let mut sections: Vec<Export> = Vec::new();
-    let mut open: Option<(audit_service::proto::ExportHeader, Vec<audit_service::proto::ExportChunk>)> = None;
+    let mut open: Option<(
+        audit_service::proto::ExportHeader,
+        Vec<audit_service::proto::ExportChunk>,
+    )> = None;
     while let Some(message) = stream.message().await? {
         match message.part.expect("a part") {
             Part::Header(header) => {
@@ -179,7 +184,13 @@ fn checked_tenants(sections: &[Export]) -> Vec<String> {
                 "a section holds its tenant's events only"
             );
             assert!(
-                section.checkpoint.note.lines().next().expect("origin").ends_with(&format!("/{tenant}")),
+                section
+                    .checkpoint
+                    .note
+                    .lines()
+                    .next()
+                    .expect("origin")
+                    .ends_with(&format!("/{tenant}")),
                 "the checkpoint is of {tenant}'s log: {}",
                 section.checkpoint.note
             );
@@ -204,7 +215,11 @@ async fn an_export_across_tenants_is_one_proven_section_per_tenant(backend: Back
     let sections = export_across(&mut admin, of_tenants(&tenants, &action), "", 0)
         .await
         .expect("export across tenants");
-    assert_eq!(checked_tenants(&sections), ids(&tenants), "tenant by tenant, in id order");
+    assert_eq!(
+        checked_tenants(&sections),
+        ids(&tenants),
+        "tenant by tenant, in id order"
+    );
     for section in &sections {
         let seqs: Vec<u64> = section.events().map(|e| e.seq).collect();
         assert_eq!(seqs, [1, 2, 3], "{}", section.header.tenant_id);
@@ -231,7 +246,10 @@ async fn an_export_across_tenants_resumes_at_a_tenant_and_seq(backend: Backend) 
         .await
         .expect("resumed export");
     assert_eq!(checked_tenants(&sections), ids(&tenants[1..]));
-    let seqs: Vec<Vec<u64>> = sections.iter().map(|s| s.events().map(|e| e.seq).collect()).collect();
+    let seqs: Vec<Vec<u64>> = sections
+        .iter()
+        .map(|s| s.events().map(|e| e.seq).collect())
+        .collect();
     assert_eq!(seqs, [vec![3], vec![1, 2, 3]]);
 
     // A position beyond the first tenant's log is refused, naming after_seq.
@@ -239,17 +257,35 @@ async fn an_export_across_tenants_resumes_at_a_tenant_and_seq(backend: Backend) 
         .await
         .err()
         .expect("refused");
-    assert_status(&status, Code::InvalidArgument, "INVALID_ARGUMENT", Some("after_seq"));
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        Some("after_seq"),
+    );
     // So is after_seq without a tenant to apply it to.
-    let status = export_across(&mut admin, filter, "", 1).await.err().expect("refused");
-    assert_status(&status, Code::InvalidArgument, "INVALID_ARGUMENT", Some("after_seq"));
+    let status = export_across(&mut admin, filter, "", 1)
+        .await
+        .err()
+        .expect("refused");
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        Some("after_seq"),
+    );
     // from_tenant_id in a tenant's own call is refused.
     let mut own = server.caller_for(&tenants[0].tenant).await;
     let status = export_across(&mut own, EventFilter::default(), &tenants[0].tenant, 0)
         .await
         .err()
         .expect("refused");
-    assert_status(&status, Code::InvalidArgument, "INVALID_ARGUMENT", Some("from_tenant_id"));
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        Some("from_tenant_id"),
+    );
 }
 
 /// Opens a Watch of `caller` with `filter`, `after_seq` and `positions`.
@@ -296,7 +332,10 @@ impl Received {
     fn take(&mut self, kind: Kind) {
         match kind {
             Kind::Event(e) => {
-                assert!(!e.tenant_id.is_empty(), "an event across tenants names its tenant");
+                assert!(
+                    !e.tenant_id.is_empty(),
+                    "an event across tenants names its tenant"
+                );
                 self.seqs.entry(e.tenant_id.clone()).or_default().push(e.seq);
                 let at = self.positions.entry(e.tenant_id).or_default();
                 *at = (*at).max(e.seq);
@@ -320,7 +359,11 @@ impl Received {
 }
 
 /// Reads `stream` until `done` holds for what was received.
-async fn read_until(stream: &mut Streaming<WatchResponse>, received: &mut Received, done: impl Fn(&Received) -> bool) {
+async fn read_until(
+    stream: &mut Streaming<WatchResponse>,
+    received: &mut Received,
+    done: impl Fn(&Received) -> bool,
+) {
     while !done(received) {
         received.take(next(stream).await);
     }
@@ -351,7 +394,10 @@ async fn a_partner_scoped_key_exports_and_watches_exactly_its_partners_tenants(b
         .await
         .expect("watch");
     let mut received = Received::default();
-    read_until(&mut stream, &mut received, |r| r.count() == 4 && r.last_beat.is_some()).await;
+    read_until(&mut stream, &mut received, |r| {
+        r.count() == 4 && r.last_beat.is_some()
+    })
+    .await;
     assert_eq!(received.last_beat.as_ref(), Some(&members));
     for member in &members {
         assert_eq!(received.seqs[member], seqs_upto(2));
@@ -361,12 +407,18 @@ async fn a_partner_scoped_key_exports_and_watches_exactly_its_partners_tenants(b
     tenants[2].append(vec![event(&action, "outsider")]).await;
     tenants[0].append(vec![event(&action, "member")]).await;
     let member = tenants[0].tenant.clone();
-    read_until(&mut stream, &mut received, |r| r.positions.get(&member) == Some(&3) && r.count() == 5).await;
+    read_until(&mut stream, &mut received, |r| {
+        r.positions.get(&member) == Some(&3) && r.count() == 5
+    })
+    .await;
     // A heartbeat after it still names only the members.
     received.last_beat = None;
     read_until(&mut stream, &mut received, |r| r.last_beat.is_some()).await;
     assert_eq!(received.last_beat.as_ref(), Some(&members));
-    assert!(!received.seqs.contains_key(&tenants[2].tenant), "never the outsider's events");
+    assert!(
+        !received.seqs.contains_key(&tenants[2].tenant),
+        "never the outsider's events"
+    );
 }
 
 async fn a_watch_across_tenants_delivers_each_tenants_events_in_seq_order(backend: Backend) {
@@ -376,24 +428,38 @@ async fn a_watch_across_tenants_delivers_each_tenants_events_in_seq_order(backen
     let mut admin = platform(&server, &fresh("operator")).await;
     let filter = of_tenants(&tenants, &action);
     // Live from now: a heartbeat first fixes each tenant's position.
-    let mut stream = watch(&mut admin, filter, None, &BTreeMap::new()).await.expect("watch");
+    let mut stream = watch(&mut admin, filter, None, &BTreeMap::new())
+        .await
+        .expect("watch");
     let mut received = Received::default();
     read_until(&mut stream, &mut received, |r| r.last_beat.is_some()).await;
     assert_eq!(received.count(), 0, "nothing from before the stream opened");
     let all: BTreeSet<String> = ids(&tenants).into_iter().collect();
     assert_eq!(received.last_beat.as_ref(), Some(&all));
-    assert!(received.positions.values().all(|seq| *seq == 2), "{:?}", received.positions);
+    assert!(
+        received.positions.values().all(|seq| *seq == 2),
+        "{:?}",
+        received.positions
+    );
 
     for round in 0..3 {
         for tenant in tenants.iter_mut() {
             tenant
-                .append(vec![event(&action, &format!("r{round}")), event("other.action", "x")])
+                .append(vec![
+                    event(&action, &format!("r{round}")),
+                    event("other.action", "x"),
+                ])
                 .await;
         }
     }
     read_until(&mut stream, &mut received, |r| r.count() == 9).await;
     for tenant in &tenants {
-        assert_eq!(received.seqs[&tenant.tenant], [3, 5, 7], "{}: in seq order, matching only", tenant.tenant);
+        assert_eq!(
+            received.seqs[&tenant.tenant],
+            [3, 5, 7],
+            "{}: in seq order, matching only",
+            tenant.tenant
+        );
     }
 }
 
@@ -464,7 +530,8 @@ async fn records_of(server: &TestServer, operator: &str, rpc: &str) -> Vec<Audit
 
 fn metadata_tenants(record: &AuditEvent) -> BTreeSet<String> {
     use prost_types::value::Kind as Value;
-    let Some(Value::ListValue(list)) = &record.metadata.as_ref().expect("metadata").fields["tenants"].kind else {
+    let Some(Value::ListValue(list)) = &record.metadata.as_ref().expect("metadata").fields["tenants"].kind
+    else {
         panic!("no tenants in {record:?}");
     };
     list.values
@@ -502,9 +569,14 @@ async fn platform_exports_and_watches_are_recorded_in_the_platform_log(backend: 
     assert_eq!(metadata_tenants(&records[0]), all);
     assert_eq!(metadata_number(&records[0], "returned"), 4.0);
 
-    let mut stream = watch(&mut admin, of_tenants(&tenants, &action), Some(0), &BTreeMap::new())
-        .await
-        .expect("watch");
+    let mut stream = watch(
+        &mut admin,
+        of_tenants(&tenants, &action),
+        Some(0),
+        &BTreeMap::new(),
+    )
+    .await
+    .expect("watch");
     let mut received = Received::default();
     read_until(&mut stream, &mut received, |r| r.count() == 4).await;
     drop(stream);
@@ -527,9 +599,14 @@ async fn a_revoked_platform_key_ends_its_watch_across_tenants(backend: Backend) 
     let mut tenants = tenants_with(&server, 2, 1, &action).await;
     let (id, key) = platform_key(&server, &[]);
     let mut admin = server.caller_with("*", Credential::ApiKey(key)).await;
-    let mut stream = watch(&mut admin, of_tenants(&tenants, &action), Some(0), &BTreeMap::new())
-        .await
-        .expect("watch");
+    let mut stream = watch(
+        &mut admin,
+        of_tenants(&tenants, &action),
+        Some(0),
+        &BTreeMap::new(),
+    )
+    .await
+    .expect("watch");
     let mut received = Received::default();
     read_until(&mut stream, &mut received, |r| r.count() == 2).await;
     cli(&server, &["keys", "revoke", &id]);
@@ -546,7 +623,12 @@ async fn a_watch_across_tenants_takes_only_after_seq_zero(backend: Backend) {
         .await
         .err()
         .expect("refused");
-    assert_status(&status, Code::InvalidArgument, "INVALID_ARGUMENT", Some("after_seq"));
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        Some("after_seq"),
+    );
     // Positions are for reads across tenants only.
     let mut own = server.caller_for(&tenants[0].tenant).await;
     let positions = BTreeMap::from([(tenants[0].tenant.clone(), 1)]);
@@ -554,7 +636,12 @@ async fn a_watch_across_tenants_takes_only_after_seq_zero(backend: Backend) {
         .await
         .err()
         .expect("refused");
-    assert_status(&status, Code::InvalidArgument, "INVALID_ARGUMENT", Some("positions"));
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        Some("positions"),
+    );
 }
 
 async fn the_partner_id_expression_selects_the_tenants_of_a_partner(backend: Backend) {
@@ -578,13 +665,19 @@ async fn the_partner_id_expression_selects_the_tenants_of_a_partner(backend: Bac
     assert_eq!(got, members);
     // Its negation includes the tenant of no partner.
     let got: Vec<String> = admin
-        .query_all(by_partner(format!("NOT partner_id = \"{partner}\"")), "seq desc", 10)
+        .query_all(
+            by_partner(format!("NOT partner_id = \"{partner}\"")),
+            "seq desc",
+            10,
+        )
         .await
         .into_iter()
         .map(|e| e.tenant_id)
         .collect();
     assert_eq!(got, [tenants[2].tenant.clone()]);
-    let got = admin.query_all(by_partner("partner_id:*".into()), "seq desc", 10).await;
+    let got = admin
+        .query_all(by_partner("partner_id:*".into()), "seq desc", 10)
+        .await;
     assert_eq!(got.len(), 2, "present: the tenants that have a partner");
 
     // In a tenant's own call it is the caller's own partner.
@@ -610,7 +703,12 @@ async fn the_partner_id_expression_selects_the_tenants_of_a_partner(backend: Bac
         status_of(admin.client.query(request).await)
     }
     let status = refusal(&mut admin, "action = \"x\" AND partner_id > ").await;
-    assert_status(&status, Code::InvalidArgument, "INVALID_ARGUMENT", Some("filter.expression"));
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        Some("filter.expression"),
+    );
     let text_field = refusal(&mut admin, "action = \"x\" AND actor.name > ").await;
     assert_eq!(
         status.message().replace("partner_id", "FIELD"),
