@@ -178,7 +178,7 @@ async fn section(
     let head = seq_from_proto(size, "after_seq")?;
     let header = EncodedExportResponse::of(&ExportResponse {
         part: Some(Part::Header(ExportHeader {
-            after_seq: after_seq,
+            after_seq,
             tree_size: size,
             prefix: start.prefix.iter().map(|h| h.to_vec()).collect(),
             tenant_id: tenant.as_str().to_owned(),

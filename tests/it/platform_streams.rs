@@ -621,8 +621,7 @@ async fn a_watch_across_tenants_takes_only_after_seq_zero(backend: Backend) {
     let mut admin = platform(&server, &fresh("operator")).await;
     let status = watch(&mut admin, EventFilter::default(), Some(5), &BTreeMap::new())
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_status(
         &status,
         Code::InvalidArgument,
@@ -634,8 +633,7 @@ async fn a_watch_across_tenants_takes_only_after_seq_zero(backend: Backend) {
     let positions = BTreeMap::from([(tenants[0].tenant.clone(), 1)]);
     let status = watch(&mut own, EventFilter::default(), Some(0), &positions)
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_status(
         &status,
         Code::InvalidArgument,
