@@ -266,4 +266,31 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn partner_id_is_decided_by_the_registry() {
+        let text = sql(r#"partner_id = "p-1""#, DbBackend::Postgres);
+        assert!(
+            text.contains(r#""audit_events"."tenant_id" IN (SELECT "tenants"."tenant_id" FROM "tenants" WHERE ("tenants"."partner_id" COLLATE "C") = 'p-1')"#),
+            "{text}"
+        );
+        let text = sql(r#"NOT partner_id:*"#, DbBackend::Sqlite);
+        assert!(
+            text.contains(r#"NOT "audit_events"."tenant_id" IN (SELECT"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_bound_partner_comparison_is_a_constant() {
+        let node = parse(r#"partner_id = "p-*" OR action = "a""#).unwrap().unwrap();
+        let bound = node.bind_partner(Some("p-7"));
+        assert!(!bound.names_partner());
+        let text = Entity::find()
+            .filter(condition(&bound, DbBackend::Sqlite))
+            .build(DbBackend::Sqlite)
+            .to_string();
+        assert!(!text.contains("tenants"), "{text}");
+        assert!(text.contains("1 = 1"), "{text}");
+    }
 }

@@ -170,3 +170,67 @@ impl Test {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+    use super::*;
+
+    fn event() -> audit_event::Model {
+        audit_event::Model {
+            tenant_id: crate::tenant::TenantId::parse("acme", "tenant").unwrap(),
+            seq: 1,
+            id: uuid::Uuid::nil(),
+            occurred_at: None,
+            recorded_at: 0,
+            actor_id: None,
+            actor_type: None,
+            actor_name: None,
+            actor_email: None,
+            action: Some("user.login".into()),
+            resource_type: None,
+            resource_id: None,
+            resource_name: None,
+            outcome: None,
+            request_method: None,
+            request_path: None,
+            request_status_code: None,
+            request_client_ip: None,
+            request_user_agent: None,
+            request_id: None,
+            request_client_identity: None,
+            source: None,
+            reasoning: None,
+            metadata: None,
+            idempotency_key: None,
+            deleted_at: None,
+        }
+    }
+
+    /// Bound to a tenant's partner, `partner_id` decides as the database
+    /// does: a missing partner fails every comparison, so `NOT` passes it.
+    #[test]
+    fn a_bound_partner_id_decides_like_the_registry() {
+        let cases = [
+            (r#"partner_id = "p-1""#, Some("p-1"), true),
+            (r#"partner_id = "p-1""#, Some("p-2"), false),
+            (r#"partner_id = "p-1""#, None, false),
+            (r#"partner_id != "p-1""#, None, true),
+            (r#"partner_id = "p-*""#, Some("p-9"), true),
+            (r#"partner_id:*"#, None, false),
+            (r#"partner_id:*"#, Some("x"), true),
+            (
+                r#"partner_id = "p-1" AND action = "user.login""#,
+                Some("p-1"),
+                true,
+            ),
+        ];
+        for (source, partner, expected) in cases {
+            let node = parse(source).unwrap().unwrap();
+            assert!(node.names_partner(), "{source}");
+            let bound = node.bind_partner(partner);
+            assert!(!bound.names_partner(), "{source}");
+            assert_eq!(bound.matches(&event()), expected, "{source} with {partner:?}");
+        }
+    }
+}
