@@ -32,6 +32,8 @@ on_both_backends!(
     a_revoked_platform_key_ends_its_watch_across_tenants,
     a_watch_across_tenants_takes_only_after_seq_zero,
     the_partner_id_expression_selects_the_tenants_of_a_partner,
+    a_watch_across_tenants_follows_tenants_joining_and_leaving_the_partner,
+    a_tenants_own_watch_and_legal_holds_treat_partner_id_as_documented,
 );
 
 /// How long a stream may stay silent before a test gives up on it.
@@ -731,4 +733,93 @@ async fn the_partner_id_expression_selects_the_tenants_of_a_partner(backend: Bac
     .await;
     let got: BTreeSet<String> = received.seqs.keys().cloned().collect();
     assert_eq!(got, members);
+}
+
+async fn a_watch_across_tenants_follows_tenants_joining_and_leaving_the_partner(backend: Backend) {
+    let server = heartbeat_server(backend).await;
+    let action = fresh_action("joining");
+    let mut tenants = tenants_with(&server, 2, 2, &action).await;
+    let (partner, _, key) = partner_with(&server, &tenants[..1]);
+    let (member, joiner) = (tenants[0].tenant.clone(), tenants[1].tenant.clone());
+    let mut reseller = server.caller_with("*", Credential::ApiKey(key)).await;
+    let mut stream = watch(&mut reseller, EventFilter::default(), None, &BTreeMap::new())
+        .await
+        .expect("watch");
+    let mut received = Received::default();
+    read_until(&mut stream, &mut received, |r| r.last_beat.is_some()).await;
+    assert_eq!(received.last_beat, Some(BTreeSet::from([member.clone()])));
+
+    // Assigned to the partner while the stream is open: followed from its
+    // first event, its earlier events included.
+    cli(&server, &["tenants", "set-partner", &joiner, &partner]);
+    tenants[1].append(vec![event(&action, "after joining")]).await;
+    read_until(&mut stream, &mut received, |r| {
+        r.seqs.get(&joiner).is_some_and(|s| s.len() == 3)
+    })
+    .await;
+    assert_eq!(received.seqs[&joiner], seqs_upto(3));
+
+    // Moved to no partner: no longer followed, never delivered again.
+    cli(&server, &["tenants", "clear-partner", &joiner]);
+    received.last_beat = None;
+    read_until(&mut stream, &mut received, |r| {
+        r.last_beat.as_ref() == Some(&BTreeSet::from([member.clone()]))
+    })
+    .await;
+    tenants[1].append(vec![event(&action, "after leaving")]).await;
+    tenants[0].append(vec![event(&action, "member")]).await;
+    read_until(&mut stream, &mut received, |r| {
+        r.seqs.get(&member).is_some_and(|s| s.len() == 1)
+    })
+    .await;
+    received.last_beat = None;
+    read_until(&mut stream, &mut received, |r| r.last_beat.is_some()).await;
+    assert_eq!(received.seqs[&joiner], seqs_upto(3), "nothing after it left");
+}
+
+async fn a_tenants_own_watch_and_legal_holds_treat_partner_id_as_documented(backend: Backend) {
+    let server = heartbeat_server(backend).await;
+    let action = fresh_action("own_partner");
+    let tenants = tenants_with(&server, 2, 2, &action).await;
+    let (partner, _, _) = partner_with(&server, &tenants[..1]);
+    let filter = EventFilter {
+        expression: format!("partner_id = \"{partner}\""),
+        ..EventFilter::default()
+    };
+    // The member's own Watch: its partner is P, so every event matches.
+    let mut member = server.caller_for(&tenants[0].tenant).await;
+    let mut stream = watch(&mut member, filter.clone(), Some(0), &BTreeMap::new())
+        .await
+        .expect("watch");
+    let seqs: Vec<u64> = [next(&mut stream).await, next(&mut stream).await]
+        .into_iter()
+        .map(|kind| match kind {
+            Kind::Event(e) => e.seq,
+            Kind::Heartbeat(beat) => panic!("a heartbeat before the events: {beat:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+    // The other tenant's: no partner, nothing matches; its heartbeat
+    // passes its events.
+    let mut outsider = server.caller_for(&tenants[1].tenant).await;
+    let mut stream = watch(&mut outsider, filter.clone(), Some(0), &BTreeMap::new())
+        .await
+        .expect("watch");
+    match next(&mut stream).await {
+        Kind::Heartbeat(beat) => assert_eq!(beat.head_seq, 2),
+        Kind::Event(e) => panic!("matched {e:?}"),
+    }
+    // A legal hold keeps matching for as long as it stands: refused.
+    let mut admin = server.admin_for(&tenants[0].tenant).await;
+    let request = admin.request(audit_service::proto::CreateLegalHoldRequest {
+        filter: Some(filter),
+        reason: "litigation".into(),
+    });
+    let status = status_of(admin.policy().create_legal_hold(request).await);
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        Some("filter.expression"),
+    );
 }
