@@ -810,7 +810,7 @@ async fn a_tenants_own_watch_and_legal_holds_treat_partner_id_as_documented(back
         Kind::Event(e) => panic!("matched {e:?}"),
     }
     // A legal hold keeps matching for as long as it stands: refused.
-    let mut admin = server.admin_for(&tenants[0].tenant).await;
+    let admin = server.admin_for(&tenants[0].tenant).await;
     let request = admin.request(audit_service::proto::CreateLegalHoldRequest {
         filter: Some(filter),
         reason: "litigation".into(),
