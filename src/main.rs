@@ -489,6 +489,7 @@ async fn run_export(
             ..Default::default()
         }),
         after_seq: args.after_seq,
+        from_tenant_id: String::new(),
     };
     let store = Store::connect(&database).await?;
     let notary = load_notary(&integrity, &store).await?;

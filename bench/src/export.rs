@@ -354,6 +354,7 @@ async fn export_rpc_lean(channel: &Channel, caller: &Caller, events: u64) -> any
     let request = caller.request(ExportRequest {
         filter: Some(EventFilter::default()),
         after_seq: 0,
+        ..Default::default()
     });
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.context("Export: connection")?;
@@ -386,6 +387,7 @@ async fn export_rpc(caller: &Caller, events: u64) -> anyhow::Result<Transfer> {
     let request = caller.request(ExportRequest {
         filter: Some(EventFilter::default()),
         after_seq: 0,
+        ..Default::default()
     });
     let started = Instant::now();
     let mut stream = caller

@@ -457,6 +457,17 @@ impl OpenRead {
         }
     }
 
+    /// The read of a stream across tenants, naming in its record the
+    /// tenants it spans (`tenants`, as the stream opened).
+    pub fn spanning(mut self, tenants: &BTreeSet<String>) -> Self {
+        if let Some(record) = &mut self.record
+            && let Value::Object(fields) = &mut record.read.metadata
+        {
+            fields.insert("tenants".to_owned(), json!(tenants));
+        }
+        self
+    }
+
     /// Records a `Get` that `found` answers: the event (unless it is itself
     /// an access record), or NOT_FOUND (recorded as a failed read of 0
     /// events). Any other failure returned nothing and is not recorded.

@@ -47,6 +47,9 @@ enum Step {
     Done,
 }
 
+/// The messages of one tenant's export, before they are read ahead.
+type Section = Pin<Box<dyn Stream<Item = Result<EncodedExportResponse, Status>> + Send>>;
+
 /// Checks the request, fixes the head (signing its checkpoint with
 /// `notary`) and returns the stream: what the RPC sends, and what
 /// `audit-service export` writes to a file.
@@ -56,31 +59,126 @@ pub async fn export(
     tenant: TenantId,
     request: ExportRequest,
 ) -> Result<ExportStream, Error> {
+    if !request.from_tenant_id.is_empty() {
+        return Err(Error::invalid(
+            "from_tenant_id",
+            "is for exports across tenants (x-tenant-id *) only",
+        ));
+    }
     let filter = request.filter.unwrap_or_default();
     let matcher = EventMatcher::new(&filter, "filter")?;
-    let after = seq_from_proto(request.after_seq, "after_seq")?;
+    Ok(read_ahead(
+        section(store, notary, tenant, filter, matcher, request.after_seq).await?,
+    ))
+}
+
+/// An export across tenants (`x-tenant-id: *`): one whole export per
+/// tenant of `tenants` (the tenant set, ordered by id byte-wise), each
+/// with its header, chunks and signed checkpoint, the next begun once one
+/// ends. `request.from_tenant_id` leaves out the tenants ordering before
+/// it, and `request.after_seq` applies to that tenant, which must then be
+/// the first exported. The first section's checks (and its checkpoint)
+/// are done before this returns; each later section fixes its tenant's
+/// head when it starts.
+pub async fn export_across(
+    store: Store,
+    notary: &Notary,
+    tenants: Vec<TenantId>,
+    request: ExportRequest,
+) -> Result<ExportStream, Error> {
+    let filter = request.filter.unwrap_or_default();
+    let matcher = EventMatcher::new(&filter, "filter")?;
+    let from = match request.from_tenant_id.as_str() {
+        "" => None,
+        id => Some(TenantId::parse(id, "from_tenant_id")?),
+    };
+    let mut tenants: std::collections::VecDeque<TenantId> = tenants
+        .into_iter()
+        .filter(|t| {
+            from.as_ref()
+                .is_none_or(|from| t.as_str().as_bytes() >= from.as_str().as_bytes())
+        })
+        .collect();
+    if request.after_seq > 0 {
+        match (&from, tenants.front()) {
+            (None, _) => {
+                return Err(Error::invalid(
+                    "after_seq",
+                    "across tenants it applies to the tenant from_tenant_id names; set both to resume",
+                ));
+            }
+            (Some(from), first) if first != Some(from) => {
+                return Err(Error::invalid(
+                    "from_tenant_id",
+                    format!(
+                        "{from} is not among the tenants this export spans, so after_seq cannot apply to it"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let Some(first) = tenants.pop_front() else {
+        return Ok(read_ahead(futures::stream::empty()));
+    };
+    let first = section(
+        store.clone(),
+        notary,
+        first,
+        filter.clone(),
+        matcher.clone(),
+        request.after_seq,
+    )
+    .await?;
+    let notary = notary.clone();
+    let rest = futures::stream::unfold(tenants, move |mut tenants| {
+        let store = store.clone();
+        let notary = notary.clone();
+        let filter = filter.clone();
+        let matcher = matcher.clone();
+        async move {
+            let tenant = tenants.pop_front()?;
+            let next = match section(store, &notary, tenant, filter, matcher, 0).await {
+                Ok(section) => section,
+                Err(error) => Box::pin(futures::stream::once(std::future::ready(Err(Status::from(
+                    error,
+                ))))),
+            };
+            Some((next, tenants))
+        }
+    })
+    .flatten();
+    Ok(read_ahead(first.chain(rest)))
+}
+
+/// One tenant's export after `after_seq`: checks the position, fixes the
+/// head (signing its checkpoint) and returns its messages.
+async fn section(
+    store: Store,
+    notary: &Notary,
+    tenant: TenantId,
+    filter: crate::proto::EventFilter,
+    matcher: EventMatcher,
+    after_seq: u64,
+) -> Result<Section, Error> {
+    let after = seq_from_proto(after_seq, "after_seq")?;
     let start = store
-        .export_start(
-            &tenant,
-            request.after_seq,
-            &notary.origin_of(&tenant),
-            notary.key(),
-        )
+        .export_start(&tenant, after_seq, &notary.origin_of(&tenant), notary.key())
         .await?;
     let size = start.checkpoint.checkpoint.size;
-    if request.after_seq > size {
+    if after_seq > size {
         return Err(Error::invalid(
             "after_seq",
             format!(
                 "the log has {size} events; there is nothing after seq {}",
-                request.after_seq
+                after_seq
             ),
         ));
     }
     let head = seq_from_proto(size, "after_seq")?;
     let header = EncodedExportResponse::of(&ExportResponse {
         part: Some(Part::Header(ExportHeader {
-            after_seq: request.after_seq,
+            after_seq,
             tree_size: size,
             prefix: start.prefix.iter().map(|h| h.to_vec()).collect(),
             tenant_id: tenant.as_str().to_owned(),
@@ -146,7 +244,7 @@ pub async fn export(
             }
         }
     });
-    Ok(read_ahead(stream))
+    Ok(Box::pin(stream))
 }
 
 /// `stream` polled by a task of its own up to [`READ_AHEAD`] messages ahead

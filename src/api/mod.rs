@@ -40,7 +40,7 @@ use crate::store::page_token::QueryFingerprint;
 use crate::store::stats::{GroupField, GroupValue, StatsSource};
 use crate::store::{ChangeRequest, EventOrder, PageLimits, Store, TenantScope};
 use crate::tenant::{ALL_TENANTS, PartnerId};
-use crate::watch::WatchHub;
+use crate::watch::{AcrossRequest, WatchHub};
 use crate::wire::server::audit_service_server::AuditService;
 use crate::wire::{EncodedExportResponse, EncodedQueryResponse, PageEvents};
 use access::{ReadRpc, ReadTarget, Reader};
@@ -146,6 +146,24 @@ impl AuditApi {
             events: page.page.events.into_bytes(),
             next_page_token,
         })
+    }
+}
+
+impl AuditApi {
+    /// The tenants a stream across tenants spans as it opens: the
+    /// registry's (or `partner`'s) narrowed by the filter's `tenant_ids`
+    /// and `partner_ids`, by id byte-wise.
+    async fn tenant_set(
+        &self,
+        partner: Option<&PartnerId>,
+        filter: &proto::EventFilter,
+    ) -> Result<Vec<crate::tenant::TenantId>, Error> {
+        let matcher = EventMatcher::new(filter, "filter")?;
+        let set = self
+            .store
+            .tenant_set(partner, matcher.tenant_ids(), matcher.partner_ids())
+            .await?;
+        Ok(set.into_iter().map(|t| t.tenant).collect())
     }
 }
 
@@ -407,6 +425,16 @@ impl AuditService for AuditApi {
             filter: &filter,
             after_seq: Some(request.after_seq),
         };
+        if let TenantScope::Platform { partner } = &caller.tenants {
+            let tenants = self.tenant_set(partner.as_ref(), &filter).await?;
+            let read = self
+                .access
+                .open_across(reader, ReadRpc::Export, target, partner.as_ref())
+                .spanning(&tenants.iter().map(|t| t.as_str().to_owned()).collect());
+            let stream = export::export_across(self.store.clone(), &self.notary, tenants, request).await?;
+            let stream = counted(stream, record, export::events_in);
+            return Ok(Response::new(Box::pin(read.follow(stream, export::events_in))));
+        }
         let read = self.access.open(reader, ReadRpc::Export, target).await?;
         let stream = export::export(self.store.clone(), &self.notary, caller.tenant, request).await?;
         let stream = counted(stream, record, export::events_in);
@@ -426,6 +454,30 @@ impl AuditService for AuditApi {
             filter: &filter,
             after_seq: request.after_seq,
         };
+        if let TenantScope::Platform { partner } = &caller.tenants {
+            let across = AcrossRequest {
+                partner: partner.clone(),
+                filter: &filter,
+                after_seq: request.after_seq,
+                positions: &request.positions,
+            };
+            let (stream, tenants) = self.watch.open_across(across, credential).await?;
+            let read = self
+                .access
+                .open_across(reader, ReadRpc::Watch, target, partner.as_ref())
+                .spanning(&tenants.iter().map(|t| t.as_str().to_owned()).collect());
+            let stream = counted(stream, record, events_in_watch_message);
+            return Ok(Response::new(Box::pin(
+                read.follow(stream, events_in_watch_message),
+            )));
+        }
+        if !request.positions.is_empty() {
+            return Err(Error::invalid(
+                "positions",
+                "is for a Watch across tenants (x-tenant-id *) only; resume a tenant's own Watch with after_seq",
+            )
+            .into());
+        }
         let read = self.access.open(reader, ReadRpc::Watch, target).await?;
         let stream = self
             .watch

@@ -32,11 +32,13 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// The RPCs a platform credential may call with `x-tenant-id: *`: the
 /// reads that span tenants. Everything else (`Append`, `Delete`, `Get`,
-/// `Watch`, PolicyService, IntegrityService) acts on one tenant's log.
+/// PolicyService, IntegrityService) acts on one tenant's log.
 const ACROSS_TENANTS: &[&str] = &[
     "/audit.v1.AuditService/Query",
     "/audit.v1.AuditService/Stats",
     "/audit.v1.AuditService/GetFilterMetadata",
+    "/audit.v1.AuditService/Export",
+    "/audit.v1.AuditService/Watch",
 ];
 
 /// The RPCs a platform credential may call on the platform's own log

@@ -213,14 +213,50 @@ impl EventMatcher {
     /// (`partner_ids`, which the tenants registry resolves), for uses that
     /// match events in memory (`Watch`, legal holds).
     pub fn decidable_in_memory(self, prefix: &str) -> Result<Self, Error> {
-        if self.partner_ids.is_empty() {
-            Ok(self)
-        } else {
-            Err(Error::invalid(
+        if !self.partner_ids.is_empty() {
+            return Err(Error::invalid(
                 format!("{prefix}.partner_ids"),
-                "is accepted by Query, Stats, GetFilterMetadata and Export only",
-            ))
+                "is accepted by Query, Stats, GetFilterMetadata and Export only (and by Watch with x-tenant-id *)",
+            ));
         }
+        if self.expression.as_ref().is_some_and(expr::Node::names_partner) {
+            return Err(Error::invalid(
+                format!("{prefix}.expression"),
+                "partner_id is decided by the tenants registry when a read runs; legal holds cannot name it",
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Whether the expression names `partner_id`.
+    pub fn names_partner(&self) -> bool {
+        self.expression.as_ref().is_some_and(expr::Node::names_partner)
+    }
+
+    /// The matcher for the events of one tenant whose partner is `partner`:
+    /// the expression's `partner_id` comparisons decided for it, so that
+    /// it decides in memory (`Watch`).
+    pub fn bind_partner(mut self, partner: Option<&str>) -> Self {
+        self.expression = self.expression.map(|node| node.bind_partner(partner));
+        self
+    }
+
+    /// The matcher without `partner_ids`, for a tenant already known to
+    /// belong to one of them (a Watch across tenants resolves them into
+    /// its tenant set).
+    pub fn partner_ids_resolved(mut self) -> Self {
+        self.partner_ids.clear();
+        self
+    }
+
+    /// The filter's validated `tenant_ids`.
+    pub fn tenant_ids(&self) -> &[String] {
+        &self.tenant_ids
+    }
+
+    /// The filter's validated `partner_ids`.
+    pub fn partner_ids(&self) -> &[String] {
+        &self.partner_ids
     }
 
     /// The condition selecting the matching events on `backend`.

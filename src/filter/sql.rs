@@ -24,16 +24,39 @@ pub fn condition(node: &Node, backend: DbBackend) -> Condition {
             .fold(Condition::any(), |any, part| any.add(condition(part, backend))),
         Node::Not(part) => Condition::all().add(condition(part, backend)).not(),
         Node::Test(test) => Condition::all().add(test_expr(test, backend)),
+        Node::Decided(holds) => Condition::all().add(Expr::val(1).eq(if *holds { 1 } else { 0 })),
     }
 }
 
 fn test_expr(test: &Test, backend: DbBackend) -> Expr {
     match test {
+        Test::Text(Field::PartnerId, test) => partner_expr(test, backend),
         Test::Text(field, test) => text_expr(text_column(*field, backend), test),
         Test::Enum(field, value) => Expr::col(field.column()).eq(*value),
         Test::Number(field, comparison, value) => compare(Expr::col(field.column()), *comparison, *value),
         Test::Metadata(key, test) => metadata_expr(key, test, backend),
     }
+}
+
+/// The event's tenant is one the registry assigns a partner passing
+/// `test`: never NULL, so `NOT` includes the tenants of no partner, as a
+/// missing text field is treated.
+fn partner_expr(test: &TextTest, backend: DbBackend) -> Expr {
+    use crate::entity::tenant as registry;
+    let partner = match backend {
+        DbBackend::Postgres => Expr::cust(r#""tenants"."partner_id" COLLATE "C""#),
+        _ => Expr::col((registry::Entity, registry::Column::PartnerId)),
+    };
+    let of_partners = sea_orm::sea_query::Query::select()
+        .column((registry::Entity, registry::Column::TenantId))
+        .from(registry::Entity)
+        .and_where(text_expr(partner, test))
+        .to_owned();
+    Expr::col((
+        crate::entity::audit_event::Entity,
+        crate::entity::audit_event::Column::TenantId,
+    ))
+    .in_subquery(of_partners)
 }
 
 /// A text column, compared byte-wise: on PostgreSQL the long-text columns
@@ -242,5 +265,32 @@ mod tests {
             text.contains(r#""action" >= 'user.' AND "action" < 'user/'"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn partner_id_is_decided_by_the_registry() {
+        let text = sql(r#"partner_id = "p-1""#, DbBackend::Postgres);
+        assert!(
+            text.contains(r#""audit_events"."tenant_id" IN (SELECT "tenants"."tenant_id" FROM "tenants" WHERE ("tenants"."partner_id" COLLATE "C") = 'p-1')"#),
+            "{text}"
+        );
+        let text = sql(r#"NOT partner_id:*"#, DbBackend::Sqlite);
+        assert!(
+            text.contains(r#"NOT "audit_events"."tenant_id" IN (SELECT"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_bound_partner_comparison_is_a_constant() {
+        let node = parse(r#"partner_id = "p-*" OR action = "a""#).unwrap().unwrap();
+        let bound = node.bind_partner(Some("p-7"));
+        assert!(!bound.names_partner());
+        let text = Entity::find()
+            .filter(condition(&bound, DbBackend::Sqlite))
+            .build(DbBackend::Sqlite)
+            .to_string();
+        assert!(!text.contains("tenants"), "{text}");
+        assert!(text.contains("1 = 1"), "{text}");
     }
 }

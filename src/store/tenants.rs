@@ -3,7 +3,7 @@
 //! assigned it.
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{EntityTrait, QueryOrder};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use super::{Store, StoreError, StoreResult};
 use crate::entity::tenant;
@@ -39,6 +39,42 @@ impl Store {
             .all(self.reader())
             .await?;
         Ok(rows.into_iter().map(TenantInfo::from).collect())
+    }
+
+    /// The tenants a platform read across tenants spans, ordered by id
+    /// byte-wise: the registry's but `_platform`, only those of `partner`
+    /// when the credential is limited to one, narrowed to `tenant_ids` and
+    /// to the tenants of `partner_ids` when they are given (a filter's).
+    pub async fn tenant_set(
+        &self,
+        partner: Option<&PartnerId>,
+        tenant_ids: &[String],
+        partner_ids: &[String],
+    ) -> StoreResult<Vec<TenantInfo>> {
+        let mut select = tenant::Entity::find().filter(tenant::Column::TenantId.ne(TenantId::platform()));
+        if let Some(partner) = partner {
+            select = select.filter(tenant::Column::PartnerId.eq(partner.as_str()));
+        }
+        if !tenant_ids.is_empty() {
+            select = select.filter(tenant::Column::TenantId.is_in(tenant_ids.iter().map(String::as_str)));
+        }
+        if !partner_ids.is_empty() {
+            select = select.filter(tenant::Column::PartnerId.is_in(partner_ids.iter().map(String::as_str)));
+        }
+        let mut tenants: Vec<TenantInfo> = select
+            .all(self.reader())
+            .await?
+            .into_iter()
+            .map(TenantInfo::from)
+            .collect();
+        tenants.sort_by(|a, b| a.tenant.as_str().as_bytes().cmp(b.tenant.as_str().as_bytes()));
+        Ok(tenants)
+    }
+
+    /// The partner the registry assigns `tenant`, if any.
+    pub async fn partner_of(&self, tenant: &TenantId) -> StoreResult<Option<PartnerId>> {
+        let row = tenant::Entity::of_tenant(tenant).one(self.reader()).await?;
+        Ok(row.and_then(|row| row.partner_id).map(PartnerId::stored))
     }
 
     /// Assigns `tenant` to `partner` (`None`: to no partner) and returns it

@@ -29,6 +29,7 @@
 //! asks again at every heartbeat, before it delivers any event recorded
 //! after the last check, and when the credential lapses by itself.
 
+mod across;
 mod credential;
 mod outbox;
 mod subscription;
@@ -42,6 +43,7 @@ use sea_orm::Condition;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 
+pub use across::{AcrossRequest, AcrossStream};
 pub use credential::CredentialCheck;
 pub use outbox::{STALL_AFTER, STREAM_BUFFER_BYTES, WatchStream};
 
@@ -51,7 +53,7 @@ use crate::error::Error;
 use crate::filter::EventMatcher;
 use crate::proto::{self, EventFilter};
 use crate::store::{Committed, NOTIFY_CHANNEL, Store};
-use crate::tenant::TenantId;
+use crate::tenant::{PartnerId, TenantId};
 use outbox::{WatchBudget, event_bytes};
 use subscription::Subscription;
 
@@ -360,11 +362,32 @@ impl WatchHub {
         after_seq: Option<u64>,
         credential: Arc<dyn CredentialCheck>,
     ) -> Result<WatchStream, Error> {
-        let matcher = EventMatcher::new(filter, "filter")?.decidable_in_memory("filter")?;
-        let condition = matcher.condition(self.store.backend());
+        let matcher = EventMatcher::new(filter, "filter")?;
+        // `partner_id` is the tenant's partner as the stream opens.
+        let matcher = if matcher.names_partner() {
+            let partner = self.store.partner_of(&tenant).await?;
+            matcher.bind_partner(partner.as_ref().map(PartnerId::as_str))
+        } else {
+            matcher
+        };
+        let matcher = matcher.decidable_in_memory("filter")?;
         let after_seq = after_seq
             .map(|seq| seq_from_proto(seq, "after_seq"))
             .transpose()?;
+        Ok(self.open_matched(tenant, matcher, after_seq, credential).await?.0)
+    }
+
+    /// Opens a stream of `tenant`'s events `matcher` (decidable in memory)
+    /// matches, after `after_seq` or, when it is `None`, from now; returns
+    /// it with the position it starts from.
+    async fn open_matched(
+        &self,
+        tenant: TenantId,
+        matcher: EventMatcher,
+        after_seq: Option<i64>,
+        credential: Arc<dyn CredentialCheck>,
+    ) -> Result<(WatchStream, i64), Error> {
+        let condition = matcher.condition(self.store.backend());
         let (live, slot) = self.register(&tenant)?;
         // From now: the head read after joining the live feed; nothing
         // before it is owed, and anything after it arrives live (or, after a
@@ -388,7 +411,7 @@ impl WatchHub {
             slot,
         );
         tokio::spawn(subscription.run(after_seq, replay));
-        Ok(stream)
+        Ok((stream, after_seq))
     }
 
     fn register(

@@ -233,6 +233,7 @@ impl Subscription {
             kind: Some(watch_response::Kind::Heartbeat(proto::Heartbeat {
                 head_seq: seq_to_proto(self.cursor),
                 time: Some(micros_to_timestamp(now_micros())),
+                positions: Vec::new(),
             })),
         };
         let bytes = message_bytes(&beat);

@@ -153,6 +153,7 @@ async fn watch(caller: &mut Caller, filter: EventFilter) -> Streaming<WatchRespo
     let request = caller.request(WatchRequest {
         filter: Some(filter),
         after_seq: Some(0),
+        ..Default::default()
     });
     caller.client.watch(request).await.expect("watch").into_inner()
 }
@@ -163,6 +164,7 @@ async fn export_all(caller: &mut Caller, filter: EventFilter, after_seq: u64) ->
     let request = caller.request(ExportRequest {
         filter: Some(filter),
         after_seq,
+        ..Default::default()
     });
     let mut stream = caller.client.export(request).await.expect("export").into_inner();
     let (mut tree_size, mut events) = (None, Vec::new());
@@ -541,6 +543,7 @@ async fn an_export_the_client_drops_is_recorded_with_what_was_handed_over(backen
     let request = backfill.request(ExportRequest {
         filter: None,
         after_seq: 0,
+        ..Default::default()
     });
     let mut stream = backfill
         .client
@@ -621,6 +624,7 @@ async fn an_export_whose_record_cannot_be_written_ends_unavailable(backend: Back
     let request = auditor.request(ExportRequest {
         filter: None,
         after_seq: 0,
+        ..Default::default()
     });
     let mut stream = auditor.client.export(request).await.expect("export").into_inner();
     let mut parts = Vec::new();

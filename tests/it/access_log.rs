@@ -147,6 +147,7 @@ async fn access_log_counts_the_events_get_export_and_watch_return() {
     let request = caller.request(WatchRequest {
         filter: None,
         after_seq: Some(0),
+        ..Default::default()
     });
     let mut watch = caller.client.watch(request).await.expect("watch").into_inner();
     let mut events = 0;

@@ -26,21 +26,21 @@ on_both_backends!(
 );
 
 /// An export as received: header, chunks, checkpoint.
-struct Export {
-    header: ExportHeader,
-    chunks: Vec<ExportChunk>,
-    checkpoint: Checkpoint,
+pub(crate) struct Export {
+    pub(crate) header: ExportHeader,
+    pub(crate) chunks: Vec<ExportChunk>,
+    pub(crate) checkpoint: Checkpoint,
 }
 
 impl Export {
-    fn events(&self) -> impl Iterator<Item = &AuditEvent> {
+    pub(crate) fn events(&self) -> impl Iterator<Item = &AuditEvent> {
         self.chunks.iter().flat_map(|c| c.events.iter())
     }
 
     /// Rebuilds the tree and checks it against the checkpoint, whose
     /// signature is checked with `key`; leaves recomputed by the tests'
     /// own hashing.
-    fn check(&self, key: &str) -> Result<(), ExportMismatch> {
+    pub(crate) fn check(&self, key: &str) -> Result<(), ExportMismatch> {
         let signed = VerifierKey::parse(key)
             .unwrap()
             .open(&self.checkpoint.note)
@@ -87,6 +87,7 @@ async fn export(caller: &mut Caller, filter: EventFilter, after_seq: u64) -> Res
     let request = caller.request(ExportRequest {
         filter: Some(filter),
         after_seq,
+        ..Default::default()
     });
     let mut stream = caller.client.export(request).await?.into_inner();
     let mut header = None;

@@ -25,6 +25,7 @@ mod page_bytes;
 mod paging;
 mod platform;
 mod platform_reads;
+mod platform_streams;
 mod read_replica;
 mod reconnect;
 mod reliability;

@@ -155,6 +155,7 @@ async fn metrics_count_a_known_sequence_of_calls_exactly(backend: Backend) {
     let request = caller.request(WatchRequest {
         filter: None,
         after_seq: Some(0),
+        ..Default::default()
     });
     let mut watch = caller.client.watch(request).await.expect("watch").into_inner();
     let mut events = 0;
@@ -454,6 +455,7 @@ async fn an_unread_watch_counts_as_lagging_until_it_goes() {
     let request = caller.request(WatchRequest {
         filter: None,
         after_seq: Some(0),
+        ..Default::default()
     });
     let unread = client.watch(request).await.expect("watch").into_inner();
 

@@ -106,6 +106,7 @@ async fn every_rpc_refusal(caller: &mut Caller) -> Vec<(&'static str, Status)> {
     let request = caller.request(WatchRequest {
         filter: None,
         after_seq: Some(0),
+        ..Default::default()
     });
     match caller.client.watch(request).await {
         Ok(_) => panic!("Watch succeeded"),

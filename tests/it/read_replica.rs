@@ -174,6 +174,7 @@ async fn a_watch_resumed_beyond_the_replay_misses_nothing(setup: &Setup) {
     let request = caller.request(WatchRequest {
         filter: None,
         after_seq: Some(2),
+        ..Default::default()
     });
     let mut stream = caller.client.watch(request).await.expect("watch").into_inner();
     let mut seqs = Vec::new();
@@ -205,6 +206,7 @@ async fn an_export_beyond_the_replay_ends_at_its_checkpoint(setup: &Setup) {
     let request = caller.request(ExportRequest {
         filter: None,
         after_seq: 0,
+        ..Default::default()
     });
     let mut stream = caller.client.export(request).await.expect("export").into_inner();
     let (mut seqs, mut size) = (Vec::new(), None);

@@ -175,6 +175,7 @@ async fn global_stream_cap_is_resource_exhausted(backend: Backend) {
         let request = caller.request(WatchRequest {
             filter: None,
             after_seq: Some(0),
+            ..Default::default()
         });
         streams.push(caller.client.watch(request).await.expect("stream within the cap"));
     }
@@ -182,6 +183,7 @@ async fn global_stream_cap_is_resource_exhausted(backend: Backend) {
     let request = caller.request(WatchRequest {
         filter: None,
         after_seq: Some(0),
+        ..Default::default()
     });
     let status = caller
         .client
@@ -392,6 +394,7 @@ async fn postgres_outage_fails_fast_reports_not_serving_and_recovers_without_gap
     let request = caller.request(WatchRequest {
         filter: None,
         after_seq: Some(0),
+        ..Default::default()
     });
     let mut stream = caller.client.watch(request).await.expect("watch").into_inner();
     let mut delivered = Vec::new();
@@ -445,6 +448,7 @@ async fn postgres_outage_fails_fast_reports_not_serving_and_recovers_without_gap
     let request = caller.request(WatchRequest {
         filter: None,
         after_seq: Some(resume),
+        ..Default::default()
     });
     let mut stream = caller.client.watch(request).await.expect("resume").into_inner();
     while delivered.len() < 20 {

@@ -168,6 +168,7 @@ async fn shutdown_tells_streams_the_server_is_stopping_not_that_storage_failed(b
     let request = caller.request(WatchRequest {
         filter: Some(EventFilter::default()),
         after_seq: Some(0),
+        ..Default::default()
     });
     let mut stream = caller.client.watch(request).await.expect("watch").into_inner();
     loop {

@@ -585,6 +585,7 @@ impl ServerProcess {
         let request = own.request(proto::WatchRequest {
             filter: None,
             after_seq: Some(0),
+            ..Default::default()
         });
         own.client.watch(request).await.expect("watch").into_inner()
     }
@@ -608,6 +609,7 @@ impl ServerProcess {
                 let request = reader.request(proto::WatchRequest {
                     filter: None,
                     after_seq: Some(0),
+                    ..Default::default()
                 });
                 streams.push(reader.client.watch(request).await.expect("watch").into_inner());
             }

@@ -225,6 +225,7 @@ async fn a_renewed_certificate_reaches_new_connections_while_an_open_watch_conti
     let request = caller.request(WatchRequest {
         filter: Some(EventFilter::default()),
         after_seq: Some(0),
+        ..Default::default()
     });
     let mut watch = caller.client.watch(request).await.expect("watch").into_inner();
     caller.append(vec![event("user.login", "alice")]).await;

@@ -35,6 +35,7 @@ async fn open(caller: &mut Caller, filter: EventFilter, after_seq: Option<u64>) 
     let request = caller.request(WatchRequest {
         filter: Some(filter),
         after_seq,
+        ..Default::default()
     });
     caller.client.watch(request).await.expect("watch").into_inner()
 }
@@ -289,6 +290,7 @@ async fn stream_limit_per_tenant_is_resource_exhausted_and_freed_on_cancel(backe
     let request = caller.request(WatchRequest {
         filter: None,
         after_seq: Some(0),
+        ..Default::default()
     });
     let status = caller
         .client
@@ -306,6 +308,7 @@ async fn stream_limit_per_tenant_is_resource_exhausted_and_freed_on_cancel(backe
         let request = caller.request(WatchRequest {
             filter: None,
             after_seq: Some(0),
+            ..Default::default()
         });
         if caller.client.watch(request).await.is_ok() {
             reopened = true;

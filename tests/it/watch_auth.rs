@@ -28,6 +28,7 @@ async fn open(caller: &mut Caller, after_seq: Option<u64>) -> Streaming<WatchRes
     let request = caller.request(WatchRequest {
         filter: Some(EventFilter::default()),
         after_seq,
+        ..Default::default()
     });
     caller.client.watch(request).await.expect("watch").into_inner()
 }
@@ -123,6 +124,7 @@ async fn events_appended_after_an_api_key_is_revoked_are_not_delivered(backend: 
     let request = reader.request(WatchRequest {
         filter: None,
         after_seq: Some(0),
+        ..Default::default()
     });
     let status = reader
         .client

@@ -126,6 +126,7 @@ async fn unread_streams_cannot_starve_a_reading_stream_of_a_small_watch_budget(b
     let request = own.request(WatchRequest {
         filter: None,
         after_seq: Some(0),
+        ..Default::default()
     });
     let mut stream = own.client.watch(request).await.expect("watch").into_inner();
     let seq = caller.append(vec![event("a.b", "x")]).await[0].seq;

@@ -97,6 +97,10 @@ pub enum Node {
     Not(Box<Node>),
     /// A comparison.
     Test(Test),
+    /// A part decided already: a `partner_id` comparison bound to the
+    /// partner of the one tenant whose events are matched
+    /// ([`Node::bind_partner`]).
+    Decided(bool),
 }
 
 impl Node {
@@ -108,6 +112,33 @@ impl Node {
             Self::Or(parts) => parts.iter().any(|p| p.matches(event)),
             Self::Not(part) => !part.matches(event),
             Self::Test(test) => test.matches(event),
+            Self::Decided(holds) => *holds,
+        }
+    }
+
+    /// Whether the expression compares `partner_id`, which only the
+    /// tenants registry decides.
+    pub fn names_partner(&self) -> bool {
+        match self {
+            Self::And(parts) | Self::Or(parts) => parts.iter().any(Self::names_partner),
+            Self::Not(part) => part.names_partner(),
+            Self::Test(Test::Text(Field::PartnerId, _)) => true,
+            Self::Test(_) | Self::Decided(_) => false,
+        }
+    }
+
+    /// The expression for the events of one tenant whose partner is
+    /// `partner` (`None`: it has none, and the field is missing): every
+    /// `partner_id` comparison decided, as the database decides it.
+    pub fn bind_partner(&self, partner: Option<&str>) -> Self {
+        match self {
+            Self::And(parts) => Self::And(parts.iter().map(|p| p.bind_partner(partner)).collect()),
+            Self::Or(parts) => Self::Or(parts.iter().map(|p| p.bind_partner(partner)).collect()),
+            Self::Not(part) => Self::Not(Box::new(part.bind_partner(partner))),
+            Self::Test(Test::Text(Field::PartnerId, test)) => {
+                Self::Decided(partner.is_some_and(|p| test.holds(p)))
+            }
+            other => other.clone(),
         }
     }
 }
@@ -136,6 +167,70 @@ impl Test {
                     MetadataTest::Present => !value.is_null(),
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+    use super::*;
+
+    fn event() -> audit_event::Model {
+        audit_event::Model {
+            tenant_id: crate::tenant::TenantId::parse("acme", "tenant").unwrap(),
+            seq: 1,
+            id: uuid::Uuid::nil(),
+            occurred_at: None,
+            recorded_at: 0,
+            actor_id: None,
+            actor_type: None,
+            actor_name: None,
+            actor_email: None,
+            action: Some("user.login".into()),
+            resource_type: None,
+            resource_id: None,
+            resource_name: None,
+            outcome: None,
+            request_method: None,
+            request_path: None,
+            request_status_code: None,
+            request_client_ip: None,
+            request_user_agent: None,
+            request_id: None,
+            request_client_identity: None,
+            source: None,
+            reasoning: None,
+            metadata: None,
+            idempotency_key: None,
+            deleted_at: None,
+        }
+    }
+
+    /// Bound to a tenant's partner, `partner_id` decides as the database
+    /// does: a missing partner fails every comparison, so `NOT` passes it.
+    #[test]
+    fn a_bound_partner_id_decides_like_the_registry() {
+        let cases = [
+            (r#"partner_id = "p-1""#, Some("p-1"), true),
+            (r#"partner_id = "p-1""#, Some("p-2"), false),
+            (r#"partner_id = "p-1""#, None, false),
+            (r#"partner_id != "p-1""#, None, true),
+            (r#"partner_id = "p-*""#, Some("p-9"), true),
+            (r#"partner_id:*"#, None, false),
+            (r#"partner_id:*"#, Some("x"), true),
+            (
+                r#"partner_id = "p-1" AND action = "user.login""#,
+                Some("p-1"),
+                true,
+            ),
+        ];
+        for (source, partner, expected) in cases {
+            let node = parse(source).unwrap().unwrap();
+            assert!(node.names_partner(), "{source}");
+            let bound = node.bind_partner(partner);
+            assert!(!bound.names_partner(), "{source}");
+            assert_eq!(bound.matches(&event()), expected, "{source} with {partner:?}");
         }
     }
 }

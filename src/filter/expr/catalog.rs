@@ -89,6 +89,10 @@ pub enum Field {
     /// `tenant_id`: one tenant's events in its own calls; narrows the
     /// tenants a platform read spans.
     TenantId,
+    /// `partner_id`: the partner the tenants registry assigns the event's
+    /// tenant (none: the field is missing), decided by the registry, not
+    /// stored with the event. In a tenant's own call, its own partner.
+    PartnerId,
 }
 
 /// Name under which `metadata.KEY` is described.
@@ -96,8 +100,9 @@ pub const METADATA_FIELD: &str = "metadata";
 
 impl Field {
     /// Every field, in the order `GetFilterMetadata` lists them.
-    pub const ALL: [Field; 21] = [
+    pub const ALL: [Field; 22] = [
         Self::TenantId,
+        Self::PartnerId,
         Self::Seq,
         Self::OccurredAt,
         Self::RecordedAt,
@@ -144,6 +149,7 @@ impl Field {
             Self::RecordedAt => "recorded_at",
             Self::Seq => "seq",
             Self::TenantId => "tenant_id",
+            Self::PartnerId => "partner_id",
         }
     }
 
@@ -186,7 +192,8 @@ impl Field {
         }
     }
 
-    /// The column holding the field.
+    /// The column holding the field; for `partner_id`, which no column
+    /// holds, the tenant's (the registry maps it to a partner).
     pub fn column(self) -> Column {
         match self {
             Self::Action => Column::Action,
@@ -209,11 +216,14 @@ impl Field {
             Self::OccurredAt => Column::OccurredAt,
             Self::RecordedAt => Column::RecordedAt,
             Self::Seq => Column::Seq,
-            Self::TenantId => Column::TenantId,
+            Self::TenantId | Self::PartnerId => Column::TenantId,
         }
     }
 
-    /// The stored text of a text field of `event`.
+    /// The stored text of a text field of `event`; `None` for
+    /// `partner_id`, which the event does not hold (a matcher decides it
+    /// in memory only once bound to the tenant's partner:
+    /// `EventMatcher::for_partner`).
     pub fn text(self, event: &audit_event::Model) -> Option<&str> {
         let value = match self {
             Self::TenantId => return Some(event.tenant_id.as_str()),
