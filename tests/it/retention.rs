@@ -825,9 +825,7 @@ async fn one_tenants_long_run_does_not_hold_up_another_tenants_retention(backend
     append_as(&mut short_admin, "old", 3).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for admin in [&mut long_admin, &mut short_admin] {
-        set_retention(admin, Some(1), false)
-            .await
-            .expect("set retention");
+        set_retention(admin, Some(1), false).await.expect("set retention");
     }
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_audit-service"))
