@@ -88,6 +88,14 @@ struct Options {
     /// two builds of the service taking turns.
     #[arg(long)]
     append_only: bool,
+    /// Only the Append cells of this batch size (repeatable; default all
+    /// of 1, 10, 100, 1000).
+    #[arg(long = "batch", value_name = "EVENTS")]
+    batches: Vec<usize>,
+    /// Only the Append cells of this many clients (repeatable; default all
+    /// of 1, 8, 64).
+    #[arg(long = "clients", value_name = "CLIENTS")]
+    client_counts: Vec<usize>,
     /// Only the retention rows (issue 19): Append's latency while
     /// `audit-service retention apply` erases a backlog of the same
     /// tenant, beside its latency without a run.
@@ -135,6 +143,9 @@ struct Settings {
     server_bin: PathBuf,
     postgres_url: String,
     append_only: bool,
+    /// The batch sizes and client counts of the Append cells run.
+    batches: Vec<usize>,
+    client_counts: Vec<usize>,
     retention: bool,
     export: bool,
     storage: bool,
@@ -202,6 +213,16 @@ async fn run(options: Options) -> anyhow::Result<()> {
         server_bin,
         postgres_url: options.postgres_url,
         append_only: options.append_only,
+        batches: if options.batches.is_empty() {
+            BATCH_SIZES.to_vec()
+        } else {
+            options.batches
+        },
+        client_counts: if options.client_counts.is_empty() {
+            CLIENT_COUNTS.to_vec()
+        } else {
+            options.client_counts
+        },
         retention: options.retention,
         export: options.export,
         storage: options.storage,
@@ -486,8 +507,8 @@ async fn append_matrix(
     writer: &RawWriter,
     table: &mut Table,
 ) -> anyhow::Result<()> {
-    for batch in BATCH_SIZES {
-        for clients in CLIENT_COUNTS {
+    for &batch in &settings.batches {
+        for &clients in &settings.client_counts {
             let cell = format!("b{batch}-c{clients}");
             let service = workloads::append(
                 channels,

@@ -3,6 +3,7 @@
 
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, IntoActiveModel,
+    QueryTrait, Statement,
 };
 
 use super::pg_array::ArrayLiteral;
@@ -19,24 +20,35 @@ pub(super) async fn insert_events(
     txn: &DatabaseTransaction,
     rows: Vec<audit_event::Model>,
 ) -> Result<(), DbErr> {
-    if txn.get_database_backend() == DbBackend::Postgres {
-        for chunk in rows.chunks(UNNEST_CHUNK) {
-            insert_events_postgres(txn, chunk).await?;
-        }
-        return Ok(());
-    }
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<audit_event::ActiveModel> = rows
-            .by_ref()
-            .take(INSERT_CHUNK)
-            .map(|m| m.into_active_model().reset_all())
-            .collect();
-        audit_event::Entity::insert_many(chunk)
-            .exec_without_returning(txn)
-            .await?;
+    for statement in events_insert(txn.get_database_backend(), &rows, "")? {
+        txn.execute_raw(statement).await?;
     }
     Ok(())
+}
+
+/// The statements that insert `rows` (events of one tenant): on PostgreSQL
+/// one `unnest` INSERT per [`UNNEST_CHUNK`] rows, whose rows are selected
+/// `gate` (SQL after the unnested rows, say a WHERE clause; `""`: all);
+/// elsewhere a multi-row INSERT per [`INSERT_CHUNK`] rows (no gate).
+pub(super) fn events_insert(
+    backend: DbBackend,
+    rows: &[audit_event::Model],
+    gate: &str,
+) -> Result<Vec<Statement>, DbErr> {
+    if backend == DbBackend::Postgres {
+        return rows
+            .chunks(UNNEST_CHUNK)
+            .map(|chunk| events_insert_postgres(chunk, gate))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|statements| statements.into_iter().flatten().collect());
+    }
+    Ok(rows
+        .chunks(INSERT_CHUNK)
+        .map(|chunk| {
+            let models = chunk.iter().map(|m| m.clone().into_active_model().reset_all());
+            audit_event::Entity::insert_many(models).build(backend)
+        })
+        .collect())
 }
 
 /// One INSERT for a batch of events of one tenant on PostgreSQL: each
@@ -44,9 +56,9 @@ pub(super) async fn insert_events(
 /// the statement is prepared once and planned once, where a multi-row
 /// VALUES list of a new length (26 parameters a row) is parsed and planned
 /// anew on every group commit.
-async fn insert_events_postgres(txn: &DatabaseTransaction, rows: &[audit_event::Model]) -> Result<(), DbErr> {
+fn events_insert_postgres(rows: &[audit_event::Model], gate: &str) -> Result<Option<Statement>, DbErr> {
     let Some(first) = rows.first() else {
-        return Ok(());
+        return Ok(None);
     };
     let n = rows.len();
     let mut numbers: [ArrayLiteral; 8] = std::array::from_fn(|_| ArrayLiteral::with_capacity(n * 17));
@@ -97,22 +109,22 @@ async fn insert_events_postgres(txn: &DatabaseTransaction, rows: &[audit_event::
         }
     }
     let values = numbers.into_iter().chain(texts).map(|l| l.finish().into());
-    txn.execute_raw(tenant_statement(
+    Ok(Some(tenant_statement(
         DbBackend::Postgres,
         &first.tenant_id,
-        "INSERT INTO audit_events (tenant_id, seq, id, occurred_at, recorded_at, actor_type, outcome, \
-         request_status_code, deleted_at, actor_id, actor_name, actor_email, action, resource_type, \
-         resource_id, resource_name, request_method, request_path, request_client_ip, \
-         request_user_agent, request_id, request_client_identity, source, reasoning, metadata, \
-         idempotency_key) \
-         SELECT $1, t.* FROM unnest($2::text::bigint[], $3::text::uuid[], $4::text::bigint[], \
-         $5::text::bigint[], $6::text::int[], $7::text::int[], $8::text::int[], $9::text::bigint[], \
-         $10::text::text[], $11::text::text[], $12::text::text[], $13::text::text[], $14::text::text[], \
-         $15::text::text[], $16::text::text[], $17::text::text[], $18::text::text[], $19::text::text[], \
-         $20::text::text[], $21::text::text[], $22::text::text[], $23::text::text[], \
-         $24::text::text[], $25::text::jsonb[], $26::text::text[]) AS t",
+        &format!(
+            "INSERT INTO audit_events (tenant_id, seq, id, occurred_at, recorded_at, actor_type, outcome, \
+             request_status_code, deleted_at, actor_id, actor_name, actor_email, action, resource_type, \
+             resource_id, resource_name, request_method, request_path, request_client_ip, \
+             request_user_agent, request_id, request_client_identity, source, reasoning, metadata, \
+             idempotency_key) \
+             SELECT $1, t.* FROM unnest($2::text::bigint[], $3::text::uuid[], $4::text::bigint[], \
+             $5::text::bigint[], $6::text::int[], $7::text::int[], $8::text::int[], $9::text::bigint[], \
+             $10::text::text[], $11::text::text[], $12::text::text[], $13::text::text[], $14::text::text[], \
+             $15::text::text[], $16::text::text[], $17::text::text[], $18::text::text[], $19::text::text[], \
+             $20::text::text[], $21::text::text[], $22::text::text[], $23::text::text[], \
+             $24::text::text[], $25::text::jsonb[], $26::text::text[]) AS t{gate}"
+        ),
         values,
-    ))
-    .await?;
-    Ok(())
+    )))
 }

@@ -115,19 +115,36 @@ impl Store {
     ) -> StoreResult<RetentionRun> {
         let mut run = RetentionRun::default();
         while go_on() {
-            run.batches += 1;
-            let started = Instant::now();
-            match self.retention_batch(tenant, now).await? {
-                Batch::More(erased) => run.erased += erased,
-                Batch::Done(erased, event) => {
-                    run.erased += erased;
-                    run.event = event.map(|e| *e);
-                    return Ok(run);
-                }
+            if !self.retention_step(tenant, now, &mut run).await? {
+                break;
             }
-            tokio::time::sleep(started.elapsed().mul_f64(RETENTION_REST)).await;
         }
         Ok(run)
+    }
+
+    /// One batch of `tenant`'s run as of `now`, added to `run`; true when
+    /// more may be due (then it has rested as long as the batch took,
+    /// [`RETENTION_REST`] times). The retention task takes the batches of
+    /// the tenants with work in turn, so no tenant's long run holds up
+    /// another's.
+    pub async fn retention_step(
+        &self,
+        tenant: &TenantId,
+        now: i64,
+        run: &mut RetentionRun,
+    ) -> StoreResult<bool> {
+        run.batches += 1;
+        let started = Instant::now();
+        match self.retention_batch(tenant, now).await? {
+            Batch::More(erased) => run.erased += erased,
+            Batch::Done(erased, event) => {
+                run.erased += erased;
+                run.event = event.map(|e| *e);
+                return Ok(false);
+            }
+        }
+        tokio::time::sleep(started.elapsed().mul_f64(RETENTION_REST)).await;
+        Ok(true)
     }
 
     async fn retention_batch(&self, tenant: &TenantId, now: i64) -> StoreResult<Batch> {
@@ -150,6 +167,11 @@ impl Store {
                 full: false,
             },
         };
+        if last.is_none() && observed.run_erased == 0 {
+            // Nothing is due and no run is open: nothing to write (a
+            // tenant with nothing due costs the task these reads only).
+            return Ok(Batch::Done(0, None));
+        }
         // As in `Delete`, an erased event's leaf is in the tree before its
         // content goes. The tree lags the head only where it was turned off
         // (`AUDIT_INTEGRITY=off`) or did not exist yet; it is caught up in

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, QueryFilter, QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, QueryFilter, QuerySelect, Statement,
 };
 
 use super::pg_array::ArrayLiteral;
@@ -132,18 +132,36 @@ impl Tally {
         if self.0.is_empty() {
             return Ok(());
         }
-        if txn.get_database_backend() == DbBackend::Postgres {
-            upsert_postgres(txn, tenant, &self.0).await?;
-        } else {
-            let entries: Vec<(&RollupKey, &i64)> = self.0.iter().collect();
-            for chunk in entries.chunks(SQLITE_UPSERT_CHUNK) {
-                upsert_sqlite(txn, tenant, chunk).await?;
-            }
+        for statement in self.upserts(txn.get_database_backend(), tenant, "") {
+            txn.execute_raw(statement).await?;
         }
-        if self.0.values().any(|count| *count < 0) {
+        if !self.adds_only() {
             self.delete_emptied(txn, tenant).await?;
         }
         Ok(())
+    }
+
+    /// Whether every count is an addition (applying the tally then needs
+    /// its [`Tally::upserts`] alone).
+    pub fn adds_only(&self) -> bool {
+        self.0.values().all(|count| *count >= 0)
+    }
+
+    /// The upserts adding each count in key order: on PostgreSQL one
+    /// statement, whose rows are selected `gate` (SQL after the unnested
+    /// rows; `""`: all); elsewhere one per [`SQLITE_UPSERT_CHUNK`] keys.
+    pub fn upserts(&self, backend: DbBackend, tenant: &TenantId, gate: &str) -> Vec<Statement> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        if backend == DbBackend::Postgres {
+            return vec![upsert_postgres(tenant, &self.0, gate)];
+        }
+        let entries: Vec<(&RollupKey, &i64)> = self.0.iter().collect();
+        entries
+            .chunks(SQLITE_UPSERT_CHUNK)
+            .map(|chunk| upsert_sqlite(tenant, chunk))
+            .collect()
     }
 
     async fn delete_emptied(&self, txn: &DatabaseTransaction, tenant: &TenantId) -> Result<(), DbErr> {
@@ -191,11 +209,7 @@ const ON_KEY_ADD: &str = "ON CONFLICT (tenant_id, hour_start, action, outcome, a
 /// One statement, prepared once whatever the tally's size: each column
 /// travels as one array literal, `unnest`ed in order (the key's order, in
 /// which the rows are then locked).
-async fn upsert_postgres(
-    txn: &DatabaseTransaction,
-    tenant: &TenantId,
-    tally: &BTreeMap<RollupKey, i64>,
-) -> Result<(), DbErr> {
+fn upsert_postgres(tenant: &TenantId, tally: &BTreeMap<RollupKey, i64>, gate: &str) -> Statement {
     let n = tally.len();
     let mut numbers: [ArrayLiteral; 4] = std::array::from_fn(|_| ArrayLiteral::with_capacity(n * 12));
     let mut texts: [ArrayLiteral; 3] = std::array::from_fn(|_| ArrayLiteral::with_capacity(n * 16));
@@ -223,28 +237,22 @@ async fn upsert_postgres(
     ]
     .into_iter()
     .map(|l| l.finish().into());
-    txn.execute_raw(tenant_statement(
+    tenant_statement(
         DbBackend::Postgres,
         tenant,
         &format!(
             "INSERT INTO event_rollups ({UPSERT_COLUMNS}) \
              SELECT $1, t.* FROM unnest($2::text::bigint[], $3::text::text[], $4::text::int[], \
-             $5::text::int[], $6::text::text[], $7::text::text[], $8::text::bigint[]) AS t \
+             $5::text::int[], $6::text::text[], $7::text::text[], $8::text::bigint[]) AS t{gate} \
              {ON_KEY_ADD}"
         ),
         values,
-    ))
-    .await?;
-    Ok(())
+    )
 }
 
 /// A multi-row upsert (SQLite has one writer at a time: the order does not
 /// matter there).
-async fn upsert_sqlite(
-    txn: &DatabaseTransaction,
-    tenant: &TenantId,
-    entries: &[(&RollupKey, &i64)],
-) -> Result<(), DbErr> {
+fn upsert_sqlite(tenant: &TenantId, entries: &[(&RollupKey, &i64)]) -> Statement {
     let mut rows = Vec::with_capacity(entries.len());
     let mut values: Vec<sea_orm::Value> = Vec::with_capacity(entries.len() * 7);
     for (key, count) in entries {
@@ -273,9 +281,7 @@ async fn upsert_sqlite(
         "INSERT INTO event_rollups ({UPSERT_COLUMNS}) VALUES {} {ON_KEY_ADD}",
         rows.join(", ")
     );
-    txn.execute_raw(tenant_statement(DbBackend::Sqlite, tenant, &sql, values))
-        .await?;
-    Ok(())
+    tenant_statement(DbBackend::Sqlite, tenant, &sql, values)
 }
 
 /// What [`Store::rebuild_rollups`] found.

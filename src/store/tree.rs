@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set,
+    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set, Statement,
 };
 
 use super::pg_array::ArrayLiteral;
@@ -131,43 +131,55 @@ fn missing_node(tenant: &TenantId, id: NodeId) -> StoreError {
     }
 }
 
+/// Inserts `nodes` of the tenant's tree in the transaction.
 pub(super) async fn insert_nodes(
     txn: &DatabaseTransaction,
     tenant: &TenantId,
     nodes: Vec<(NodeId, Hash)>,
 ) -> Result<(), DbErr> {
-    if nodes.is_empty() {
-        return Ok(());
-    }
-    if txn.get_database_backend() == DbBackend::Postgres {
-        return insert_nodes_postgres(txn, tenant, &nodes).await;
-    }
-    for chunk in nodes.chunks(NODE_INSERT_CHUNK) {
-        let rows = chunk.iter().map(|(id, hash)| {
-            merkle_node::Model {
-                tenant_id: tenant.clone(),
-                level: stored_level(*id),
-                idx: stored_index(id.index),
-                hash: hash.to_vec(),
-            }
-            .into_active_model()
-            .reset_all()
-        });
-        merkle_node::Entity::insert_many(rows)
-            .exec_without_returning(txn)
-            .await?;
+    for statement in nodes_insert(txn.get_database_backend(), tenant, &nodes, "") {
+        txn.execute_raw(statement).await?;
     }
     Ok(())
 }
 
-/// One statement for any number of nodes: the columns travel as three
-/// array literals and are unnested by the server, so the statement is
-/// prepared once and its size does not grow with the batch.
-async fn insert_nodes_postgres(
-    txn: &DatabaseTransaction,
+/// The statements that insert `nodes` of the tenant's tree: on PostgreSQL
+/// one for any number of nodes (the columns travel as three array
+/// literals, unnested by the server, so the statement is prepared once and
+/// its size does not grow with the batch), whose rows are selected `gate`
+/// (SQL after the unnested rows; `""`: all); elsewhere a multi-row INSERT
+/// per [`NODE_INSERT_CHUNK`] nodes (no gate).
+pub(super) fn nodes_insert(
+    backend: DbBackend,
     tenant: &TenantId,
     nodes: &[(NodeId, Hash)],
-) -> Result<(), DbErr> {
+    gate: &str,
+) -> Vec<Statement> {
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    if backend == DbBackend::Postgres {
+        return vec![nodes_insert_postgres(tenant, nodes, gate)];
+    }
+    nodes
+        .chunks(NODE_INSERT_CHUNK)
+        .map(|chunk| {
+            let rows = chunk.iter().map(|(id, hash)| {
+                merkle_node::Model {
+                    tenant_id: tenant.clone(),
+                    level: stored_level(*id),
+                    idx: stored_index(id.index),
+                    hash: hash.to_vec(),
+                }
+                .into_active_model()
+                .reset_all()
+            });
+            merkle_node::Entity::insert_many(rows).build(backend)
+        })
+        .collect()
+}
+
+fn nodes_insert_postgres(tenant: &TenantId, nodes: &[(NodeId, Hash)], gate: &str) -> Statement {
     let mut levels = ArrayLiteral::with_capacity(nodes.len() * 3);
     let mut indexes = ArrayLiteral::with_capacity(nodes.len() * 8);
     let mut hashes = ArrayLiteral::with_capacity(nodes.len() * 65);
@@ -176,20 +188,20 @@ async fn insert_nodes_postgres(
         indexes.push_plain(Some(id.index));
         hashes.push_plain(Some(Hex(hash)));
     }
-    txn.execute_raw(tenant_statement(
+    tenant_statement(
         DbBackend::Postgres,
         tenant,
-        "INSERT INTO merkle_nodes (tenant_id, level, idx, hash) \
-         SELECT $1, l, i, decode(h, 'hex') \
-         FROM unnest($2::text::int[], $3::text::bigint[], $4::text::text[]) AS t(l, i, h)",
+        &format!(
+            "INSERT INTO merkle_nodes (tenant_id, level, idx, hash) \
+             SELECT $1, l, i, decode(h, 'hex') \
+             FROM unnest($2::text::int[], $3::text::bigint[], $4::text::text[]) AS t(l, i, h){gate}"
+        ),
         [
             levels.finish().into(),
             indexes.finish().into(),
             hashes.finish().into(),
         ],
-    ))
-    .await?;
-    Ok(())
+    )
 }
 
 /// Lower-case hex of a hash, written without an intermediate string.

@@ -33,6 +33,7 @@ on_both_backends!(
     bad_policy_requests_are_invalid_argument,
     erased_content_is_cleared_in_storage,
     records_of_reads_go_when_due_and_policy_records_stay,
+    one_tenants_long_run_does_not_hold_up_another_tenants_retention,
 );
 
 // ---- helpers ----------------------------------------------------------------
@@ -794,4 +795,59 @@ async fn records_of_reads_go_when_due_and_policy_records_stay(backend: Backend) 
     );
     let (code, output) = run_verify(&server, &tenant, &[]);
     assert_eq!(code, 0, "{output}");
+}
+
+/// When each of the tenant's retention runs was recorded, in seq order.
+async fn runs_recorded_at(admin: &mut Caller) -> Vec<(i64, i32)> {
+    of_action(&live_events(admin).await, "audit.retention.applied")
+        .into_iter()
+        .map(|e| {
+            let at = e.recorded_at.as_ref().expect("recorded_at");
+            (at.seconds, at.nanos)
+        })
+        .collect()
+}
+
+/// The retention task takes the tenants' batches in turn: a tenant with a
+/// few due events has its run recorded before a tenant listed before it,
+/// with a backlog of many batches, ends its own (it used to wait for it).
+async fn one_tenants_long_run_does_not_hold_up_another_tenants_retention(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    // Tenant ids made later sort later: the task lists `long` first.
+    let long = crate::support::new_tenant();
+    let short = crate::support::new_tenant();
+    assert!(long < short);
+    let mut long_admin = server.admin_for(&long).await;
+    let mut short_admin = server.admin_for(&short).await;
+    for _ in 0..4 {
+        append_as(&mut long_admin, "old", 1000).await;
+    }
+    append_as(&mut short_admin, "old", 3).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for admin in [&mut long_admin, &mut short_admin] {
+        set_retention(admin, Some(1), false).await.expect("set retention");
+    }
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_audit-service"))
+        .args(["retention", "apply"])
+        .env("DATABASE_URL", &server.database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run audit-service retention apply");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let long_runs = runs_recorded_at(&mut long_admin).await;
+    let short_runs = runs_recorded_at(&mut short_admin).await;
+    assert_eq!(long_runs.len(), 1, "{long_runs:?}");
+    assert_eq!(short_runs.len(), 1, "{short_runs:?}");
+    assert!(
+        short_runs[0] < long_runs[0],
+        "the 3-event run was recorded at {:?}, after the 4000-event run ({:?})",
+        short_runs[0],
+        long_runs[0]
+    );
 }

@@ -3,6 +3,7 @@
 //! the group it joins is recorded in one transaction ([`transaction`]).
 
 mod group_commit;
+mod known_head;
 mod transaction;
 
 use tokio::sync::oneshot;

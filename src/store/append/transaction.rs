@@ -11,6 +11,7 @@ use sea_orm::{
 use tokio::sync::{MutexGuard, watch};
 use uuid::Uuid;
 
+use super::known_head::KnownHead;
 use super::{AppendOutcome, NewEvent};
 use crate::entity::audit_event;
 use crate::integrity::merkle::{CompactTree, Hash, NodeId};
@@ -84,6 +85,7 @@ impl Store {
         predecessor: Option<Predecessor>,
         planned: impl FnOnce(Tail),
     ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
+        let mut planned = Some(planned);
         let (_writer, txn, start) = self.open_group(tenant, predecessor.as_ref()).await?;
         let Head {
             head_seq: head,
@@ -92,7 +94,6 @@ impl Store {
         // Only PostgreSQL overlaps groups; elsewhere `planned` is dropped
         // on return, after the commit.
         let overlaps = self.backend() == DbBackend::Postgres;
-        let mut planned = Some(planned);
         let write = async {
             let recorded_at = now_micros();
             let recorded = known_keys(&txn, tenant, &batches, predecessor.as_ref()).await?;
@@ -105,12 +106,17 @@ impl Store {
             if rows.is_empty() {
                 // Duplicates only; their answers may come from the predecessor.
                 await_predecessor(tenant, predecessor).await?;
-                return Ok((outcomes, None));
+                return Ok((outcomes, None, None));
             }
             let (tree, nodes) = self
                 .group_tree(&txn, tenant, predecessor.as_ref(), tree_size, last_seq, &rows)
                 .await?;
             let new_tree_size = tree.as_ref().map_or(tree_size, tree_size_of);
+            let known = tree.clone().map(|tree| KnownHead {
+                head: last_seq,
+                tree_size: new_tree_size,
+                tree,
+            });
             if let Some(planned) = planned.take_if(|_| overlaps) {
                 planned(Tail {
                     head: last_seq,
@@ -132,9 +138,9 @@ impl Store {
             tally.apply(&txn, tenant).await?;
             set_head(&txn, tenant, last_seq, new_tree_size).await?;
             announce(&txn, tenant, head + 1, last_seq).await?;
-            Ok((outcomes, committed.map(|events| (last_seq, events))))
+            Ok((outcomes, committed.map(|events| (last_seq, events)), known))
         };
-        let (results, committed) = match write.await {
+        let (results, committed, known) = match write.await {
             Ok(written) => written,
             Err(error) => {
                 // At once, not when the connection is next used: other
@@ -144,6 +150,9 @@ impl Store {
             }
         };
         txn.commit().await?;
+        if let Some(known) = known {
+            self.group_commit.known.remember(tenant, known);
+        }
         if let Some((last_seq, events)) = committed {
             self.publish(Committed {
                 tenant: tenant.clone(),
@@ -204,10 +213,18 @@ impl Store {
                     what: "the group before this one did not extend the tree".into(),
                 });
             }
-            None => {
-                let (tree, nodes) = grow_tree(txn, tenant, tree_size, last_seq, rows).await?;
-                (Some(tree), nodes)
-            }
+            None => match self.group_commit.known.tree_of_size(tenant, tree_size) {
+                // The locked head row says the tree this process last
+                // committed is still the tenant's (see `known_head`).
+                Some(mut tree) if rows.first().is_some_and(|row| row.seq == tree_size + 1) => {
+                    let nodes = push_rows(&mut tree, rows);
+                    (Some(tree), nodes)
+                }
+                _ => {
+                    let (tree, nodes) = grow_tree(txn, tenant, tree_size, last_seq, rows).await?;
+                    (Some(tree), nodes)
+                }
+            },
         })
     }
 
@@ -223,21 +240,21 @@ impl Store {
 }
 
 /// The outcomes, rows and keys of a group once each event has its seq.
-struct Seqs {
+pub(super) struct Seqs {
     /// One outcome per input event, batch by batch.
-    outcomes: Vec<Vec<AppendOutcome>>,
+    pub outcomes: Vec<Vec<AppendOutcome>>,
     /// The rows to insert (duplicates have none), in seq order.
-    rows: Vec<audit_event::Model>,
+    pub rows: Vec<audit_event::Model>,
     /// The idempotency keys this group records.
-    own_keys: HashMap<String, (Uuid, i64)>,
+    pub own_keys: HashMap<String, (Uuid, i64)>,
     /// The last seq handed out (`head` when every event was a duplicate).
-    last_seq: i64,
+    pub last_seq: i64,
 }
 
 /// Hands out seqs after `head`, batch by batch in the order given: an event
 /// whose idempotency key is in `recorded` (or earlier in the group) answers
 /// with the event recorded under it and takes no seq.
-fn assign_seqs(
+pub(super) fn assign_seqs(
     tenant: &TenantId,
     batches: Vec<Vec<NewEvent>>,
     mut recorded: HashMap<String, (Uuid, i64)>,
