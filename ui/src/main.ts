@@ -1,0 +1,141 @@
+// The viewer: sign-in, then the filters over a log, charts and settings.
+import "./style.css";
+import { clientsFor, type Clients } from "./client";
+import { clear, h } from "./dom";
+import { describe, summary, type CallFailure } from "./errors";
+import { chartsView } from "./views/charts";
+import { filterForm, type Selection } from "./views/filters";
+import { logView } from "./views/log";
+import { settingsView } from "./views/settings";
+import { signInForm } from "./views/signin";
+import { clearSession, loadSession, saveSession, type Session } from "./session";
+
+const root = document.getElementById("app") as HTMLElement;
+
+function start(): void {
+  const session = loadSession();
+  clear(root);
+  if (!session) {
+    root.append(
+      signInForm(async (s) => {
+        try {
+          // A cheap call that needs audit:read proves the credential.
+          await clientsFor(s).audit.getFilterMetadata({});
+        } catch (error) {
+          return summary(describe(error));
+        }
+        saveSession(s);
+        start();
+        return undefined;
+      }),
+    );
+    return;
+  }
+  signedIn(session);
+}
+
+/** Tenants a platform credential may choose, `*` first; empty for a tenant's credential. */
+async function platformTenants(s: Session): Promise<string[]> {
+  try {
+    const all = clientsFor(s, "*").audit;
+    const stats = await all.stats({ groupBy: ["tenant_id"], limit: 1000 });
+    return ["*", ...stats.groups.map((g) => g.keys[0]).filter((t) => t !== "*")];
+  } catch {
+    return [];
+  }
+}
+
+function signedIn(session: Session): void {
+  let clients: Clients = clientsFor(session);
+  const problem = h("p", { class: "problem", role: "alert", hidden: true });
+  const onError = (f: CallFailure) => {
+    if (!filters.showError(f)) {
+      problem.textContent = summary(f);
+      problem.hidden = false;
+    }
+  };
+  const log = logView(() => clients, () => session.tenant, onError);
+  const charts = chartsView(() => clients, onError);
+  const settings = settingsView();
+  const panels: Record<string, HTMLElement> = { Log: log.element, Charts: charts.element, Settings: settings };
+  let active = "Log";
+  let selection: Selection;
+  const refresh = () => {
+    problem.hidden = true;
+    if (active === "Log") void log.load(selection);
+    else if (active === "Charts") void charts.load(selection);
+  };
+  const filters = filterForm((s) => {
+    selection = s;
+    refresh();
+  });
+  selection = filters.selection();
+
+  const tabs = Object.keys(panels).map((name) =>
+    h("button", { type: "button", role: "tab", id: `tab-${name}`, "aria-controls": `panel-${name}` }, name),
+  );
+  const select = (name: string, focus = false) => {
+    active = name;
+    tabs.forEach((t) => {
+      const on = t.textContent === name;
+      t.setAttribute("aria-selected", String(on));
+      t.tabIndex = on ? 0 : -1;
+      if (on && focus) t.focus();
+    });
+    Object.entries(panels).forEach(([n, p]) => (p.hidden = n !== name));
+    if (name !== "Log") log.stopLive();
+    refresh();
+  };
+  tabs.forEach((t, i) => {
+    t.addEventListener("click", () => select(t.textContent ?? "Log"));
+    t.addEventListener("keydown", (e) => {
+      const step = e.key === "ArrowRight" ? 1 : e.key === "ArrowLeft" ? -1 : 0;
+      if (step) select(tabs[(i + step + tabs.length) % tabs.length].textContent ?? "Log", true);
+    });
+  });
+
+  const tenantBox = h("span", { class: "tenant" }, "Tenant ", h("strong", {}, session.tenant));
+  void platformTenants(session).then((tenants) => {
+    if (tenants.length === 0) return;
+    const choice = h(
+      "select",
+      { id: "tenant-select" },
+      ...Array.from(new Set([...tenants, session.tenant])).map((t) => h("option", { value: t, selected: t === session.tenant }, t)),
+    );
+    choice.addEventListener("change", () => {
+      session.tenant = choice.value;
+      saveSession(session);
+      clients = clientsFor(session);
+      refresh();
+    });
+    clear(tenantBox);
+    tenantBox.append(h("label", { for: "tenant-select" }, "Tenant "), choice);
+  });
+
+  clear(root);
+  root.append(
+    h(
+      "header",
+      { class: "top" },
+      h("span", { class: "brand" }, "Audit log"),
+      tenantBox,
+      h("button", { type: "button", onclick: () => (clearSession(), log.stopLive(), start()) }, "Sign out"),
+    ),
+    h(
+      "main",
+      {},
+      filters.element,
+      problem,
+      h("div", { role: "tablist", "aria-label": "Views" }, ...tabs),
+      ...Object.entries(panels).map(([n, p]) => {
+        p.id = `panel-${n}`;
+        p.setAttribute("role", "tabpanel");
+        p.setAttribute("aria-labelledby", `tab-${n}`);
+        return p;
+      }),
+    ),
+  );
+  select("Log");
+}
+
+start();
