@@ -83,7 +83,11 @@ where
             return Either::Left(self.inner.call(request));
         }
         let response = if self.enabled {
-            answer(request.method(), path, request.headers().get(header::IF_NONE_MATCH))
+            answer(
+                request.method(),
+                path,
+                request.headers().get(header::IF_NONE_MATCH),
+            )
         } else {
             plain(StatusCode::NOT_FOUND, "the viewer is off (AUDIT_UI=off)\n")
         };
@@ -127,7 +131,10 @@ fn answer(method: &Method, path: &str, if_none_match: Option<&HeaderValue>) -> R
     } else if method == Method::HEAD {
         (StatusCode::OK, Body::empty())
     } else {
-        (StatusCode::OK, Body::new(Full::new(Bytes::from(file.data.into_owned()))))
+        (
+            StatusCode::OK,
+            Body::new(Full::new(Bytes::from(file.data.into_owned()))),
+        )
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -141,7 +148,10 @@ fn answer(method: &Method, path: &str, if_none_match: Option<&HeaderValue>) -> R
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     response
 }

@@ -50,7 +50,9 @@ pub fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
         .map(|origin| {
             let origin = origin.trim();
             if origin == "*" || !(origin.starts_with("http://") || origin.starts_with("https://")) {
-                anyhow::bail!("AUDIT_CORS_ORIGINS: {origin:?} is not an origin such as https://viewer.example.com");
+                anyhow::bail!(
+                    "AUDIT_CORS_ORIGINS: {origin:?} is not an origin such as https://viewer.example.com"
+                );
             }
             HeaderValue::from_str(origin.trim_end_matches('/'))
                 .with_context(|| format!("AUDIT_CORS_ORIGINS: {origin:?} is not a valid origin"))

@@ -44,12 +44,13 @@ async fn send(server: &TestServer, link: Link<'_>, request: Request<Full<Bytes>>
             use rustls::pki_types::pem::PemObject as _;
             let cert = rustls::pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).expect("CA PEM");
             roots.add(cert).expect("CA certificate");
-            let mut config =
-                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .expect("TLS versions")
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
             // As a browser without HTTP/2 would: only HTTP/1.1 offered.
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -133,7 +134,10 @@ fn read_grpc_web(answer: &Answer) -> GrpcWebAnswer {
             messages.push(frame);
         }
     }
-    let mut status = answer.headers.get("grpc-status").map(|v| v.to_str().expect("status").to_owned());
+    let mut status = answer
+        .headers
+        .get("grpc-status")
+        .map(|v| v.to_str().expect("status").to_owned());
     let mut message = answer
         .headers
         .get("grpc-message")
@@ -155,7 +159,9 @@ fn read_grpc_web(answer: &Answer) -> GrpcWebAnswer {
 }
 
 fn dist(path: &str) -> Vec<u8> {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ui/dist").join(path);
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("ui/dist")
+        .join(path);
     std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
 }
 
@@ -177,7 +183,10 @@ async fn the_viewer_is_served_at_ui_with_the_committed_bundle() {
     assert_eq!(index.headers["content-type"], "text/html; charset=utf-8");
     assert_eq!(index.body, dist("index.html"), "/ui/ is ui/dist/index.html");
     let csp = index.headers["content-security-policy"].to_str().expect("csp");
-    assert!(csp.contains("connect-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        csp.contains("connect-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
 
     let assets = assets_of(std::str::from_utf8(&index.body).expect("utf-8"));
     assert!(assets.iter().any(|a| a.ends_with(".js")), "{assets:?}");
@@ -186,9 +195,24 @@ async fn the_viewer_is_served_at_ui_with_the_committed_bundle() {
         let answer = send(&server, Link::Plain, get(&server, &asset)).await;
         assert_eq!(answer.status, StatusCode::OK, "{asset}");
         assert_eq!(answer.body, dist(&asset["/ui/".len()..]), "{asset}");
-        let kind = if asset.ends_with(".js") { "text/javascript" } else { "text/css" };
-        assert!(answer.headers["content-type"].to_str().expect("type").starts_with(kind), "{asset}");
-        assert!(answer.headers["cache-control"].to_str().expect("cache").contains("immutable"));
+        let kind = if asset.ends_with(".js") {
+            "text/javascript"
+        } else {
+            "text/css"
+        };
+        assert!(
+            answer.headers["content-type"]
+                .to_str()
+                .expect("type")
+                .starts_with(kind),
+            "{asset}"
+        );
+        assert!(
+            answer.headers["cache-control"]
+                .to_str()
+                .expect("cache")
+                .contains("immutable")
+        );
     }
 
     let bare = send(&server, Link::Plain, get(&server, "/ui")).await;
@@ -198,7 +222,10 @@ async fn the_viewer_is_served_at_ui_with_the_committed_bundle() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     let mut post = get(&server, "/ui/");
     *post.method_mut() = Method::POST;
-    assert_eq!(send(&server, Link::Plain, post).await.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        send(&server, Link::Plain, post).await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
     server.stop().await;
 }
 
@@ -230,7 +257,13 @@ async fn grpc_web_calls_over_http1_append_and_read_back(backend: Backend) {
     let append = AppendRequest {
         events: vec![event("user.login", "alice"), event("user.logout", "alice")],
     };
-    let request = grpc_web(&server, "/audit.v1.AuditService/Append", &append, &tenant, Some(&token));
+    let request = grpc_web(
+        &server,
+        "/audit.v1.AuditService/Append",
+        &append,
+        &tenant,
+        Some(&token),
+    );
     let answer = read_grpc_web(&send(&server, Link::Plain, request).await);
     assert_eq!(answer.status, "0", "{}", answer.message);
     let appended = proto::AppendResponse::decode(answer.messages[0].clone()).expect("AppendResponse");
@@ -243,7 +276,13 @@ async fn grpc_web_calls_over_http1_append_and_read_back(backend: Backend) {
         }),
         ..Default::default()
     };
-    let request = grpc_web(&server, "/audit.v1.AuditService/Query", &query, &tenant, Some(&token));
+    let request = grpc_web(
+        &server,
+        "/audit.v1.AuditService/Query",
+        &query,
+        &tenant,
+        Some(&token),
+    );
     let answer = read_grpc_web(&send(&server, Link::Plain, request).await);
     assert_eq!(answer.status, "0", "{}", answer.message);
     let page = proto::QueryResponse::decode(answer.messages[0].clone()).expect("QueryResponse");
@@ -264,7 +303,11 @@ async fn a_grpc_web_call_without_a_credential_is_unauthenticated_with_its_detail
     );
     let answer = send(&server, Link::Plain, request).await;
     // A browser reads these only if CORS exposes them; same origin, here.
-    assert!(answer.headers.contains_key("grpc-status-details-bin"), "{:?}", answer.headers);
+    assert!(
+        answer.headers.contains_key("grpc-status-details-bin"),
+        "{:?}",
+        answer.headers
+    );
     let read = read_grpc_web(&answer);
     assert_eq!(read.status, "16", "UNAUTHENTICATED: {}", read.message);
     server.stop().await;
@@ -298,23 +341,49 @@ async fn cors_lets_configured_origins_call_and_no_other() {
     let answer = send(&server, Link::Plain, preflight(&server, allowed)).await;
     assert!(answer.status.is_success(), "{:?}", answer.status);
     assert_eq!(answer.headers["access-control-allow-origin"], allowed);
-    let headers = answer.headers["access-control-allow-headers"].to_str().expect("headers");
-    for needed in ["x-api-key", "x-tenant-id", "authorization", "x-grpc-web", "content-type"] {
+    let headers = answer.headers["access-control-allow-headers"]
+        .to_str()
+        .expect("headers");
+    for needed in [
+        "x-api-key",
+        "x-tenant-id",
+        "authorization",
+        "x-grpc-web",
+        "content-type",
+    ] {
         assert!(headers.contains(needed), "{needed} not allowed: {headers}");
     }
     assert!(!answer.headers.contains_key("access-control-allow-credentials"));
 
-    let other = send(&server, Link::Plain, preflight(&server, "https://evil.example.net")).await;
-    assert!(!other.headers.contains_key("access-control-allow-origin"), "{:?}", other.headers);
+    let other = send(
+        &server,
+        Link::Plain,
+        preflight(&server, "https://evil.example.net"),
+    )
+    .await;
+    assert!(
+        !other.headers.contains_key("access-control-allow-origin"),
+        "{:?}",
+        other.headers
+    );
 
     // The actual call's answer lets the allowed page read the status.
     let tenant = new_tenant();
     let token = hs256_token(&claims("viewer", &tenant, ALL_SCOPES));
-    let mut call = grpc_web(&server, "/audit.v1.AuditService/GetFilterMetadata", &proto::GetFilterMetadataRequest {}, &tenant, Some(&token));
-    call.headers_mut().insert("origin", allowed.parse().expect("origin"));
+    let mut call = grpc_web(
+        &server,
+        "/audit.v1.AuditService/GetFilterMetadata",
+        &proto::GetFilterMetadataRequest {},
+        &tenant,
+        Some(&token),
+    );
+    call.headers_mut()
+        .insert("origin", allowed.parse().expect("origin"));
     let answer = send(&server, Link::Plain, call).await;
     assert_eq!(answer.headers["access-control-allow-origin"], allowed);
-    let exposed = answer.headers["access-control-expose-headers"].to_str().expect("exposed");
+    let exposed = answer.headers["access-control-expose-headers"]
+        .to_str()
+        .expect("exposed");
     assert!(exposed.contains("grpc-status-details-bin"), "{exposed}");
     assert_eq!(read_grpc_web(&answer).status, "0");
     server.stop().await;
@@ -337,7 +406,13 @@ async fn over_tls_the_viewer_and_grpc_web_are_served_and_grpc_keeps_http2() {
     let append = AppendRequest {
         events: vec![event("user.login", "alice")],
     };
-    let request = grpc_web(&server, "/audit.v1.AuditService/Append", &append, &tenant, Some(&token));
+    let request = grpc_web(
+        &server,
+        "/audit.v1.AuditService/Append",
+        &append,
+        &tenant,
+        Some(&token),
+    );
     let answer = read_grpc_web(&send(&server, Link::Tls(&ca), request).await);
     assert_eq!(answer.status, "0", "{}", answer.message);
 
