@@ -15,7 +15,7 @@ use std::process::Stdio;
 use audit_service::proto::GetCheckpointRequest;
 
 use crate::on_both_backends;
-use crate::support::{ALL_SCOPES, Backend, TestServer, claims, hs256_token, new_tenant};
+use crate::support::{ADMIN_SCOPES, Backend, TestServer, claims, hs256_token, new_tenant};
 
 /// The browser the test drives.
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -58,7 +58,7 @@ async fn the_viewer_works_in_a_browser(backend: Backend) {
     // Heartbeats every second, so live mode shows one soon.
     let server = TestServer::start_with(backend, |c| c.heartbeat_secs = 1).await;
     let tenant = new_tenant();
-    let token = hs256_token(&claims("reviewer", &tenant, ALL_SCOPES));
+    let token = hs256_token(&claims("reviewer", &tenant, ADMIN_SCOPES));
     let caller = server.caller_for(&tenant).await;
     // The key the test pins: from the service over gRPC, as an operator
     // would take it from the service's log at start.

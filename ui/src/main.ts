@@ -6,6 +6,7 @@ import { describe, summary, type CallFailure } from "./errors";
 import { chartsView } from "./views/charts";
 import { filterForm, type Selection } from "./views/filters";
 import { logView } from "./views/log";
+import { policyView } from "./views/policy";
 import { settingsView } from "./views/settings";
 import { signInForm } from "./views/signin";
 import { clearSession, loadSession, saveSession, type Session } from "./session";
@@ -57,13 +58,20 @@ function signedIn(session: Session): void {
   const log = logView(() => clients, () => session.tenant, onError);
   const charts = chartsView(() => clients, onError);
   const settings = settingsView();
-  const panels: Record<string, HTMLElement> = { Log: log.element, Charts: charts.element, Settings: settings };
+  const policy = policyView(() => clients, () => selection);
+  const panels: Record<string, HTMLElement> = {
+    Log: log.element,
+    Charts: charts.element,
+    Policy: policy.element,
+    Settings: settings,
+  };
   let active = "Log";
   let selection: Selection;
   const refresh = () => {
     problem.hidden = true;
     if (active === "Log") void log.load(selection);
     else if (active === "Charts") void charts.load(selection);
+    else if (active === "Policy") void policy.load();
   };
   const filters = filterForm((s) => {
     selection = s;
@@ -74,6 +82,18 @@ function signedIn(session: Session): void {
   const tabs = Object.keys(panels).map((name) =>
     h("button", { type: "button", role: "tab", id: `tab-${name}`, "aria-controls": `panel-${name}` }, name),
   );
+  // Policy is for audit:admin: its tab shows once a read of the policy
+  // succeeds with this credential and tenant.
+  const policyTab = tabs.find((t) => t.textContent === "Policy") as HTMLButtonElement;
+  const checkAdmin = () => {
+    policyTab.hidden = true;
+    if (session.tenant === "*") return;
+    clients.policy.getRetention({}).then(
+      () => (policyTab.hidden = false),
+      () => undefined,
+    );
+  };
+  checkAdmin();
   const select = (name: string, focus = false) => {
     active = name;
     tabs.forEach((t) => {
@@ -86,11 +106,14 @@ function signedIn(session: Session): void {
     if (name !== "Log") log.stopLive();
     refresh();
   };
-  tabs.forEach((t, i) => {
+  tabs.forEach((t) => {
     t.addEventListener("click", () => select(t.textContent ?? "Log"));
     t.addEventListener("keydown", (e) => {
       const step = e.key === "ArrowRight" ? 1 : e.key === "ArrowLeft" ? -1 : 0;
-      if (step) select(tabs[(i + step + tabs.length) % tabs.length].textContent ?? "Log", true);
+      if (!step) return;
+      const visible = tabs.filter((x) => !x.hidden);
+      const at = visible.indexOf(t);
+      select(visible[(at + step + visible.length) % visible.length].textContent ?? "Log", true);
     });
   });
 
@@ -106,7 +129,9 @@ function signedIn(session: Session): void {
       session.tenant = choice.value;
       saveSession(session);
       clients = clientsFor(session);
-      refresh();
+      checkAdmin();
+      if (active === "Policy" && session.tenant === "*") select("Log");
+      else refresh();
     });
     clear(tenantBox);
     tenantBox.append(h("label", { for: "tenant-select" }, "Tenant "), choice);

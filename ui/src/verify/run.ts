@@ -1,8 +1,9 @@
-// "Verify": that an event the service shows is in the tenant's signed log,
-// checked here rather than taken from the service. Each step reports what
-// it compared; the event is verified only when every step passed.
+// "Verify": that the event the viewer shows, as it shows it, is in the
+// tenant's signed log, checked here rather than taken from the service.
+// Each step reports what it compared; the event is verified only when
+// every step passed.
 import type { Client } from "@connectrpc/connect";
-import type { AuditEvent, AuditService } from "../gen/audit/v1/audit_pb";
+import type { AuditEvent } from "../gen/audit/v1/audit_pb";
 import type { IntegrityService } from "../gen/audit/v1/integrity_pb";
 import { canonicalBytes } from "./canonical";
 import { equalBytes, hex, leafHash, rootFromInclusionProof } from "./merkle";
@@ -17,9 +18,9 @@ export interface Step {
 
 /** Everything the verification needs from outside. */
 export interface VerifyInput {
-  eventId: string;
+  /** The event as shown (from Query or Watch). */
+  event: AuditEvent;
   pinnedKey: string;
-  audit: Client<typeof AuditService>;
   integrity: Client<typeof IntegrityService>;
   onStep: (step: Step) => void;
 }
@@ -46,9 +47,7 @@ export async function verifyEvent(input: VerifyInput): Promise<boolean> {
   if (!key) return false;
   report("Pinned verifier key", true, `${key.name}, key hash ${hex(key.keyHash)}`);
 
-  const event: AuditEvent | undefined = await attempt("Fetch the event", () => input.audit.get({ id: input.eventId }));
-  if (!event) return false;
-  report("Fetch the event", true, `seq ${event.seq} of tenant ${event.tenantId}`);
+  const event = input.event;
 
   const checkpoint = await attempt("Fetch the signed checkpoint", () => input.integrity.getCheckpoint({}));
   if (!checkpoint) return false;
@@ -65,7 +64,7 @@ export async function verifyEvent(input: VerifyInput): Promise<boolean> {
   }
 
   const proof = await attempt("Fetch the inclusion proof", () =>
-    input.integrity.getInclusionProof({ target: { case: "eventId", value: input.eventId }, treeSize: body.treeSize }),
+    input.integrity.getInclusionProof({ target: { case: "seq", value: event.seq }, treeSize: body.treeSize }),
   );
   if (!proof) return false;
   const proofMatches = proof.treeSize === body.treeSize && proof.leafIndex === event.seq - 1n;
@@ -81,7 +80,7 @@ export async function verifyEvent(input: VerifyInput): Promise<boolean> {
   }
 
   const leaf = await leafHash(canonicalBytes(event));
-  report("Leaf from the event's canonical bytes", true, `SHA-256(0x00 || event) = ${hex(leaf)}`);
+  report("Leaf from the event's canonical bytes", true, `seq ${event.seq}: SHA-256(0x00 || event) = ${hex(leaf)}`);
 
   const root = await attempt("Root from the proof (RFC 9162)", () =>
     rootFromInclusionProof(proof.leafIndex, proof.treeSize, leaf, proof.hashes),

@@ -101,9 +101,11 @@ function timeChart(points: [Date, number][], bucketName: string): HTMLElement {
   const sum = points.reduce((a, [, n]) => a + n, 0);
   const width = 600;
   const height = 160;
-  const barWidth = points.length ? width / points.length : width;
+  // A few buckets make narrow bars rather than a wall.
+  const barWidth = Math.min(width / Math.max(points.length, 1), 40);
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", `${sum} events in ${points.length} buckets of one ${bucketName}; the largest holds ${max}`);
   svg.setAttribute("class", "series");

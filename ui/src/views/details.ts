@@ -54,9 +54,8 @@ export function openDetails(event: AuditEvent, clients: Clients): void {
     verdict.textContent = "Verifying…";
     verdict.className = "verdict";
     const ok = await verifyEvent({
-      eventId: event.id,
+      event,
       pinnedKey: loadPinnedKey(),
-      audit: clients.audit,
       integrity: clients.integrity,
       onStep: (s) =>
         steps.append(

@@ -54,6 +54,11 @@ export function logView(clientsNow: () => Clients, tenantNow: () => string, onEr
   let generation = 0;
   let liveAbort: AbortController | undefined;
   let shown = 0;
+  // Ids in the table: a live event that a page already showed is not added twice.
+  const ids = new Set<string>();
+  // The highest matching seq when the table was loaded: live mode resumes
+  // after it, so nothing appended since the load is missed.
+  let headAtLoad: Promise<bigint | undefined> = Promise.resolve(undefined);
 
   const row = (e: AuditEvent, fresh = false) => {
     const open = h(
@@ -91,8 +96,12 @@ export function logView(clientsNow: () => Clients, tenantNow: () => string, onEr
         pageToken: nextToken,
       });
       if (mine !== generation) return;
-      for (const e of page.events) body.append(row(e));
-      shown += page.events.length;
+      for (const e of page.events) {
+        if (ids.has(e.id)) continue;
+        ids.add(e.id);
+        body.append(row(e));
+        shown += 1;
+      }
       nextToken = page.nextPageToken;
       setStatus();
     } catch (error) {
@@ -134,9 +143,13 @@ export function logView(clientsNow: () => Clients, tenantNow: () => string, onEr
     liveAbort = abort;
     liveStatus.textContent = "Live: connecting…";
     try {
-      for await (const message of clientsNow().audit.watch({ filter: selection.filter }, { signal: abort.signal })) {
+      const afterSeq = await headAtLoad;
+      const request = { filter: selection.filter, afterSeq };
+      for await (const message of clientsNow().audit.watch(request, { signal: abort.signal })) {
         if (message.kind.case === "event") {
           const e = message.kind.value;
+          if (ids.has(e.id)) continue;
+          ids.add(e.id);
           const r = row(e, true);
           if (selection.order.endsWith("asc")) body.append(r);
           else body.prepend(r);
@@ -174,7 +187,15 @@ export function logView(clientsNow: () => Clients, tenantNow: () => string, onEr
       selection = s;
       nextToken = "";
       shown = 0;
+      ids.clear();
       clear(body);
+      headAtLoad =
+        tenantNow() === "*"
+          ? Promise.resolve(undefined)
+          : clientsNow()
+              .audit.query({ filter: s.filter, orderBy: "seq desc", pageSize: 1 })
+              .then((page) => page.events[0]?.seq ?? 0n)
+              .catch(() => undefined);
       status.textContent = "Loading…";
       await nextPage();
       if (live.checked) void startLive();

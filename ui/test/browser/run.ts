@@ -179,24 +179,29 @@ async function main(): Promise<void> {
     });
 
     await step("a tampered event from the service fails verification", async () => {
-      // The service's answer to Get, with one byte of the action changed
-      // (same length, so the gRPC-Web framing still holds).
-      await page.route("**/audit.v1.AuditService/Get", async (route) => {
+      await page.getByRole("dialog").getByRole("button", { name: "Close" }).click();
+      // The service's page of events, with one byte of the newest event's
+      // action changed (same length, so the gRPC-Web framing still holds).
+      await page.route("**/audit.v1.AuditService/Query", async (route) => {
         const response = await route.fetch();
         const body = Buffer.from(await response.body());
         const at = body.indexOf("document.read");
-        assert.ok(at > 0, "the event is in the answer");
-        body.write("document.redd", at);
+        if (at > 0) body.write("document.redd", at);
         await route.fulfill({ response, body });
       });
+      await apply(page, {});
+      await page.locator('table.log tr[data-seq="60"]', { hasText: "document.redd" }).getByRole("button").click();
       const dialog = page.getByRole("dialog");
+      await dialog.getByText("Event 60: document.redd").waitFor();
       await dialog.getByRole("button", { name: "Verify" }).click();
       await dialog.getByText("Verification FAILED: do not rely on this event as shown.").waitFor();
       const failed = await dialog.locator("ol.steps li.fail").textContent();
       assert.match(failed ?? "", /Root matches the signed checkpoint/);
       await dialog.locator("section.verification").screenshot({ path: join(output, "05-tampered.png") });
-      await page.unroute("**/audit.v1.AuditService/Get");
+      await page.unroute("**/audit.v1.AuditService/Query");
       await dialog.getByRole("button", { name: "Close" }).click();
+      await apply(page, {});
+      await page.locator('table.log tr[data-seq="60"]', { hasText: "document.read" }).waitFor();
     });
 
     await step("a tampered inclusion proof fails verification", async () => {
@@ -258,6 +263,25 @@ async function main(): Promise<void> {
       );
       assert.ok(overflow <= 0, `no horizontal scrolling at 390 px (overflow ${overflow}: ${wide.join(", ")})`);
       await shot(page, "08-phone");
+    });
+
+    await step("policy: retention and a legal hold (audit:admin)", async () => {
+      await page.setViewportSize({ width: 1280, height: 800 });
+      await page.getByRole("tab", { name: "Policy" }).click();
+      await page.getByText("Events are kept forever.").waitFor();
+      await page.getByLabel("Keep events for (days; empty: forever)").fill("30");
+      await page.locator("form", { hasText: "Set retention" }).getByLabel("Reason").fill("SOC 2 evidence window");
+      await page.getByRole("button", { name: "Set retention" }).click();
+      await page.getByText("Events are kept 30 days.").waitFor();
+      await page.getByLabel("Reason for a new hold").fill("litigation 2026-17");
+      await page.getByRole("button", { name: "Create a hold from the current filters" }).click();
+      const hold = page.locator("tr[data-hold]");
+      await hold.waitFor();
+      assert.match((await hold.textContent()) ?? "", /user\.login.*litigation 2026-17/);
+      await hold.getByRole("textbox").fill("settled");
+      await hold.getByRole("button", { name: "Release" }).click();
+      await hold.getByText(/released .* by reviewer: settled/).waitFor();
+      await shot(page, "09-policy");
     });
 
     assert.deepEqual(problems, [], "no script errors in the page");
