@@ -2,7 +2,8 @@
 //! `ui/test/browser/run.ts` (`npm run test:browser`: Debian's chromium,
 //! headless, driven by playwright-core), which signs in, filters, pages,
 //! opens and verifies an event (and sees tampered answers fail), follows
-//! the log live and checks the charts' totals. Screenshots are saved under
+//! the log live, checks the charts' totals, sets retention and a legal
+//! hold, and reads the tenant again as a platform credential with `*`. Screenshots are saved under
 //! `$CARGO_TARGET_TMPDIR/viewer-browser/<backend>/`.
 //!
 //! Needs Node.js, `npm ci` run in `ui/` and `/usr/bin/chromium` (`.ci/run`
@@ -15,7 +16,7 @@ use std::process::Stdio;
 use audit_service::proto::GetCheckpointRequest;
 
 use crate::on_both_backends;
-use crate::support::{ADMIN_SCOPES, Backend, TestServer, claims, hs256_token, new_tenant};
+use crate::support::{ADMIN_SCOPES, Backend, TestServer, claims, hs256_token, new_tenant, now_secs};
 
 /// The browser the test drives.
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -59,6 +60,13 @@ async fn the_viewer_works_in_a_browser(backend: Backend) {
     let server = TestServer::start_with(backend, |c| c.heartbeat_secs = 1).await;
     let tenant = new_tenant();
     let token = hs256_token(&claims("reviewer", &tenant, ADMIN_SCOPES));
+    // A platform credential, which reads across tenants with `*`.
+    let platform_token = hs256_token(&serde_json::json!({
+        "sub": "platform-operator",
+        "platform": true,
+        "scope": "audit:read audit:admin",
+        "exp": now_secs() + 3600,
+    }));
     let caller = server.caller_for(&tenant).await;
     // The key the test pins: from the service over gRPC, as an operator
     // would take it from the service's log at start.
@@ -81,6 +89,7 @@ async fn the_viewer_works_in_a_browser(backend: Backend) {
         .env("VIEWER_TOKEN", &token)
         .env("VIEWER_TENANT", &tenant)
         .env("VIEWER_VERIFIER_KEY", &verifier_key)
+        .env("VIEWER_PLATFORM_TOKEN", &platform_token)
         .env("VIEWER_OUTPUT", &output)
         .env("CHROMIUM", CHROMIUM);
     // The server runs on this runtime's other threads meanwhile.

@@ -35,16 +35,22 @@ function start(): void {
   signedIn(session);
 }
 
-/** Tenants a platform credential may choose, `*` first; empty for a tenant's credential. */
-async function platformTenants(s: Session): Promise<string[]> {
+/**
+ * The tenants a platform credential reads (`Stats` by `tenant_id` with
+ * `x-tenant-id: *`); undefined for a tenant's credential, which `*` refuses.
+ */
+async function platformTenants(s: Session): Promise<string[] | undefined> {
   try {
     const all = clientsFor(s, "*").audit;
     const stats = await all.stats({ groupBy: ["tenant_id"], limit: 1000 });
-    return ["*", ...stats.groups.map((g) => g.keys[0]).filter((t) => t !== "*")];
+    return stats.groups.map((g) => g.keys[0]);
   } catch {
-    return [];
+    return undefined;
   }
 }
+
+/** The platform's own log (docs/platform.md). */
+const PLATFORM_LOG = "_platform";
 
 function signedIn(session: Session): void {
   let clients: Clients = clientsFor(session);
@@ -67,10 +73,15 @@ function signedIn(session: Session): void {
   };
   let active = "Log";
   let selection: Selection;
+  // A platform credential reads one tenant as `*` narrowed by the filter's
+  // tenant_ids: it may not name an ordinary tenant in x-tenant-id.
+  let narrowTo: string | undefined;
+  const scoped = (s: Selection): Selection =>
+    narrowTo ? { ...s, filter: { ...s.filter, tenantIds: [narrowTo] } } : s;
   const refresh = () => {
     problem.hidden = true;
-    if (active === "Log") void log.load(selection);
-    else if (active === "Charts") void charts.load(selection);
+    if (active === "Log") void log.load(scoped(selection));
+    else if (active === "Charts") void charts.load(scoped(selection));
     else if (active === "Policy") void policy.load();
   };
   const filters = filterForm((s) => {
@@ -87,7 +98,7 @@ function signedIn(session: Session): void {
   const policyTab = tabs.find((t) => t.textContent === "Policy") as HTMLButtonElement;
   const checkAdmin = () => {
     policyTab.hidden = true;
-    if (session.tenant === "*") return;
+    if (session.tenant === "*" || session.tenant === PLATFORM_LOG) return;
     clients.policy.getRetention({}).then(
       () => (policyTab.hidden = false),
       () => undefined,
@@ -119,22 +130,36 @@ function signedIn(session: Session): void {
 
   const tenantBox = h("span", { class: "tenant" }, "Tenant ", h("strong", {}, session.tenant));
   void platformTenants(session).then((tenants) => {
-    if (tenants.length === 0) return;
-    const choice = h(
-      "select",
-      { id: "tenant-select" },
-      ...Array.from(new Set([...tenants, session.tenant])).map((t) => h("option", { value: t, selected: t === session.tenant }, t)),
+    if (tenants === undefined) return;
+    // A text box with suggestions: any tenant can be typed, not only the
+    // (at most 1000) that Stats lists.
+    const choice = h("input", {
+      id: "tenant-select",
+      type: "text",
+      list: "tenant-options",
+      value: session.tenant,
+      autocomplete: "off",
+      spellcheck: "false",
+    });
+    const options = h(
+      "datalist",
+      { id: "tenant-options" },
+      h("option", { value: "*" }, "every tenant"),
+      h("option", { value: PLATFORM_LOG }, "the platform's own log"),
+      ...tenants.filter((t) => t !== PLATFORM_LOG).map((t) => h("option", { value: t })),
     );
     choice.addEventListener("change", () => {
-      session.tenant = choice.value;
+      const value = choice.value.trim() || "*";
+      narrowTo = value === "*" || value === PLATFORM_LOG ? undefined : value;
+      session.tenant = narrowTo ? "*" : value;
       saveSession(session);
       clients = clientsFor(session);
       checkAdmin();
-      if (active === "Policy" && session.tenant === "*") select("Log");
+      if (active === "Policy") select("Log");
       else refresh();
     });
     clear(tenantBox);
-    tenantBox.append(h("label", { for: "tenant-select" }, "Tenant "), choice);
+    tenantBox.append(h("label", { for: "tenant-select" }, "Tenant "), choice, options);
   });
 
   clear(root);

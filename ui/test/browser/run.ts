@@ -21,6 +21,7 @@ const base = env("VIEWER_URL");
 const token = env("VIEWER_TOKEN");
 const tenant = env("VIEWER_TENANT");
 const verifierKey = env("VIEWER_VERIFIER_KEY");
+const platformToken = env("VIEWER_PLATFORM_TOKEN");
 const output = env("VIEWER_OUTPUT");
 const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 mkdirSync(output, { recursive: true });
@@ -282,6 +283,27 @@ async function main(): Promise<void> {
       await hold.getByRole("button", { name: "Release" }).click();
       await hold.getByText(/released .* by reviewer: settled/).waitFor();
       await shot(page, "09-policy");
+    });
+
+    await step("a platform credential reads with * and narrows to one tenant", async () => {
+      const expected = (await audit.stats({})).total;
+      await page.getByRole("button", { name: "Sign out" }).click();
+      await page.getByLabel("Credential type").selectOption("bearer");
+      await page.getByLabel("Credential", { exact: true }).fill(platformToken);
+      await page.getByLabel("Tenant", { exact: true }).fill("*");
+      await page.getByRole("button", { name: "Sign in" }).click();
+      await rows(page).first().waitFor();
+      const box = page.locator("#tenant-select");
+      await box.waitFor();
+      assert.equal(await box.inputValue(), "*");
+      assert.equal(await page.getByRole("tab", { name: "Policy" }).isVisible(), false, "no Policy with *");
+      await box.fill(tenant);
+      await box.dispatchEvent("change");
+      await page.getByRole("tab", { name: "Charts" }).click();
+      const total = page.locator(".charts .total");
+      await total.waitFor();
+      assert.equal(await total.getAttribute("data-total"), String(expected), "the tenant's events, read as *");
+      await shot(page, "10-platform");
     });
 
     assert.deepEqual(problems, [], "no script errors in the page");
