@@ -158,6 +158,22 @@ fn read_grpc_web(answer: &Answer) -> GrpcWebAnswer {
     }
 }
 
+/// A successful gRPC-Web call of `method` with `message` for `tenant`, as
+/// `token`, over `link`: its first message.
+async fn call_ok(
+    server: &TestServer,
+    link: Link<'_>,
+    method: &str,
+    message: &impl prost::Message,
+    tenant: &str,
+    token: &str,
+) -> Bytes {
+    let request = grpc_web(server, method, message, tenant, Some(token));
+    let answer = read_grpc_web(&send(server, link, request).await);
+    assert_eq!(answer.status, "0", "{method}: {}", answer.message);
+    answer.messages.into_iter().next().unwrap_or_default()
+}
+
 fn dist(path: &str) -> Vec<u8> {
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("ui/dist")
@@ -238,15 +254,15 @@ async fn audit_ui_off_answers_404_under_ui_and_still_serves_grpc_web() {
     }
     let tenant = new_tenant();
     let token = hs256_token(&claims("viewer", &tenant, ALL_SCOPES));
-    let request = grpc_web(
+    call_ok(
         &server,
+        Link::Plain,
         "/audit.v1.AuditService/GetFilterMetadata",
         &proto::GetFilterMetadataRequest {},
         &tenant,
-        Some(&token),
-    );
-    let answer = read_grpc_web(&send(&server, Link::Plain, request).await);
-    assert_eq!(answer.status, "0", "{}", answer.message);
+        &token,
+    )
+    .await;
     server.stop().await;
 }
 
@@ -257,16 +273,16 @@ async fn grpc_web_calls_over_http1_append_and_read_back(backend: Backend) {
     let append = AppendRequest {
         events: vec![event("user.login", "alice"), event("user.logout", "alice")],
     };
-    let request = grpc_web(
+    let answer = call_ok(
         &server,
+        Link::Plain,
         "/audit.v1.AuditService/Append",
         &append,
         &tenant,
-        Some(&token),
-    );
-    let answer = read_grpc_web(&send(&server, Link::Plain, request).await);
-    assert_eq!(answer.status, "0", "{}", answer.message);
-    let appended = proto::AppendResponse::decode(answer.messages[0].clone()).expect("AppendResponse");
+        &token,
+    )
+    .await;
+    let appended = proto::AppendResponse::decode(answer).expect("AppendResponse");
     assert_eq!(appended.results.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
 
     let query = QueryRequest {
@@ -276,16 +292,16 @@ async fn grpc_web_calls_over_http1_append_and_read_back(backend: Backend) {
         }),
         ..Default::default()
     };
-    let request = grpc_web(
+    let answer = call_ok(
         &server,
+        Link::Plain,
         "/audit.v1.AuditService/Query",
         &query,
         &tenant,
-        Some(&token),
-    );
-    let answer = read_grpc_web(&send(&server, Link::Plain, request).await);
-    assert_eq!(answer.status, "0", "{}", answer.message);
-    let page = proto::QueryResponse::decode(answer.messages[0].clone()).expect("QueryResponse");
+        &token,
+    )
+    .await;
+    let page = proto::QueryResponse::decode(answer).expect("QueryResponse");
     assert_eq!(page.events.len(), 1);
     assert_eq!(page.events[0].seq, 2);
     assert_eq!(page.events[0].tenant_id, tenant);
@@ -406,15 +422,15 @@ async fn over_tls_the_viewer_and_grpc_web_are_served_and_grpc_keeps_http2() {
     let append = AppendRequest {
         events: vec![event("user.login", "alice")],
     };
-    let request = grpc_web(
+    call_ok(
         &server,
+        Link::Tls(&ca),
         "/audit.v1.AuditService/Append",
         &append,
         &tenant,
-        Some(&token),
-    );
-    let answer = read_grpc_web(&send(&server, Link::Tls(&ca), request).await);
-    assert_eq!(answer.status, "0", "{}", answer.message);
+        &token,
+    )
+    .await;
 
     let mut caller = server.caller_for(&tenant).await;
     let page = caller.query(QueryRequest::default()).await;
