@@ -143,6 +143,16 @@ pub enum TreeMaintenance {
     Off,
 }
 
+/// Whether the gRPC port serves the log viewer at `/ui/`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Viewer {
+    /// `/ui/` serves the viewer embedded in the binary (the default).
+    #[default]
+    On,
+    /// `/ui/` answers 404; gRPC-Web calls are still served.
+    Off,
+}
+
 /// Everything `audit-service serve` needs.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeConfig {
@@ -205,6 +215,15 @@ pub struct ServeConfig {
     /// listener.
     #[arg(long = "metrics-listen", env = "AUDIT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Whether `/ui/` on the gRPC port serves the log viewer (`on`) or
+    /// answers 404 (`off`).
+    #[arg(long = "ui", env = "AUDIT_UI", value_enum, default_value_t = Viewer::On)]
+    pub ui: Viewer,
+    /// Origins (`https://host:port`, comma-separated) whose pages may call
+    /// the service over gRPC-Web (CORS); unset: only the viewer served by
+    /// the service itself (same origin).
+    #[arg(long = "cors-origins", env = "AUDIT_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
 }
 
 /// Default of `--retention-interval-secs`: ten minutes.
@@ -231,6 +250,8 @@ impl ServeConfig {
             retention_interval_secs: DEFAULT_RETENTION_INTERVAL_SECS,
             shutdown_grace_secs: 30,
             metrics_listen: None,
+            ui: Viewer::On,
+            cors_origins: Vec::new(),
         }
     }
 

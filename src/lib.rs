@@ -19,6 +19,7 @@ pub mod telemetry;
 pub mod tenant;
 pub mod tls;
 pub mod transport;
+pub mod viewer;
 pub mod watch;
 pub mod wire;
 

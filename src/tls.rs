@@ -101,8 +101,9 @@ impl ServerTls {
         };
         let mut server_config = builder.with_cert_resolver(certificate.clone());
         // gRPC runs on HTTP/2 only; gRPC clients (grpc-go) require it chosen
-        // by ALPN.
-        server_config.alpn_protocols = vec![b"h2".to_vec()];
+        // by ALPN, so h2 comes first. HTTP/1.1 is for browsers and tools
+        // that fetch the viewer (`/ui/`) or make gRPC-Web calls without h2.
+        server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Some(Self {
             acceptor: TlsAcceptor::from(Arc::new(server_config)),
             certificate,

@@ -1,5 +1,6 @@
 //! Builds the gRPC server (AuditService, IntegrityService, PolicyService,
-//! reflection v1 and v1alpha, health) with its metrics and access log, and
+//! reflection v1 and v1alpha, health; gRPC-Web and the viewer at `/ui/`
+//! for browsers) with its metrics and access log, and
 //! the `/metrics` listener when configured, starts the retention task (and
 //! the read replica's sampler), and runs until the shutdown token fires,
 //! then drains.
@@ -22,12 +23,13 @@ use tonic_health::server::HealthReporter;
 
 use crate::api::{AccessLog, AuditApi, IntegrityApi, PolicyApi};
 use crate::auth::{AuthLayer, Authenticator, JwtVerifier};
-use crate::config::{ServeConfig, TreeMaintenance};
+use crate::config::{ServeConfig, TreeMaintenance, Viewer};
 use crate::observe::Metrics;
 
 use crate::store::Store;
 use crate::tls::ServerTls;
 use crate::transport::{MAX_HEADER_BLOCK_BYTES, MetadataLimitLayer};
+use crate::viewer::{ViewerLayer, cors_layer};
 use crate::watch::{WatchHub, WatchLimits};
 use crate::wire::server::audit_service_server::AuditServiceServer;
 use crate::wire::server::integrity_service_server::IntegrityServiceServer;
@@ -60,8 +62,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // First, so that a bad certificate file stops the start at once.
+    // First, so that a bad certificate file or origin stops the start at once.
     let tls = ServerTls::from_config(&config.tls)?;
+    let cors = cors_layer(&config.cors_origins)?;
     let metrics = Arc::new(Metrics::new());
     let store = Store::connect(&config.database)
         .await?
@@ -140,6 +143,11 @@ pub async fn run(
         // Finds clients that vanished without closing their streams.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Browsers: the viewer and gRPC-Web arrive over HTTP/1.1 too.
+        .accept_http1(true)
+        .layer(cors)
+        .layer(ViewerLayer::new(config.ui == Viewer::On))
+        .layer(tonic_web::GrpcWebLayer::new())
         .layer(observe::layer(metrics)?)
         .layer(MetadataLimitLayer)
         .layer(AuthLayer::new(authenticator))

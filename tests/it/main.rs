@@ -42,6 +42,8 @@ mod tenancy;
 mod tls;
 mod token_mint;
 mod validation;
+mod viewer;
+mod viewer_browser;
 mod watch;
 mod watch_auth;
 mod watch_memory;

@@ -32,13 +32,13 @@ const PATIENCE: Duration = Duration::from_secs(120);
 // ---- certificates -------------------------------------------------------------
 
 /// A certificate authority made for one test.
-struct Ca {
+pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub(crate) pem: String,
 }
 
 impl Ca {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let key = KeyPair::generate().expect("CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -83,7 +83,7 @@ impl Ca {
     }
 
     /// Client TLS trusting this CA, naming the server `localhost`.
-    fn trusted_by_client(&self) -> ClientTlsConfig {
+    pub(crate) fn trusted_by_client(&self) -> ClientTlsConfig {
         ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.pem))
             .domain_name("localhost")
@@ -92,12 +92,12 @@ impl Ca {
 
 /// The server's certificate, key and client CA files, in a directory of
 /// the test's own.
-struct TlsFiles {
+pub(crate) struct TlsFiles {
     dir: tempfile::TempDir,
 }
 
 impl TlsFiles {
-    fn new(ca: &Ca) -> Self {
+    pub(crate) fn new(ca: &Ca) -> Self {
         let files = Self {
             dir: tempfile::tempdir().expect("temp dir"),
         };
@@ -135,7 +135,7 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write PEM file");
 }
 
-async fn tls_server(
+pub(crate) async fn tls_server(
     backend: Backend,
     files: &TlsFiles,
     client: ClientTlsConfig,
