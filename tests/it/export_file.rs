@@ -35,7 +35,7 @@ on_both_backends!(
     exporting_a_large_log_keeps_memory_flat,
 );
 
-/// The CSV columns, in their documented order (README, docs/export.md).
+/// The CSV columns, in their documented order (docs/export.md).
 const CSV_COLUMNS: [&str; 24] = [
     "seq",
     "id",
