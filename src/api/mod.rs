@@ -306,9 +306,11 @@ impl AuditService for AuditApi {
                     filter: &filter,
                     after_seq: None,
                 };
+                let tenants = self.tenant_set(partner.as_ref(), &filter).await?;
                 let read = self
                     .access
-                    .open_across(reader, ReadRpc::Stats, target, partner.as_ref());
+                    .open_across(reader, ReadRpc::Stats, target, partner.as_ref())
+                    .spanning(&tenants.iter().map(|t| t.as_str().to_owned()).collect());
                 let stats = self
                     .store
                     .stats_across(partner.as_ref(), &matcher, &query)
@@ -369,9 +371,11 @@ impl AuditService for AuditApi {
                     filter: &unfiltered,
                     after_seq: None,
                 };
-                let read =
-                    self.access
-                        .open_across(reader, ReadRpc::GetFilterMetadata, target, partner.as_ref());
+                let tenants = self.tenant_set(partner.as_ref(), &unfiltered).await?;
+                let read = self
+                    .access
+                    .open_across(reader, ReadRpc::GetFilterMetadata, target, partner.as_ref())
+                    .spanning(&tenants.iter().map(|t| t.as_str().to_owned()).collect());
                 let values = self
                     .store
                     .filter_values_across(partner.as_ref(), MAX_FILTER_VALUES)

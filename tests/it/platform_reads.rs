@@ -23,6 +23,7 @@ on_both_backends!(
     stats_across_tenants_count_every_reached_tenants_events,
     filter_metadata_across_tenants_lists_the_reached_tenants_values,
     stats_across_tenants_group_by_tenant,
+    stats_and_filter_metadata_across_tenants_record_the_tenants_they_read,
 );
 
 /// A platform JWT for subject `sub` with `scope`, limited to `partner`.
@@ -558,4 +559,90 @@ async fn stats_across_tenants_group_by_tenant(backend: Backend) {
     ];
     wanted.sort();
     assert_eq!(rest, wanted);
+}
+
+/// `Stats` and `GetFilterMetadata` across tenants record, like every
+/// platform read, the tenants they read: a partner's key reads its
+/// partner's tenants; a filter's `tenant_ids` narrow them.
+async fn stats_and_filter_metadata_across_tenants_record_the_tenants_they_read(backend: Backend) {
+    use audit_service::proto::{GetFilterMetadataRequest, StatsRequest};
+    use prost_types::value::Kind;
+
+    let server = TestServer::start(backend).await;
+    let action = fresh_action("counted");
+    let tenants = tenants_with(&server, 3, 1, &action).await;
+    let partner = fresh("partner");
+    for member in &tenants[..2] {
+        cli(&server, &["tenants", "set-partner", &member.tenant, &partner]);
+    }
+    let operator = fresh("operator");
+    let token = platform_token(&operator, "audit:admin audit:read", Some(&partner));
+    let mut reseller = server.caller_with("*", Credential::Bearer(token)).await;
+    let request = reseller.request(StatsRequest {
+        filter: Some(of_action(&action)),
+        ..StatsRequest::default()
+    });
+    let stats = reseller.client.stats(request).await.expect("stats").into_inner();
+    assert_eq!(stats.total, 2);
+    let request = reseller.request(GetFilterMetadataRequest::default());
+    reseller
+        .client
+        .get_filter_metadata(request)
+        .await
+        .expect("filter metadata");
+    let mut admin = platform(&server, &operator).await;
+    let narrowed = EventFilter {
+        tenant_ids: vec![tenants[2].tenant.clone()],
+        ..of_action(&action)
+    };
+    let request = admin.request(StatsRequest {
+        filter: Some(narrowed),
+        ..StatsRequest::default()
+    });
+    let stats = admin.client.stats(request).await.expect("stats").into_inner();
+    assert_eq!(stats.total, 1);
+
+    let token = platform_token(&operator, "audit:read", None);
+    let mut log = server.caller_with("_platform", Credential::Bearer(token)).await;
+    let records = log
+        .query_all(
+            EventFilter {
+                actions: vec!["audit.log.read".into()],
+                actor_ids: vec![operator.clone()],
+                ..EventFilter::default()
+            },
+            "seq asc",
+            10,
+        )
+        .await;
+    let read = |record: &audit_service::proto::AuditEvent| -> (String, Vec<String>) {
+        let fields = &record.metadata.as_ref().expect("metadata").fields;
+        let Some(Kind::StringValue(rpc)) = fields["rpc"].kind.clone() else {
+            panic!("no rpc in {record:?}");
+        };
+        let Some(Kind::ListValue(list)) = fields.get("tenants").and_then(|v| v.kind.clone()) else {
+            panic!("no tenants list in the {rpc} record: {record:?}");
+        };
+        let mut tenants: Vec<String> = list
+            .values
+            .into_iter()
+            .filter_map(|v| match v.kind {
+                Some(Kind::StringValue(s)) => Some(s),
+                _ => None,
+            })
+            .collect();
+        tenants.sort();
+        (rpc, tenants)
+    };
+    let mut partners: Vec<String> = tenants[..2].iter().map(|t| t.tenant.clone()).collect();
+    partners.sort();
+    let seen: Vec<(String, Vec<String>)> = records.iter().map(read).collect();
+    assert_eq!(
+        seen,
+        [
+            ("Stats".to_owned(), partners.clone()),
+            ("GetFilterMetadata".to_owned(), partners),
+            ("Stats".to_owned(), vec![tenants[2].tenant.clone()]),
+        ]
+    );
 }
