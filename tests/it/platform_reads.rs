@@ -54,6 +54,23 @@ fn cli(server: &TestServer, args: &[&str]) -> String {
     String::from_utf8(output.stdout).expect("utf-8")
 }
 
+/// The `audit.log.read` records of `operator`'s reads in `_platform`,
+/// oldest first, read with a platform credential.
+async fn platform_records(server: &TestServer, operator: &str) -> Vec<audit_service::proto::AuditEvent> {
+    let token = platform_token(operator, "audit:read", None);
+    let mut log = server.caller_with("_platform", Credential::Bearer(token)).await;
+    log.query_all(
+        EventFilter {
+            actions: vec!["audit.log.read".into()],
+            actor_ids: vec![operator.to_owned()],
+            ..EventFilter::default()
+        },
+        "seq asc",
+        10,
+    )
+    .await
+}
+
 /// A fresh id with `prefix`.
 fn fresh(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
@@ -364,19 +381,7 @@ async fn every_platform_read_is_recorded_in_the_platform_log(backend: Backend) {
     let read = admin.query_all(of_action(&action), "seq desc", 10).await;
     assert_eq!(read.len(), 2);
 
-    let token = platform_token(&operator, "audit:read", None);
-    let mut log = server.caller_with("_platform", Credential::Bearer(token)).await;
-    let records = log
-        .query_all(
-            EventFilter {
-                actions: vec!["audit.log.read".into()],
-                actor_ids: vec![operator.clone()],
-                ..EventFilter::default()
-            },
-            "seq asc",
-            10,
-        )
-        .await;
+    let records = platform_records(&server, &operator).await;
     assert_eq!(records.len(), 1, "one record of the one read: {records:?}");
     let record = &records[0];
     assert_eq!(record.tenant_id, "_platform");
@@ -602,19 +607,7 @@ async fn stats_and_filter_metadata_across_tenants_record_the_tenants_they_read(b
     let stats = admin.client.stats(request).await.expect("stats").into_inner();
     assert_eq!(stats.total, 1);
 
-    let token = platform_token(&operator, "audit:read", None);
-    let mut log = server.caller_with("_platform", Credential::Bearer(token)).await;
-    let records = log
-        .query_all(
-            EventFilter {
-                actions: vec!["audit.log.read".into()],
-                actor_ids: vec![operator.clone()],
-                ..EventFilter::default()
-            },
-            "seq asc",
-            10,
-        )
-        .await;
+    let records = platform_records(&server, &operator).await;
     let read = |record: &audit_service::proto::AuditEvent| -> (String, Vec<String>) {
         let fields = &record.metadata.as_ref().expect("metadata").fields;
         let Some(Kind::StringValue(rpc)) = fields["rpc"].kind.clone() else {
