@@ -24,6 +24,7 @@ mod metrics;
 mod page_bytes;
 mod paging;
 mod platform;
+mod platform_fixtures;
 mod platform_reads;
 mod platform_streams;
 mod read_replica;

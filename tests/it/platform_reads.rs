@@ -3,14 +3,13 @@
 //! orders by time, tenant, seq, pages stably, and is recorded in the
 //! `_platform` log.
 
-use std::process::Command;
-
 use audit_service::proto::{AuditEvent, EventFilter, GetFilterMetadataRequest, QueryRequest, StatsRequest};
 use tonic::Code;
 
 use crate::fixtures::{micros, status_of};
 use crate::on_both_backends;
-use crate::support::{Backend, Caller, Credential, TestServer, assert_status, event, hs256_token, now_secs};
+use crate::platform_fixtures::{cli, fresh, fresh_action, platform_token, tenants_with};
+use crate::support::{Backend, Caller, Credential, TestServer, assert_status, event};
 
 on_both_backends!(
     a_platform_query_spans_tenants_and_names_each_events_tenant,
@@ -26,32 +25,10 @@ on_both_backends!(
     stats_and_filter_metadata_across_tenants_record_the_tenants_they_read,
 );
 
-/// A platform JWT for subject `sub` with `scope`, limited to `partner`.
-fn platform_token(sub: &str, scope: &str, partner: Option<&str>) -> String {
-    let mut claims = serde_json::json!({
-        "sub": sub, "platform": true, "scope": scope, "exp": now_secs() + 3600,
-    });
-    if let Some(partner) = partner {
-        claims["partner_id"] = partner.into();
-    }
-    hs256_token(&claims)
-}
-
 /// A platform administrator reading every tenant, by JWT.
 async fn platform(server: &TestServer, sub: &str) -> Caller {
     let token = platform_token(sub, "audit:admin audit:read", None);
     server.caller_with("*", Credential::Bearer(token)).await
-}
-
-/// Runs `audit-service ARGS` on `server`'s database and returns stdout.
-fn cli(server: &TestServer, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_audit-service"))
-        .args(args)
-        .env("DATABASE_URL", &server.database_url)
-        .output()
-        .expect("run audit-service");
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8(output.stdout).expect("utf-8")
 }
 
 /// The `audit.log.read` records of `operator`'s reads in `_platform`,
@@ -69,29 +46,6 @@ async fn platform_records(server: &TestServer, operator: &str) -> Vec<audit_serv
         10,
     )
     .await
-}
-
-/// A fresh id with `prefix`.
-fn fresh(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
-}
-
-/// A fresh action `probe.<what>_<unique>`.
-fn fresh_action(what: &str) -> String {
-    format!("probe.{what}_{}", uuid::Uuid::now_v7().simple())
-}
-
-/// Tenants of their own, each appending `per_tenant` events of `action`.
-async fn tenants_with(server: &TestServer, count: usize, per_tenant: usize, action: &str) -> Vec<Caller> {
-    let mut tenants = Vec::new();
-    for _ in 0..count {
-        let mut caller = server.caller().await;
-        for i in 0..per_tenant {
-            caller.append(vec![event(action, &format!("actor-{i}"))]).await;
-        }
-        tenants.push(caller);
-    }
-    tenants
 }
 
 /// Events of `action` only: keeps a test apart from the others sharing a

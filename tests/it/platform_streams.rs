@@ -5,7 +5,6 @@
 //! and repeats nothing. The expression field `partner_id` too.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::Duration;
 
 use audit_service::proto::export_response::Part;
@@ -18,9 +17,8 @@ use tonic::{Code, Streaming};
 use crate::export::Export;
 use crate::fixtures::status_of;
 use crate::on_both_backends;
-use crate::support::{
-    Backend, Caller, Credential, TestServer, assert_status, end_status, event, hs256_token, now_secs,
-};
+use crate::platform_fixtures::{cli, fresh, fresh_action, platform_token, tenants_with};
+use crate::support::{Backend, Caller, Credential, TestServer, assert_status, end_status, event};
 
 on_both_backends!(
     an_export_across_tenants_is_one_proven_section_per_tenant,
@@ -36,6 +34,9 @@ on_both_backends!(
     a_tenants_own_watch_and_legal_holds_treat_partner_id_as_documented,
 );
 
+/// The scopes of the platform administrators these tests sign in as.
+const ADMIN: &str = "audit:admin audit:read";
+
 /// How long a stream may stay silent before a test gives up on it.
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -44,56 +45,11 @@ async fn heartbeat_server(backend: Backend) -> TestServer {
     TestServer::start_with(backend, |config| config.heartbeat_secs = 1).await
 }
 
-/// A platform JWT for `sub`, limited to `partner` when given.
-fn platform_token(sub: &str, partner: Option<&str>) -> String {
-    let mut claims = serde_json::json!({
-        "sub": sub, "platform": true, "scope": "audit:admin audit:read", "exp": now_secs() + 3600,
-    });
-    if let Some(partner) = partner {
-        claims["partner_id"] = partner.into();
-    }
-    hs256_token(&claims)
-}
-
 /// A platform administrator reading every tenant, by JWT as `sub`.
 async fn platform(server: &TestServer, sub: &str) -> Caller {
     server
-        .caller_with("*", Credential::Bearer(platform_token(sub, None)))
+        .caller_with("*", Credential::Bearer(platform_token(sub, ADMIN, None)))
         .await
-}
-
-/// Runs `audit-service ARGS` on `server`'s database and returns stdout.
-fn cli(server: &TestServer, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_audit-service"))
-        .args(args)
-        .env("DATABASE_URL", &server.database_url)
-        .output()
-        .expect("run audit-service");
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8(output.stdout).expect("utf-8")
-}
-
-fn fresh(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
-}
-
-fn fresh_action(what: &str) -> String {
-    format!("probe.{what}_{}", uuid::Uuid::now_v7().simple())
-}
-
-/// Tenants of their own, each appending `per_tenant` events of `action`,
-/// ordered by tenant id.
-async fn tenants_with(server: &TestServer, count: usize, per_tenant: usize, action: &str) -> Vec<Caller> {
-    let mut tenants = Vec::new();
-    for _ in 0..count {
-        let mut caller = server.caller().await;
-        for i in 0..per_tenant {
-            caller.append(vec![event(action, &format!("actor-{i}"))]).await;
-        }
-        tenants.push(caller);
-    }
-    tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
-    tenants
 }
 
 fn ids(tenants: &[Caller]) -> Vec<String> {
@@ -517,9 +473,7 @@ async fn a_watch_across_tenants_resumes_from_its_positions_losing_and_repeating_
 
 /// The `audit.log.read` records of `operator`'s reads of `rpc`.
 async fn records_of(server: &TestServer, operator: &str, rpc: &str) -> Vec<AuditEvent> {
-    let token = hs256_token(&serde_json::json!({
-        "sub": operator, "platform": true, "scope": "audit:read", "exp": now_secs() + 3600,
-    }));
+    let token = platform_token(operator, "audit:read", None);
     let mut log = server.caller_with("_platform", Credential::Bearer(token)).await;
     let filter = EventFilter {
         actions: vec!["audit.log.read".into()],
