@@ -52,6 +52,10 @@ impl Store {
             }
             _ => db.clone(),
         };
+        let lone_writes = match backend {
+            DbBackend::Postgres => lone_writes_pool(config, &loss).await?,
+            _ => db.clone(),
+        };
         let replica = match &config.read_url {
             Some(read_url) => Some(Arc::new(connect_replica(config, backend, read_url).await?)),
             None => None,
@@ -63,6 +67,7 @@ impl Store {
             db,
             reader: sessions::RetryingReads::new(reads.clone(), loss.clone()),
             reads,
+            lone_writes,
             loss,
             sqlite_writer,
             page_tokens,
@@ -112,6 +117,26 @@ async fn connect_replica(
         ])
     });
     Ok(ReadReplica::new(Database::connect(options).await?, loss))
+}
+
+/// The pool of a lone caller's one-statement append
+/// (`append::known_head`): sessions like the write pool's, but planning as
+/// PostgreSQL does by default, so that the statement, the same text at
+/// every call, keeps a generic plan after five runs instead of being
+/// planned again at every call (0.38 ms of a 1.5 ms `Append`, measured from
+/// the server's log). It only updates one head row by its key and inserts,
+/// so one plan fits every tenant. Connections open when first needed and
+/// close when idle; at most as many as the write pool's.
+async fn lone_writes_pool(
+    config: &DatabaseConfig,
+    loss: &Arc<sessions::ConnectionLoss>,
+) -> Result<sea_orm::DatabaseConnection, DbErr> {
+    let mut options = connect_options(config, DbBackend::Postgres, loss);
+    options.min_connections(0).connect_lazy(true);
+    options.map_sqlx_postgres_opts(|opts| {
+        sessions::postgres_session(opts).options([("plan_cache_mode", "auto")])
+    });
+    Database::connect(options).await
 }
 
 fn backend_of(url: &str) -> Result<DbBackend, DbErr> {
@@ -216,7 +241,8 @@ mod tests {
     /// The read pool used to set its own function over the connection
     /// options, which replaced the one setting `application_name`,
     /// `lock_timeout`, the idle-in-transaction limit and the custom plans:
-    /// every pool of the service now starts its sessions alike.
+    /// every pool of the service now starts its sessions alike (the lone
+    /// caller's append pool planning as PostgreSQL does by default).
     #[tokio::test]
     async fn the_read_pool_starts_its_sessions_like_the_write_pool() {
         let url = match std::env::var("AUDIT_TEST_DATABASE_URL") {
@@ -237,6 +263,8 @@ mod tests {
         let reads = settings(store.reader().query_one_raw(statement()).await.unwrap());
         assert!(writes.contains("force_custom_plan"), "{writes}");
         assert_eq!(reads, writes);
+        let lone = settings(store.lone_writes().query_one_raw(statement()).await.unwrap());
+        assert_eq!(lone, writes.replace("force_custom_plan", "auto"));
         let read_only = Statement::from_string(
             DbBackend::Postgres,
             "SELECT current_setting('transaction_read_only')",

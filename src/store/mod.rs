@@ -97,6 +97,10 @@ pub struct Store {
     /// Single-statement reads on `reads`, each run once more on a fresh
     /// connection when the one it got had died.
     reader: sessions::RetryingReads,
+    /// Where a lone caller's append runs its one statement: on PostgreSQL
+    /// a pool whose sessions keep a generic plan for it (see
+    /// `connect::lone_writes_pool`), on SQLite the same pool as `db`.
+    lone_writes: DatabaseConnection,
     /// When a pooled connection was last found dead (both pools).
     loss: Arc<sessions::ConnectionLoss>,
     /// SQLite has one writer at a time; queueing writers here, instead of in
@@ -149,6 +153,7 @@ impl Store {
         let mut pools = vec![("write", &self.db)];
         if self.backend() == DbBackend::Postgres {
             pools.push(("read", &self.reads));
+            pools.push(("append", &self.lone_writes));
         }
         if let Some(replica) = &self.replica {
             pools.push(("replica", replica.pool()));
@@ -182,6 +187,12 @@ impl Store {
         &self.db
     }
 
+    /// Where a lone caller's append runs its one statement (see `lone_writes`).
+    #[cfg(test)]
+    pub(crate) fn lone_writes(&self) -> &DatabaseConnection {
+        &self.lone_writes
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
@@ -207,6 +218,7 @@ impl Store {
     pub async fn close(self) -> StoreResult<()> {
         if self.backend() == DbBackend::Postgres {
             self.reads.close().await?;
+            self.lone_writes.close_by_ref().await?;
         }
         if let Some(replica) = &self.replica {
             replica.pool().close_by_ref().await?;
