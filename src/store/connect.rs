@@ -22,6 +22,10 @@ use crate::config::DatabaseConfig;
 /// (a lagging reader falls back to reading storage).
 const COMMIT_FEED_CAPACITY: usize = 1024;
 
+/// How long a SQLite statement waits for another process's lock on the
+/// database before it fails with `SQLITE_BUSY`.
+pub(super) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Advisory-lock key that serializes migrations of replicas starting at once.
 const MIGRATION_LOCK_KEY: i64 = 0x6175_6469_745f_6d69;
 
@@ -203,7 +207,7 @@ fn connect_options(
             opts.create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(30))
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .pragma("secure_delete", "ON")
         });
         options.map_sqlx_sqlite_pool_opts(|pool| {

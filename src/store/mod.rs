@@ -28,10 +28,14 @@ mod secrets;
 mod sequencer;
 mod service_event;
 mod sessions;
-// Calls C: an export's rows stepped on SQLite's own handle.
 mod span;
+// Calls C: statements prepared, bound and stepped on SQLite's own handle.
 #[allow(unsafe_code)]
+mod sqlite_handle;
 mod sqlite_rows;
+// Calls C: the busy handler of a write transaction on SQLite's own handle.
+#[allow(unsafe_code)]
+mod sqlite_write;
 pub mod stats;
 mod tenants;
 mod tree;
@@ -274,7 +278,7 @@ impl Store {
         &self.reader
     }
 
-    async fn write_guard(&self) -> Option<MutexGuard<'_, ()>> {
+    pub(super) async fn write_guard(&self) -> Option<MutexGuard<'_, ()>> {
         match &self.sqlite_writer {
             Some(lock) => Some(lock.lock().await),
             None => None,

@@ -12,9 +12,10 @@
 //!   round trip, its own commit): the head's conditional `UPDATE` as a
 //!   data-modifying CTE, the nodes, rows and rollup counts as CTEs that
 //!   insert only if that `UPDATE` matched, and the NOTIFY as its result;
-//! - on SQLite in one transaction holding the writer lock: the head's
-//!   conditional `UPDATE`, then the nodes, rows and rollups as one batch of
-//!   statements (one trip to the driver's thread), then `COMMIT`.
+//! - on SQLite in one transaction holding the writer lock, run on the
+//!   connection's own handle in one hop to the blocking pool
+//!   (`store::sqlite_write`): the head's conditional `UPDATE`, then the
+//!   nodes, rows and rollups, then `COMMIT`.
 //!
 //! If the head moved (another replica, `Delete`, retention's record of a
 //! run, a replica with `AUDIT_INTEGRITY=off`), nothing is written and the
@@ -35,6 +36,7 @@ use crate::integrity::merkle::CompactTree;
 use crate::store::commits::{Committed, NOTIFY_CHANNEL};
 use crate::store::insert::events_insert;
 use crate::store::rollups::Tally;
+use crate::store::sqlite_write::write_if;
 use crate::store::tree::{nodes_insert, push_rows, tree_size_of};
 use crate::store::{Store, StoreResult, now_micros};
 use crate::tenant::TenantId;
@@ -110,7 +112,7 @@ pub(super) fn fits(batches: &[Vec<NewEvent>]) -> bool {
 
 impl Store {
     /// Records `batches` (see [`fits`]) at `known`, in one statement on
-    /// PostgreSQL, one transaction of four trips on SQLite. `None` when
+    /// PostgreSQL, one transaction in one hop on SQLite. `None` when
     /// the head is no longer `known`: nothing was written. The caller
     /// holds the tenant's turn throughout, with no group in flight.
     pub(super) async fn append_at_known_head(
@@ -204,43 +206,24 @@ impl Store {
         Ok(!rows.is_empty())
     }
 
-    /// One transaction holding the writer lock: the head's conditional
-    /// `UPDATE`, the writes as one batch of statements, `COMMIT`.
+    /// One transaction holding the writer lock, run on the connection's
+    /// own handle in one hop (`store::sqlite_write`): the head's
+    /// conditional `UPDATE`, then the writes, `COMMIT`.
     async fn write_sqlite(
         &self,
         tenant: &TenantId,
         writes: Vec<Statement>,
         head: [Value; 4],
     ) -> StoreResult<bool> {
-        let (_writer, txn) = self.begin_write().await?;
-        let moved = txn
-            .execute_raw(crate::entity::tenant_statement(
-                DbBackend::Sqlite,
-                tenant,
-                "UPDATE tenant_heads SET head_seq = $2, tree_size = $3 \
-                 WHERE tenant_id = $1 AND head_seq = $4 AND tree_size = $5",
-                head,
-            ))
-            .await?;
-        if moved.rows_affected() != 1 {
-            txn.rollback().await?;
-            return Ok(false);
-        }
-        let mut joined = Joined::new(tenant);
-        let sql: Vec<String> = writes.into_iter().map(|write| joined.add(write)).collect();
-        let written = txn
-            .execute_raw(Statement::from_sql_and_values(
-                DbBackend::Sqlite,
-                sql.join(";\n"),
-                joined.values,
-            ))
-            .await;
-        if let Err(error) = written {
-            let _ = txn.rollback().await;
-            return Err(error.into());
-        }
-        txn.commit().await?;
-        Ok(true)
+        let _writer = self.write_guard().await;
+        let guard = crate::entity::tenant_statement(
+            DbBackend::Sqlite,
+            tenant,
+            "UPDATE tenant_heads SET head_seq = $2, tree_size = $3 \
+             WHERE tenant_id = $1 AND head_seq = $4 AND tree_size = $5",
+            head,
+        );
+        write_if(self.db.get_sqlite_connection_pool(), guard, writes).await
     }
 }
 
