@@ -149,7 +149,8 @@ mod tests {
 
     use std::str::FromStr as _;
 
-    use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    use sea_orm::sqlx::pool::PoolConnection;
+    use sea_orm::sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqlitePoolOptions};
     use sea_orm::{DbBackend, Value};
 
     use super::*;
@@ -257,11 +258,9 @@ mod tests {
         assert_eq!(state(&pool).await, (15, vec![]));
     }
 
-    /// Another connection (another process, say) holds the write lock:
-    /// the write waits for it, and goes on once it is released.
-    #[tokio::test]
-    async fn a_write_waits_for_another_connections_lock() {
-        let (dir, pool) = pool().await;
+    /// A connection of its own to `pool`'s database, in a transaction
+    /// holding the write lock (as another process would).
+    async fn hold_write_lock(dir: &tempfile::TempDir) -> PoolConnection<Sqlite> {
         let url = format!("sqlite://{}", dir.path().join("w.db").display());
         let other = SqlitePoolOptions::new()
             .max_connections(1)
@@ -273,6 +272,15 @@ mod tests {
             .execute(&mut *holder)
             .await
             .unwrap();
+        holder
+    }
+
+    /// Another connection (another process, say) holds the write lock:
+    /// the write waits for it, and goes on once it is released.
+    #[tokio::test]
+    async fn a_write_waits_for_another_connections_lock() {
+        let (dir, pool) = pool().await;
+        let mut holder = hold_write_lock(&dir).await;
         let write = tokio::spawn({
             let pool = pool.clone();
             async move { write_if(&pool, guard(0), vec![row(1)]).await }
@@ -298,20 +306,7 @@ mod tests {
     fn an_abandoned_write_stops_waiting_for_the_lock() {
         let outer = tokio::runtime::Runtime::new().unwrap();
         let (dir, pool) = outer.block_on(pool());
-        let url = format!("sqlite://{}", dir.path().join("w.db").display());
-        let holder = outer.block_on(async {
-            let other = SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect(&url)
-                .await
-                .unwrap();
-            let mut holder = other.acquire().await.unwrap();
-            sea_orm::sqlx::query("BEGIN IMMEDIATE")
-                .execute(&mut *holder)
-                .await
-                .unwrap();
-            holder
-        });
+        let holder = outer.block_on(hold_write_lock(&dir));
         let (done, ended) = std::sync::mpsc::channel();
         let writer_pool = pool.clone();
         std::thread::spawn(move || {

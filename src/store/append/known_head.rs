@@ -325,6 +325,7 @@ mod postgres_tests {
     use super::super::NewEvent;
     use crate::config::DatabaseConfig;
     use crate::store::Store;
+    use crate::store::connect::postgres_test_url;
     use crate::tenant::TenantId;
 
     /// The one statement of a lone caller's append used to be planned anew
@@ -333,12 +334,8 @@ mod postgres_tests {
     /// It runs on sessions of its own that keep a generic plan.
     #[tokio::test]
     async fn a_lone_callers_statement_keeps_a_generic_plan_on_postgres() {
-        let url = match std::env::var("AUDIT_TEST_DATABASE_URL") {
-            Ok(url) => url,
-            Err(_) if std::env::var_os("CI").is_some() => {
-                panic!("CI needs AUDIT_TEST_DATABASE_URL for the PostgreSQL half of the tests")
-            }
-            Err(_) => return,
+        let Some(url) = postgres_test_url() else {
+            return;
         };
         let store = Store::connect(&DatabaseConfig::new(url)).await.unwrap();
         let name = format!("plans-{}", uuid::Uuid::now_v7().simple());
