@@ -115,7 +115,7 @@ impl Bound {
             Value::Json(v) => or_null(v, |j| Bound::Text(j.to_string())),
             other => {
                 return Err(DbErr::Custom(format!(
-                    "a parameter of this kind is not bound by the SQLite reader: {other:?}"
+                    "a parameter of this kind is not bound on the SQLite handle: {other:?}"
                 )));
             }
         })
