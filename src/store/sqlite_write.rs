@@ -47,9 +47,23 @@ pub(super) async fn write_if(
         let mut connection = connection;
         // Waits for the worker to finish what it is doing and park (a
         // channel send and a mutex: no runtime needed).
-        let result = match futures::executor::block_on(connection.lock_handle()) {
-            Ok(mut handle) => transaction(handle.as_raw_handle(), &wait, &guard, &writes),
-            Err(error) => return Err(query_error(error)),
+        // A panic must not hand a connection inside a transaction back.
+        let run = match futures::executor::block_on(connection.lock_handle()) {
+            Ok(mut handle) => Ok(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                transaction(handle.as_raw_handle(), &wait, &guard, &writes)
+            }))),
+            Err(error) => Err(error),
+        };
+        let result = match run {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => {
+                connection.close_on_drop();
+                std::panic::resume_unwind(panic);
+            }
+            Err(error) => {
+                connection.close_on_drop();
+                return Err(query_error(error));
+            }
         };
         if result.is_err() {
             connection.close_on_drop();
@@ -128,6 +142,14 @@ fn transaction(
         }
         for write in writes {
             execute(db, &write.sql, &write.values)?;
+        }
+        // Nobody waits for the answer any more (the runtime is shutting
+        // down): the caller was told it failed, so nothing is kept.
+        if wait.abandoned.load(Ordering::Relaxed) {
+            return Err(Failure::Sqlite {
+                code: ffi::SQLITE_ABORT,
+                message: "abandoned before its commit".to_owned(),
+            });
         }
         execute(db, "COMMIT", &[])?;
         Ok(true)
@@ -328,5 +350,27 @@ mod tests {
             drop(holder);
             assert_eq!(state(&pool).await, (0, vec![]));
         });
+    }
+
+    /// A write whose caller is gone by the time it runs (the blocking task
+    /// started after the runtime began to shut down, with the lock free)
+    /// keeps nothing: its caller was told it failed.
+    #[tokio::test]
+    async fn a_write_abandoned_before_its_commit_keeps_nothing() {
+        let (_dir, pool) = pool().await;
+        let guard = BoundQuery::of(guard(0)).unwrap();
+        let writes = vec![BoundQuery::of(row(1)).unwrap()];
+        let wait = LockWait {
+            abandoned: Arc::new(AtomicBool::new(true)),
+            until: Instant::now() + SQLITE_BUSY_TIMEOUT,
+        };
+        let mut connection = pool.acquire().await.unwrap();
+        let result = {
+            let mut handle = connection.lock_handle().await.unwrap();
+            transaction(handle.as_raw_handle(), &wait, &guard, &writes)
+        };
+        assert!(result.is_err(), "{result:?}");
+        drop(connection);
+        assert_eq!(state(&pool).await, (0, vec![]));
     }
 }

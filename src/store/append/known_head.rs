@@ -340,7 +340,7 @@ mod postgres_tests {
         let store = Store::connect(&DatabaseConfig::new(url)).await.unwrap();
         let name = format!("plans-{}", uuid::Uuid::now_v7().simple());
         let tenant = TenantId::parse(&name, "tenant").unwrap();
-        for i in 0..12 {
+        for i in 0..20 {
             let event = NewEvent {
                 actor_id: format!("user-{i}"),
                 action: "document.read".into(),
@@ -369,7 +369,7 @@ mod postgres_tests {
         let custom: i64 = plans.try_get_by_index(1).unwrap();
         assert!(
             generic >= 5,
-            "12 lone appends: {generic} generic and {custom} custom plans of the one statement"
+            "20 lone appends: {generic} generic and {custom} custom plans of the one statement"
         );
         store.close().await.unwrap();
     }
