@@ -46,8 +46,8 @@ pub(super) async fn write_if(
     let task = tokio::task::spawn_blocking(move || {
         let mut connection = connection;
         // Waits for the worker to finish what it is doing and park (a
-        // channel send and a mutex: no runtime needed).
-        // A panic must not hand a connection inside a transaction back.
+        // channel send and a mutex: no runtime needed). A panic must not
+        // hand a connection inside a transaction back to the pool.
         let run = match futures::executor::block_on(connection.lock_handle()) {
             Ok(mut handle) => Ok(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 transaction(handle.as_raw_handle(), &wait, &guard, &writes)
@@ -71,9 +71,9 @@ pub(super) async fn write_if(
         result.map_err(|failure| StoreError::Database(failure.into()))
     });
     // The task runs to its end even if this future is dropped (the
-    // transaction is committed or rolled back either way), except that it
-    // stops waiting for another process's lock then: the runtime waits for
-    // its blocking tasks when it shuts down.
+    // runtime waits for its blocking tasks when it shuts down), but then
+    // stops waiting for another process's lock and rolls back instead of
+    // committing, unless its COMMIT has already begun.
     let result = task.await;
     drop(abandoned);
     match result {
@@ -109,7 +109,9 @@ unsafe extern "C" fn wait_for_lock(wait: *mut c_void, attempts: c_int) -> c_int 
     if wait.abandoned.load(Ordering::Relaxed) || Instant::now() >= wait.until {
         return 0;
     }
-    // 1, 2, ... 10 ms between attempts, as SQLite's own handler backs off.
+    // 1, 2, ... 10 ms between attempts (SQLite's own handler backs off
+    // to 100 ms; another process holding the lock is rare here, and the
+    // append is picked up sooner).
     let pause = u64::try_from(attempts.clamp(0, 9)).unwrap_or(9) + 1;
     std::thread::sleep(Duration::from_millis(pause));
     1
